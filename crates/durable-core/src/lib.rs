@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+
+pub mod agent;
+mod cache;
+mod error;
+mod event;
+mod id;
+mod log;
+pub mod memory;
+mod pubsub;
+mod store;
+
+pub use cache::{AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache, ServerCacheExt};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use event::{Event, EventKind, Json, NewEvent};
+pub use id::{validate_name, RunId, MAX_NAME_LEN, MAX_RUN_ID_LEN};
+pub use log::{EventLog, EventStream, LogConfig, ObserveOptions, OnSuspend, RunWriter};
+pub use pubsub::{
+    Delivery, GroupSubscription, Job, JobAcker, PubSub, PubSubCapabilities, Subscription,
+};
+pub use store::{
+    now_ms, ttl_ms, Epoch, Lease, NewRun, RunRecord, RunSnapshot, RunStatus, StoreCapabilities,
+    WorkflowStore,
+};

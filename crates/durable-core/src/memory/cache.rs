@@ -1,0 +1,294 @@
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{lock, BACKEND};
+use crate::cache::{AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::validate_name;
+
+const SHARDS: usize = 16;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// In-memory [`ServerCache`]: sharded maps with per-key TTL.
+///
+/// There is no global key cap: a log lives until it is deleted or its own TTL elapses, so one
+/// busy run can never evict another (Mastra's 1000-key LRU did). Expired entries are removed on
+/// access and by a sweep of each shard at most once a second, driven by writes.
+#[derive(Clone, Debug)]
+pub struct InMemoryCache {
+    shards: Arc<[Mutex<Shard>]>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    map: HashMap<String, Entry>,
+    next_sweep: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    expires_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Value {
+    Bytes(Bytes),
+    Int(i64),
+    Log { entries: Vec<Bytes>, fence: u64 },
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+impl Default for InMemoryCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        let now = Instant::now();
+        let shards: Vec<Mutex<Shard>> = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: HashMap::new(),
+                    next_sweep: now + SWEEP_EVERY,
+                })
+            })
+            .collect();
+        Self {
+            shards: shards.into(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Run `f` on the live entry for `key` (expired entries are removed first).
+    fn with_entry<R>(&self, key: &str, write: bool, f: impl FnOnce(&mut Shard, Instant) -> R) -> R {
+        let mut shard = lock(self.shard(key));
+        let now = Instant::now();
+        if write && now >= shard.next_sweep {
+            shard.map.retain(|_, e| e.live(now));
+            shard.next_sweep = now + SWEEP_EVERY;
+        } else if shard.map.get(key).is_some_and(|e| !e.live(now)) {
+            shard.map.remove(key);
+        }
+        f(&mut shard, now)
+    }
+
+    /// The number of live keys and logs (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.shards
+            .iter()
+            .map(|s| lock(s).map.values().filter(|e| e.live(now)).count())
+            .sum()
+    }
+
+    /// Whether no live key or log is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn err(kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Error {
+    Error::new(kind, msg.into())
+        .with_backend(BACKEND)
+        .with_operation(op)
+}
+
+fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
+    validate_name(what, name).map_err(|e| e.with_backend(BACKEND).with_operation(op))
+}
+
+fn wrong_type(op: &'static str, key: &str) -> Error {
+    err(ErrorKind::InvalidInput, op, format!("{key:?} holds another type"))
+}
+
+#[async_trait]
+impl ServerCache for InMemoryCache {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> CacheCapabilities {
+        CacheCapabilities::ALL.with_shared(false)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        check("get", "key", key)?;
+        self.with_entry(key, false, |s, _| match s.map.get(key) {
+            None => Ok(None),
+            Some(Entry { value: Value::Bytes(b), .. }) => Ok(Some(b.clone())),
+            Some(Entry { value: Value::Int(i), .. }) => Ok(Some(Bytes::from(i.to_string()))),
+            Some(_) => Err(wrong_type("get", key)),
+        })
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        check("set", "key", key)?;
+        self.with_entry(key, true, |s, now| {
+            s.map.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Bytes(value),
+                    expires_at: ttl.map(|t| now + t),
+                },
+            );
+        });
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        check("delete", "key", key)?;
+        Ok(self.with_entry(key, true, |s, _| s.map.remove(key).is_some()))
+    }
+
+    async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
+        check("increment", "key", key)?;
+        self.with_entry(key, true, |s, now| {
+            let entry = s.map.entry(key.to_owned()).or_insert_with(|| Entry {
+                value: Value::Int(0),
+                expires_at: ttl.map(|t| now + t),
+            });
+            let current = match &entry.value {
+                Value::Int(i) => *i,
+                Value::Bytes(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| wrong_type("increment", key))?,
+                Value::Log { .. } => return Err(wrong_type("increment", key)),
+            };
+            let new = current
+                .checked_add(by)
+                .ok_or_else(|| err(ErrorKind::InvalidInput, "increment", "integer overflow"))?;
+            entry.value = Value::Int(new);
+            Ok(new)
+        })
+    }
+
+    async fn append_many(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+    ) -> Result<Cursor> {
+        check("append", "log", log)?;
+        self.with_entry(log, true, |s, _| {
+            let entry = s.map.entry(log.to_owned()).or_insert_with(|| Entry {
+                value: Value::Log {
+                    entries: Vec::new(),
+                    fence: 0,
+                },
+                expires_at: None,
+            });
+            let Value::Log { entries, fence } = &mut entry.value else {
+                return Err(wrong_type("append", log));
+            };
+            if let Some(f) = options.fence {
+                if f < *fence {
+                    return Err(err(
+                        ErrorKind::Fenced,
+                        "append",
+                        format!("epoch {f} is older than the log's fence {fence}"),
+                    ));
+                }
+                *fence = f;
+            }
+            let first = entries.len() as u64;
+            if let Some(max) = options.max_len {
+                if first + payloads.len() as u64 > max {
+                    return Err(err(
+                        ErrorKind::LimitExceeded,
+                        "append",
+                        format!("log {log} would exceed {max} entries"),
+                    ));
+                }
+            }
+            entries.extend_from_slice(payloads);
+            Ok(first)
+        })
+    }
+
+    async fn read(&self, log: &str, from: Cursor, limit: usize) -> Result<LogSlice> {
+        check("read", "log", log)?;
+        self.with_entry(log, false, |s, _| match s.map.get(log) {
+            None => Err(err(ErrorKind::NotFound, "read", format!("no log {log}"))),
+            Some(Entry { value: Value::Log { entries, .. }, .. }) => {
+                let len = entries.len() as u64;
+                if from > len {
+                    return Err(err(
+                        ErrorKind::OffsetAhead,
+                        "read",
+                        format!("cursor {from} is beyond the end {len} of {log}"),
+                    ));
+                }
+                let start = from as usize;
+                let end = start.saturating_add(limit).min(entries.len());
+                Ok(LogSlice {
+                    first: from,
+                    entries: entries[start..end].to_vec(),
+                    next: len,
+                })
+            }
+            Some(_) => Err(wrong_type("read", log)),
+        })
+    }
+
+    async fn len(&self, log: &str) -> Result<Option<u64>> {
+        check("len", "log", log)?;
+        self.with_entry(log, false, |s, _| match s.map.get(log) {
+            None => Ok(None),
+            Some(Entry { value: Value::Log { entries, .. }, .. }) => Ok(Some(entries.len() as u64)),
+            Some(_) => Err(wrong_type("len", log)),
+        })
+    }
+
+    async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
+        check("expire", "log", log)?;
+        Ok(self.with_entry(log, true, |s, now| match s.map.get_mut(log) {
+            Some(e) => {
+                e.expires_at = Some(now + ttl);
+                true
+            }
+            None => false,
+        }))
+    }
+
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        if !prefix.is_empty() {
+            check("keys", "prefix", prefix)?;
+        }
+        let now = Instant::now();
+        let mut out: Vec<String> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                lock(s)
+                    .map
+                    .iter()
+                    .filter(|(k, e)| e.live(now) && k.starts_with(prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
