@@ -186,8 +186,12 @@ pub trait ServerCache: Send + Sync + Debug + 'static {
 pub trait ServerCacheExt: ServerCache {
     /// Append one payload; see [`ServerCache::append_many`].
     async fn append(&self, log: &str, payload: Bytes) -> Result<Cursor> {
-        self.append_many(log, std::slice::from_ref(&payload), AppendOptions::default())
-            .await
+        self.append_many(
+            log,
+            std::slice::from_ref(&payload),
+            AppendOptions::default(),
+        )
+        .await
     }
 }
 

@@ -233,7 +233,10 @@ mod tests {
             .with_backend("redis")
             .with_operation("append")
             .with_source(std::io::Error::other("io"));
-        assert_eq!(e.to_string(), "unavailable (redis append): connection refused: io");
+        assert_eq!(
+            e.to_string(),
+            "unavailable (redis append): connection refused: io"
+        );
         assert!(e.is_retryable());
         assert!(!Error::invalid_input("x").is_retryable());
     }

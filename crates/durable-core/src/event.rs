@@ -115,7 +115,10 @@ impl EventKind {
 
     /// `finish`, `error` and `abort` end a run: observers stop after them.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventKind::Finish | EventKind::Error | EventKind::Abort)
+        matches!(
+            self,
+            EventKind::Finish | EventKind::Error | EventKind::Abort
+        )
     }
 }
 
@@ -228,8 +231,7 @@ impl fmt::Display for Json {
 
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let raw: &RawValue =
-            serde_json::from_slice(&self.0).map_err(serde::ser::Error::custom)?;
+        let raw: &RawValue = serde_json::from_slice(&self.0).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
     }
 }
@@ -310,8 +312,11 @@ impl Event {
             data: &'a RawValue,
         }
         let s: Stored<'_> = serde_json::from_slice(stored).map_err(|e| {
-            Error::new(ErrorKind::Corrupt, format!("run log entry {cursor} is not an event"))
-                .with_source(e)
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("run log entry {cursor} is not an event"),
+            )
+            .with_source(e)
         })?;
         let kind = EventKind::parse(&s.kind)
             .map_err(|e| Error::new(ErrorKind::Corrupt, e.message().to_owned()))?;
@@ -374,7 +379,8 @@ mod tests {
     #[test]
     fn stored_round_trip_keeps_everything() {
         let run = RunId::new("r1").unwrap();
-        let ev = NewEvent::json(EventKind::TextDelta, &serde_json::json!({"text": "hi\n"})).unwrap();
+        let ev =
+            NewEvent::json(EventKind::TextDelta, &serde_json::json!({"text": "hi\n"})).unwrap();
         let stored = ev.encode_stored(42);
         assert!(!stored.contains(&b'\n'));
         let back = Event::decode_stored(&run, 7, &stored).unwrap();

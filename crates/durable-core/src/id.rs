@@ -111,9 +111,10 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
             name.len()
         )));
     }
-    if let Some(bad) = name.chars().find(|c| {
-        !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
-    }) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')))
+    {
         return Err(Error::invalid_input(format!(
             "{what} may only contain [A-Za-z0-9_-.:/], found {bad:?}"
         )));
@@ -137,9 +138,23 @@ mod tests {
             assert!(RunId::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "a*", "a>", "a.b", "a:b", "a/b", "a b", "..", "é", "a\n", &"a".repeat(129),
+            "",
+            "a*",
+            "a>",
+            "a.b",
+            "a:b",
+            "a/b",
+            "a b",
+            "..",
+            "é",
+            "a\n",
+            &"a".repeat(129),
         ] {
-            assert_eq!(RunId::new(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad:?}");
+            assert_eq!(
+                RunId::new(bad).unwrap_err().kind(),
+                ErrorKind::InvalidInput,
+                "{bad:?}"
+            );
         }
         assert_eq!(RunId::generate().as_str().len(), 36);
     }

@@ -12,12 +12,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::{AppendOptions, Cursor, ServerCache};
@@ -107,7 +110,35 @@ impl ObserveOptions {
 }
 
 /// The events of one run from an offset: replay, then live, then the end of the run.
-pub type EventStream = BoxStream<'static, Result<Event>>;
+///
+/// Dropping it only detaches this observer.
+pub struct EventStream {
+    inner: BoxStream<'static, Result<Event>>,
+    buffered: Arc<AtomicUsize>,
+}
+
+impl EventStream {
+    /// How many events this observer holds in memory right now (read-ahead and announced
+    /// events not yet yielded). Bounded by [`LogConfig::read_batch`] plus one wake-up's events.
+    pub fn buffered_events(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream")
+            .field("buffered", &self.buffered_events())
+            .finish()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
 
 /// Appends and observes run events over any [`ServerCache`] + [`PubSub`] pair.
 #[derive(Clone)]
@@ -169,7 +200,12 @@ impl EventLog {
     #[must_use]
     pub fn with_store(self, store: Arc<dyn WorkflowStore>) -> Self {
         let i = &self.inner;
-        Self::build(i.cache.clone(), i.pubsub.clone(), Some(store), i.config.clone())
+        Self::build(
+            i.cache.clone(),
+            i.pubsub.clone(),
+            Some(store),
+            i.config.clone(),
+        )
     }
 
     /// Replace the configuration.
@@ -401,37 +437,49 @@ impl EventLog {
         }
         // Subscribe before the catch-up read: an append the read misses wakes us.
         let sub = self.inner.pubsub.subscribe(&self.topic(run_id)).await?;
+        let durable = self.is_durable();
+        // Re-read the event before the offset too: if it ended the run (or suspended it), the
+        // observer ends at once instead of waiting for an event that never comes.
+        let peek = (durable && options.offset > 0).then(|| options.offset - 1);
+        let buffered = Arc::new(AtomicUsize::new(0));
         let observer = Observer {
             log: self.clone(),
             log_name: self.log_name(run_id),
             run_id: run_id.clone(),
             sub,
-            next: if self.is_durable() {
-                options.offset
-            } else {
-                options.offset.max(known_end)
+            next: match peek {
+                Some(p) => p,
+                None if durable => options.offset,
+                None => options.offset.max(known_end),
             },
-            need_read: self.is_durable(),
+            peek,
+            need_read: durable,
             buf: VecDeque::new(),
+            buffered: buffered.clone(),
             done: false,
             on_suspend: options.on_suspend,
         };
-        Ok(futures::stream::unfold(observer, |mut o| async move {
-            o.next_event().await.map(|r| (r, o))
+        let inner = futures::stream::unfold(observer, |mut o| async move {
+            let item = o.next_event().await;
+            o.buffered.store(o.buf.len(), Ordering::Relaxed);
+            item.map(|r| (r, o))
         })
-        .boxed())
+        .boxed();
+        Ok(EventStream { inner, buffered })
     }
 
     async fn missing_run_error(&self, cache: &dyn ServerCache, run_id: &RunId) -> Result<Error> {
-        Ok(if cache.get(&self.tombstone_name(run_id)).await?.is_some() {
-            Error::new(
-                ErrorKind::Gone,
-                format!("run {run_id} finished and its retention elapsed"),
-            )
-        } else {
-            Error::not_found(format!("run {run_id} does not exist"))
-        }
-        .with_operation("observe"))
+        Ok(
+            if cache.get(&self.tombstone_name(run_id)).await?.is_some() {
+                Error::new(
+                    ErrorKind::Gone,
+                    format!("run {run_id} finished and its retention elapsed"),
+                )
+            } else {
+                Error::not_found(format!("run {run_id} does not exist"))
+            }
+            .with_operation("observe"),
+        )
     }
 }
 
@@ -442,9 +490,12 @@ struct Observer {
     sub: Subscription,
     /// The next cursor to deliver.
     next: Cursor,
+    /// The cursor before the requested offset, re-read only to see whether it ended the run.
+    peek: Option<Cursor>,
     /// The log may hold events at `next` that are neither buffered nor announced.
     need_read: bool,
     buf: VecDeque<Event>,
+    buffered: Arc<AtomicUsize>,
     done: bool,
     on_suspend: OnSuspend,
 }
@@ -463,6 +514,7 @@ impl Observer {
                     continue;
                 }
                 self.next += 1;
+                let hidden = self.peek.take_if(|p| *p == ev.cursor).is_some();
                 if ev.kind.is_terminal() {
                     self.done = true;
                     self.buf.clear();
@@ -475,6 +527,9 @@ impl Observer {
                         Ok(false) => self.need_read = true,
                         Err(e) => return Some(Err(self.fail(e))),
                     }
+                }
+                if hidden {
+                    continue;
                 }
                 return Some(Ok(ev));
             }
@@ -634,7 +689,10 @@ fn wake_frame(first: Cursor, stored: &[Bytes], max_bytes: usize) -> Bytes {
 type FrameLines = Option<Vec<Bytes>>;
 
 fn parse_frame(frame: &Bytes) -> Option<(Cursor, u64, FrameLines)> {
-    let header_end = frame.iter().position(|b| *b == b'\n').unwrap_or(frame.len());
+    let header_end = frame
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(frame.len());
     let header = std::str::from_utf8(&frame[..header_end]).ok()?;
     let (first, count) = header.split_once(' ')?;
     let (first, count): (Cursor, u64) = (first.parse().ok()?, count.parse().ok()?);
@@ -723,11 +781,7 @@ impl RunWriter {
                 }
             }
         });
-        Self {
-            tx,
-            failed,
-            run_id,
-        }
+        Self { tx, failed, run_id }
     }
 
     fn check(&self) -> Result<()> {

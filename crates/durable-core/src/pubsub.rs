@@ -215,7 +215,7 @@ pub trait PubSub: Send + Sync + Debug + 'static {
     /// # Behavior
     /// - Dropping the subscription unsubscribes (`dropped_subscription_unsubscribes`).
     /// - A subscriber that does not keep up gets [`Delivery::Lagged`], memory stays bounded
-    ///   (`slow_subscriber_gets_lagged`).
+    ///   (`slow_subscriber_never_loses_silently`).
     /// - Topics are isolated (`topics_are_isolated`).
     async fn subscribe(&self, topic: &str) -> Result<Subscription>;
 

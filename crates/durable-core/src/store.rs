@@ -238,8 +238,13 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     /// - First write wins: writing an existing key returns the stored output unchanged
     ///   (`checkpoint_is_idempotent`).
     /// - A stale epoch is rejected with `Fenced` (`stale_epoch_is_fenced`).
-    async fn checkpoint(&self, run_id: &RunId, epoch: Epoch, key: &str, output: Value)
-        -> Result<Value>;
+    async fn checkpoint(
+        &self,
+        run_id: &RunId,
+        epoch: Epoch,
+        key: &str,
+        output: Value,
+    ) -> Result<Value>;
 
     /// Change the status (and optionally replace the data). With `epoch`, the write is fenced.
     ///

@@ -118,7 +118,11 @@ fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
 }
 
 fn wrong_type(op: &'static str, key: &str) -> Error {
-    err(ErrorKind::InvalidInput, op, format!("{key:?} holds another type"))
+    err(
+        ErrorKind::InvalidInput,
+        op,
+        format!("{key:?} holds another type"),
+    )
 }
 
 #[async_trait]
@@ -135,8 +139,14 @@ impl ServerCache for InMemoryCache {
         check("get", "key", key)?;
         self.with_entry(key, false, |s, _| match s.map.get(key) {
             None => Ok(None),
-            Some(Entry { value: Value::Bytes(b), .. }) => Ok(Some(b.clone())),
-            Some(Entry { value: Value::Int(i), .. }) => Ok(Some(Bytes::from(i.to_string()))),
+            Some(Entry {
+                value: Value::Bytes(b),
+                ..
+            }) => Ok(Some(b.clone())),
+            Some(Entry {
+                value: Value::Int(i),
+                ..
+            }) => Ok(Some(Bytes::from(i.to_string()))),
             Some(_) => Err(wrong_type("get", key)),
         })
     }
@@ -230,7 +240,10 @@ impl ServerCache for InMemoryCache {
         check("read", "log", log)?;
         self.with_entry(log, false, |s, _| match s.map.get(log) {
             None => Err(err(ErrorKind::NotFound, "read", format!("no log {log}"))),
-            Some(Entry { value: Value::Log { entries, .. }, .. }) => {
+            Some(Entry {
+                value: Value::Log { entries, .. },
+                ..
+            }) => {
                 let len = entries.len() as u64;
                 if from > len {
                     return Err(err(
@@ -255,20 +268,25 @@ impl ServerCache for InMemoryCache {
         check("len", "log", log)?;
         self.with_entry(log, false, |s, _| match s.map.get(log) {
             None => Ok(None),
-            Some(Entry { value: Value::Log { entries, .. }, .. }) => Ok(Some(entries.len() as u64)),
+            Some(Entry {
+                value: Value::Log { entries, .. },
+                ..
+            }) => Ok(Some(entries.len() as u64)),
             Some(_) => Err(wrong_type("len", log)),
         })
     }
 
     async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
         check("expire", "log", log)?;
-        Ok(self.with_entry(log, true, |s, now| match s.map.get_mut(log) {
-            Some(e) => {
-                e.expires_at = Some(now + ttl);
-                true
-            }
-            None => false,
-        }))
+        Ok(
+            self.with_entry(log, true, |s, now| match s.map.get_mut(log) {
+                Some(e) => {
+                    e.expires_at = Some(now + ttl);
+                    true
+                }
+                None => false,
+            }),
+        )
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>> {

@@ -148,9 +148,11 @@ impl PubSub for InMemoryPubSub {
             .iter()
             .any(|g| lock(&g.items).len() >= self.inner.group_capacity)
         {
-            return Err(Error::new(ErrorKind::Unavailable, "consumer group queue is full")
-                .with_backend(BACKEND)
-                .with_operation("publish"));
+            return Err(
+                Error::new(ErrorKind::Unavailable, "consumer group queue is full")
+                    .with_backend(BACKEND)
+                    .with_operation("publish"),
+            );
         }
         for g in &groups {
             g.push((payload.clone(), 1), false);

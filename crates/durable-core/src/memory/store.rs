@@ -141,7 +141,8 @@ impl WorkflowStore for InMemoryWorkflowStore {
     }
 
     async fn claim(&self, run_id: &RunId, owner: &str, ttl: Duration) -> Result<Lease> {
-        validate_name("owner", owner).map_err(|e| e.with_backend(BACKEND).with_operation("claim"))?;
+        validate_name("owner", owner)
+            .map_err(|e| e.with_backend(BACKEND).with_operation("claim"))?;
         self.with_run("claim", run_id, |r| {
             let now = now_ms();
             let rec = &mut r.record;

@@ -1,0 +1,236 @@
+//! Throwaway local servers for tests and `cargo xtask`: spare loopback ports, owned processes,
+//! killed on drop. Uses only `std`, so `xtask` shares it.
+//!
+//! Fault tests that restart a server use this to own their server; they never touch a server
+//! given by a `DURABLE_TEST_<BACKEND>_URL`.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The URL of an externally provided server for `backend` (`DURABLE_TEST_<BACKEND>_URL`).
+pub fn env_url(backend: &str) -> Option<String> {
+    std::env::var(format!("DURABLE_TEST_{}_URL", backend.to_ascii_uppercase()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn spare_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no spare loopback port: {e}"))
+}
+
+/// Find an executable in `PATH` or in `extra` directories.
+pub fn find_binary(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The workspace's git-ignored directory for throwaway service data (`<workspace>/.services`).
+pub fn services_dir() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().nth(2).unwrap_or(here).join(".services")
+}
+
+/// Poll `cond` until it holds or `limit` elapses.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server process owned by the caller: killed (and its data directory removed) on drop.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    ready: fn(u16) -> bool,
+}
+
+impl ServerProcess {
+    /// Start `program args` with data in `dir`, then wait (up to 20 s) until `ready(port)`.
+    ///
+    /// # Errors
+    /// When it cannot be spawned or does not become ready (its log is included).
+    pub fn start(
+        name: &str,
+        program: PathBuf,
+        args: Vec<OsString>,
+        port: u16,
+        dir: PathBuf,
+        ready: fn(u16) -> bool,
+    ) -> Result<Self, String> {
+        let mut p = Self {
+            name: name.to_owned(),
+            program,
+            args,
+            child: None,
+            port,
+            dir,
+            ready,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let log = std::fs::File::create(self.dir.join("server.log"))
+            .map_err(|e| format!("cannot create log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
+        self.child = Some(child);
+        let port = self.port;
+        let ready = self.ready;
+        if !wait_until(Duration::from_secs(20), || ready(port)) {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            self.kill();
+            return Err(format!(
+                "{} did not become ready on port {port}:\n{log}",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kill the process (SIGKILL) and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill it and start it again on the same port with the same data directory.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        // The port is ours until another process grabs it; wait until it is free again.
+        let port = self.port;
+        wait_until(Duration::from_secs(10), || {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        self.spawn()
+    }
+
+    /// Leave the process running after drop (for `cargo xtask services`).
+    pub fn detach(mut self) -> u32 {
+        let pid = self.pid().unwrap_or(0);
+        self.child = None;
+        self.dir = PathBuf::new();
+        pid
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub fn tcp_ready(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// Whether a Redis server on `port` answers `PING` (and has finished loading its data).
+pub fn redis_ready(port: u16) -> bool {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Options of [`redis`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Persist with `appendonly yes` + `appendfsync always` (for restart tests).
+    pub appendonly: bool,
+}
+
+/// Start a throwaway `redis-server` on a spare port.
+///
+/// # Errors
+/// When `redis-server` is not installed or does not start.
+pub fn redis(options: &RedisOptions) -> Result<ServerProcess, String> {
+    let program = find_binary("redis-server", &[PathBuf::from("/usr/bin")])
+        .ok_or("redis-server is not installed (cargo xtask test installs it)")?;
+    let port = spare_port()?;
+    let dir = services_dir().join(format!("redis-{port}-{}", std::process::id()));
+    let mut args: Vec<OsString> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--dir",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(dir.clone().into_os_string());
+    if options.appendonly {
+        args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(OsString::from));
+    } else {
+        args.extend(["--appendonly", "no"].map(OsString::from));
+    }
+    ServerProcess::start("redis-server", program, args, port, dir, redis_ready)
+}
