@@ -93,17 +93,12 @@ impl InMemoryCache {
     }
 
     /// The number of live keys and logs (for tests and metrics).
-    pub fn len(&self) -> usize {
+    pub fn key_count(&self) -> usize {
         let now = Instant::now();
         self.shards
             .iter()
             .map(|s| lock(s).map.values().filter(|e| e.live(now)).count())
             .sum()
-    }
-
-    /// Whether no live key or log is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
