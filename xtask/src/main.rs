@@ -1,1 +1,345 @@
-fn main() {}
+//! `cargo xtask`: the project's task runner.
+//!
+//! - `cargo xtask test` — fmt check, clippy `-D warnings`, local services, the whole test suite,
+//!   docs, `cargo deny`. The README's test command and what CI runs.
+//! - `cargo xtask services` — start every backend service and print the environment to use them.
+//! - `cargo xtask ci-matrix` — the backend matrix as JSON.
+//! - `cargo xtask bench` — the criterion benches (with services).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use durable_conformance::services::{self, ServerProcess};
+
+type Result<T, E = String> = std::result::Result<T, E>;
+
+/// One backend of the test matrix. Adding a backend = adding one entry to [`BACKENDS`].
+struct BackendEntry {
+    /// Short name (`redis`).
+    name: &'static str,
+    /// The crate whose tests need it; the entry is inactive while the crate does not exist.
+    krate: &'static str,
+    /// Environment variables its tests read; if all are set, nothing is started.
+    env: &'static [&'static str],
+    /// What provides the server, for humans and `ci-matrix`.
+    source: &'static str,
+    /// Install the server if missing (as root, from the registries services.md lists).
+    install: fn(&Ctx) -> Result<()>,
+    /// Start a throwaway server; returns the processes to keep alive and the env to export.
+    start: fn(&Ctx) -> Result<Started>,
+}
+
+struct Started {
+    processes: Vec<ServerProcess>,
+    env: Vec<(String, String)>,
+}
+
+const BACKENDS: &[BackendEntry] = &[BackendEntry {
+    name: "redis",
+    krate: "durable-redis",
+    env: &["DURABLE_TEST_REDIS_URL"],
+    source: "redis-server 7 (Debian apt)",
+    install: install_redis,
+    start: start_redis,
+}];
+
+struct Ctx {
+    root: PathBuf,
+    require: bool,
+}
+
+impl Ctx {
+    fn tools(&self) -> PathBuf {
+        self.root.join(".tools")
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    let ctx = Ctx {
+        root,
+        require: std::env::var("DURABLE_TEST_REQUIRE").is_ok_and(|v| v == "1" || v == "true"),
+    };
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&ctx, &args[1..]),
+        Some("services") => services_cmd(&ctx),
+        Some("ci-matrix") => {
+            println!("{}", ci_matrix(&ctx));
+            Ok(())
+        }
+        Some("bench") => bench(&ctx, &args[1..]),
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    "usage: cargo xtask <command>\n\
+     \n  test [--skip-lint] [--skip-deny] [-- <cargo test args>]\
+     \n                 fmt + clippy + services + every test + docs + cargo deny\
+     \n  services       start every backend service, print its env, wait for Enter\
+     \n  ci-matrix      print the backend matrix as JSON\
+     \n  bench [-- <criterion args>]   run the criterion benches with services"
+        .to_owned()
+}
+
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("xtask: ▶ {step}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{step}: cannot run: {e}"))?;
+    eprintln!("xtask: {step} finished in {:.1}s", started.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})"))
+    }
+}
+
+fn active_backends(ctx: &Ctx) -> impl Iterator<Item = &'static BackendEntry> + '_ {
+    BACKENDS.iter().filter(|b| {
+        ctx.root
+            .join("crates")
+            .join(b.krate)
+            .join("Cargo.toml")
+            .is_file()
+    })
+}
+
+/// Start (installing if needed) every active backend whose env is not already given.
+fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
+    let mut processes = Vec::new();
+    let mut env = BTreeMap::new();
+    for b in active_backends(ctx) {
+        if b.env.iter().all(|v| services::env_url_var(v).is_some()) {
+            eprintln!("xtask: {}: using the server given by {}", b.name, b.env.join(", "));
+            continue;
+        }
+        let started = Instant::now();
+        match (b.install)(ctx).and_then(|()| (b.start)(ctx)) {
+            Ok(s) => {
+                eprintln!(
+                    "xtask: {}: started in {:.1}s: {}",
+                    b.name,
+                    started.elapsed().as_secs_f64(),
+                    s.env
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                processes.extend(s.processes);
+                env.extend(s.env);
+            }
+            Err(e) if ctx.require => {
+                return Err(format!(
+                    "{}: cannot start its service and DURABLE_TEST_REQUIRE=1: {e}",
+                    b.name
+                ))
+            }
+            Err(e) => eprintln!("xtask: {}: unavailable, its tests will skip: {e}", b.name),
+        }
+    }
+    Ok((processes, env))
+}
+
+fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
+    let (flags, passthrough) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let skip_lint = flags.iter().any(|f| f == "--skip-lint");
+    let skip_deny = flags.iter().any(|f| f == "--skip-deny");
+    let total = Instant::now();
+    if !skip_lint {
+        run(
+            "cargo fmt --check",
+            cargo().current_dir(&ctx.root).args(["fmt", "--all", "--", "--check"]),
+        )?;
+        run(
+            "cargo clippy -D warnings",
+            cargo().current_dir(&ctx.root).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    let (processes, env) = start_services(ctx)?;
+    let mut cmd = cargo();
+    cmd.current_dir(&ctx.root)
+        .args(["test", "--workspace"])
+        .args(passthrough)
+        .envs(&env);
+    let tested = run("cargo test --workspace", &mut cmd);
+    drop(processes);
+    tested?;
+    if !skip_lint {
+        run(
+            "cargo doc",
+            cargo()
+                .current_dir(&ctx.root)
+                .args(["doc", "--workspace", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
+    }
+    if !skip_deny {
+        deny(ctx)?;
+    }
+    eprintln!("xtask: all green in {:.0}s", total.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `cargo deny check` for licenses, bans and sources (advisories need GitHub, unreachable here).
+fn deny(ctx: &Ctx) -> Result<()> {
+    const VERSION: &str = "0.20.2";
+    let bin = ctx.tools().join("bin").join("cargo-deny");
+    let current = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION));
+    if !current {
+        let installed = run(
+            "cargo install cargo-deny (cached in .tools)",
+            cargo().current_dir(&ctx.root).args([
+                "install",
+                "cargo-deny",
+                "--version",
+                VERSION,
+                "--locked",
+                "--root",
+                &ctx.tools().to_string_lossy(),
+            ]),
+        );
+        if let Err(e) = installed {
+            if ctx.require {
+                return Err(e);
+            }
+            eprintln!("xtask: cargo deny unavailable, skipped: {e}");
+            return Ok(());
+        }
+    }
+    run(
+        "cargo deny check licenses bans sources",
+        Command::new(&bin)
+            .current_dir(&ctx.root)
+            .args(["deny", "--offline", "check", "licenses", "bans", "sources"]),
+    )
+}
+
+fn services_cmd(ctx: &Ctx) -> Result<()> {
+    let (processes, env) = start_services(ctx)?;
+    for (k, v) in &env {
+        println!("export {k}={v}");
+    }
+    eprintln!("xtask: {} service(s) running; press Enter to stop them", processes.len());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    drop(processes);
+    Ok(())
+}
+
+fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
+    let passthrough = match args.iter().position(|a| a == "--") {
+        Some(i) => &args[i + 1..],
+        None => args,
+    };
+    let (processes, env) = start_services(ctx)?;
+    let r = run(
+        "cargo bench",
+        cargo()
+            .current_dir(&ctx.root)
+            .args(["bench", "--workspace", "--"])
+            .args(passthrough)
+            .envs(&env),
+    );
+    drop(processes);
+    r
+}
+
+fn ci_matrix(ctx: &Ctx) -> String {
+    let mut rows = vec![
+        r#"  {"backend": "memory", "crate": "durable-core", "env": [], "source": "in-process", "active": true}"#
+            .to_owned(),
+    ];
+    for b in BACKENDS {
+        let active = active_backends(ctx).any(|a| a.name == b.name);
+        let env: Vec<String> = b.env.iter().map(|e| format!("\"{e}\"")).collect();
+        rows.push(format!(
+            r#"  {{"backend": "{}", "crate": "{}", "env": [{}], "source": "{}", "active": {active}}}"#,
+            b.name,
+            b.krate,
+            env.join(", "),
+            b.source
+        ));
+    }
+    format!("[\n{}\n]", rows.join(",\n"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `apt-get install` packages (once `apt-get update` has run in this process).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !is_root() {
+        return Err(format!(
+            "{} missing and not root: install it with apt-get install {}",
+            packages.join(" "),
+            packages.join(" ")
+        ));
+    }
+    run(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    run(
+        &format!("apt-get install {}", packages.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn install_redis(_: &Ctx) -> Result<()> {
+    if services::find_binary("redis-server", &[]).is_some() {
+        return Ok(());
+    }
+    apt_install(&["redis-server"])
+}
+
+fn start_redis(_: &Ctx) -> Result<Started> {
+    let server = services::redis(&services::RedisOptions::default())?;
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    Ok(Started {
+        processes: vec![server],
+        env: vec![("DURABLE_TEST_REDIS_URL".to_owned(), url)],
+    })
+}

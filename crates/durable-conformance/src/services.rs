@@ -18,6 +18,11 @@ pub fn env_url(backend: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The value of an environment variable, if set and non-empty.
+pub fn env_url_var(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|s| !s.is_empty())
+}
+
 /// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
 ///
 /// # Errors

@@ -54,6 +54,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    #[cfg(test)]
     const KNOWN: [(&'static str, EventKind); 14] = [
         ("start", EventKind::Start),
         ("step-start", EventKind::StepStart),
@@ -76,20 +77,35 @@ impl EventKind {
     /// # Errors
     /// `InvalidInput` if a custom name is not `[a-z0-9-]{1,64}`.
     pub fn parse(name: &str) -> Result<Self> {
-        if let Some((_, k)) = Self::KNOWN.iter().find(|(n, _)| *n == name) {
-            return Ok(k.clone());
-        }
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(Error::invalid_input(format!(
-                "event kind must be [a-z0-9-]{{1,64}}, got {name:?}"
-            )));
-        }
-        Ok(EventKind::Custom(Arc::from(name)))
+        Ok(match name {
+            "start" => EventKind::Start,
+            "step-start" => EventKind::StepStart,
+            "text-delta" => EventKind::TextDelta,
+            "reasoning-delta" => EventKind::ReasoningDelta,
+            "tool-call" => EventKind::ToolCall,
+            "tool-call-approval" => EventKind::ToolCallApproval,
+            "tool-result" => EventKind::ToolResult,
+            "tool-error" => EventKind::ToolError,
+            "step-finish" => EventKind::StepFinish,
+            "step-restart" => EventKind::StepRestart,
+            "suspended" => EventKind::Suspended,
+            "finish" => EventKind::Finish,
+            "error" => EventKind::Error,
+            "abort" => EventKind::Abort,
+            _ => {
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(Error::invalid_input(format!(
+                        "event kind must be [a-z0-9-]{{1,64}}, got {name:?}"
+                    )));
+                }
+                EventKind::Custom(Arc::from(name))
+            }
+        })
     }
 
     /// The wire name.
@@ -303,6 +319,9 @@ impl Event {
     /// # Errors
     /// `Corrupt` if the entry is not a stored event.
     pub fn decode_stored(run_id: &RunId, cursor: Cursor, stored: &Bytes) -> Result<Self> {
+        if let Some(ev) = Self::decode_own_format(run_id, cursor, stored) {
+            return Ok(ev);
+        }
         #[derive(Deserialize)]
         struct Stored<'a> {
             #[serde(borrow)]
@@ -312,11 +331,8 @@ impl Event {
             data: &'a RawValue,
         }
         let s: Stored<'_> = serde_json::from_slice(stored).map_err(|e| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!("run log entry {cursor} is not an event"),
-            )
-            .with_source(e)
+            Error::new(ErrorKind::Corrupt, format!("run log entry {cursor} is not an event"))
+                .with_source(e)
         })?;
         let kind = EventKind::parse(&s.kind)
             .map_err(|e| Error::new(ErrorKind::Corrupt, e.message().to_owned()))?;
@@ -327,6 +343,35 @@ impl Event {
             kind,
             data,
             at: s.at,
+        })
+    }
+
+    /// The replay hot path: entries written by [`NewEvent::encode_stored`] have exactly the shape
+    /// `{"kind":"<kind>","at":<digits>,"data":<json>}`, so they are split without a JSON parse
+    /// (the data was valid JSON when it was encoded). Anything else takes the serde path.
+    fn decode_own_format(run_id: &RunId, cursor: Cursor, stored: &Bytes) -> Option<Self> {
+        let rest = stored.strip_prefix(b"{\"kind\":\"")?;
+        let kind_end = rest.iter().position(|b| *b == b'"')?;
+        let kind = EventKind::parse(std::str::from_utf8(&rest[..kind_end]).ok()?).ok()?;
+        let rest = rest[kind_end..].strip_prefix(b"\",\"at\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 19 {
+            return None;
+        }
+        let at = rest[..digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let data = rest[digits..].strip_prefix(b",\"data\":")?;
+        let data = data.strip_suffix(b"}")?;
+        if data.is_empty() {
+            return None;
+        }
+        Some(Event {
+            run_id: run_id.clone(),
+            cursor,
+            kind,
+            data: Json(stored.slice_ref(data)),
+            at,
         })
     }
 
@@ -394,6 +439,18 @@ mod tests {
         assert_eq!(full["kind"], "text-delta");
         let via_serde: Event = serde_json::from_slice(&back.to_json()).unwrap();
         assert_eq!(via_serde, back);
+    }
+
+    #[test]
+    fn foreign_stored_shapes_take_the_serde_path() {
+        let run = RunId::new("r").unwrap();
+        let reordered = Bytes::from_static(br#"{"at": 5, "data": {"x": [1]}, "kind": "finish"}"#);
+        let e = Event::decode_stored(&run, 0, &reordered).unwrap();
+        assert_eq!((e.kind, e.at, e.data.to_value()), (EventKind::Finish, 5, serde_json::json!({"x": [1]})));
+        for bad in [&b"{}"[..], b"{\"kind\":\"x\",\"at\":1,\"data\":}", b"not json"] {
+            let r = Event::decode_stored(&run, 0, &Bytes::copy_from_slice(bad));
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupt);
+        }
     }
 
     #[test]

@@ -593,6 +593,11 @@ impl Observer {
         let Some(lines) = events else { return };
         let mut cursor = first;
         for line in lines {
+            if cursor >= first + count {
+                // More lines than announced: a malformed frame; the log is authoritative.
+                self.need_read = self.log.is_durable();
+                return;
+            }
             if cursor >= self.next {
                 match Event::decode_stored(&self.run_id, cursor, &line) {
                     Ok(ev) => self.buf.push_back(ev),
@@ -603,6 +608,9 @@ impl Observer {
                 }
             }
             cursor += 1;
+        }
+        if cursor < first + count {
+            self.need_read = self.log.is_durable();
         }
         if !self.log.is_durable() {
             // Live-only: there is no log to fill holes from; deliver what was announced.
@@ -686,24 +694,20 @@ fn wake_frame(first: Cursor, stored: &[Bytes], max_bytes: usize) -> Bytes {
     buf.freeze()
 }
 
-type FrameLines = Option<Vec<Bytes>>;
-
-fn parse_frame(frame: &Bytes) -> Option<(Cursor, u64, FrameLines)> {
-    let header_end = frame
-        .iter()
-        .position(|b| *b == b'\n')
-        .unwrap_or(frame.len());
+/// Split a wake-up frame into `(first cursor, count, events)`; `events` is `None` when the frame
+/// carries only the range. The events are slices of the frame (no copy).
+fn parse_frame(frame: &Bytes) -> Option<(Cursor, u64, Option<impl Iterator<Item = Bytes> + '_>)> {
+    let header_end = frame.iter().position(|b| *b == b'\n').unwrap_or(frame.len());
     let header = std::str::from_utf8(&frame[..header_end]).ok()?;
     let (first, count) = header.split_once(' ')?;
     let (first, count): (Cursor, u64) = (first.parse().ok()?, count.parse().ok()?);
     if header_end == frame.len() {
         return Some((first, count, None));
     }
-    let lines: Vec<Bytes> = frame[header_end + 1..]
+    let lines = frame[header_end + 1..]
         .split(|b| *b == b'\n')
-        .map(|l| frame.slice_ref(l))
-        .collect();
-    (lines.len() as u64 == count).then_some((first, count, Some(lines)))
+        .map(|l| frame.slice_ref(l));
+    Some((first, count, Some(lines)))
 }
 
 /// A batching, bounded writer for one run (see [`EventLog::writer`]).
@@ -832,9 +836,11 @@ mod tests {
         let f = wake_frame(5, &stored, 1024);
         let (first, count, lines) = parse_frame(&f).unwrap();
         assert_eq!((first, count), (5, 2));
-        assert_eq!(lines.unwrap(), stored);
+        assert_eq!(lines.unwrap().collect::<Vec<_>>(), stored);
         let f = wake_frame(5, &stored, 4);
-        assert_eq!(parse_frame(&f).unwrap(), (5, 2, None));
+        let (first, count, lines) = parse_frame(&f).unwrap();
+        assert_eq!((first, count), (5, 2));
+        assert!(lines.is_none());
         assert!(parse_frame(&Bytes::from_static(b"garbage")).is_none());
     }
 }
