@@ -107,7 +107,10 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .map_err(|e| format!("{step}: cannot run: {e}"))?;
-    eprintln!("xtask: {step} finished in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: {step} finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     if status.success() {
         Ok(())
     } else {
@@ -131,7 +134,11 @@ fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<String, Str
     let mut env = BTreeMap::new();
     for b in active_backends(ctx) {
         if b.env.iter().all(|v| services::env_url_var(v).is_some()) {
-            eprintln!("xtask: {}: using the server given by {}", b.name, b.env.join(", "));
+            eprintln!(
+                "xtask: {}: using the server given by {}",
+                b.name,
+                b.env.join(", ")
+            );
             continue;
         }
         let started = Instant::now();
@@ -173,7 +180,9 @@ fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     if !skip_lint {
         run(
             "cargo fmt --check",
-            cargo().current_dir(&ctx.root).args(["fmt", "--all", "--", "--check"]),
+            cargo()
+                .current_dir(&ctx.root)
+                .args(["fmt", "--all", "--", "--check"]),
         )?;
         run(
             "cargo clippy -D warnings",
@@ -244,9 +253,14 @@ fn deny(ctx: &Ctx) -> Result<()> {
     }
     run(
         "cargo deny check licenses bans sources",
-        Command::new(&bin)
-            .current_dir(&ctx.root)
-            .args(["deny", "--offline", "check", "licenses", "bans", "sources"]),
+        Command::new(&bin).current_dir(&ctx.root).args([
+            "deny",
+            "--offline",
+            "check",
+            "licenses",
+            "bans",
+            "sources",
+        ]),
     )
 }
 
@@ -255,7 +269,10 @@ fn services_cmd(ctx: &Ctx) -> Result<()> {
     for (k, v) in &env {
         println!("export {k}={v}");
     }
-    eprintln!("xtask: {} service(s) running; press Enter to stop them", processes.len());
+    eprintln!(
+        "xtask: {} service(s) running; press Enter to stop them",
+        processes.len()
+    );
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
     drop(processes);

@@ -122,7 +122,7 @@ impl PubSub for BrokenPubSub {
     }
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         let n = self.published.fetch_add(1, Ordering::Relaxed);
-        if self.bug == PubSubBug::SilentLoss && n % 3 == 2 {
+        if self.bug == PubSubBug::SilentLoss && n.is_multiple_of(3) {
             return Ok(());
         }
         self.inner.publish(topic, payload).await

@@ -25,7 +25,10 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn log() -> EventLog {
-    EventLog::new(Arc::new(InMemoryCache::new()), Arc::new(InMemoryPubSub::new()))
+    EventLog::new(
+        Arc::new(InMemoryCache::new()),
+        Arc::new(InMemoryPubSub::new()),
+    )
 }
 
 fn delta() -> NewEvent {
@@ -47,8 +50,14 @@ fn finish() -> NewEvent {
 }
 
 /// Spawn an observer that drains the run until its end.
-fn drain(log: &EventLog, run: &RunId, rt: &tokio::runtime::Runtime) -> tokio::task::JoinHandle<u64> {
-    let stream = rt.block_on(log.observe(run, ObserveOptions::from(0))).expect("observe");
+fn drain(
+    log: &EventLog,
+    run: &RunId,
+    rt: &tokio::runtime::Runtime,
+) -> tokio::task::JoinHandle<u64> {
+    let stream = rt
+        .block_on(log.observe(run, ObserveOptions::from(0)))
+        .expect("observe");
     rt.spawn(async move { stream.fold(0u64, |n, _| async move { n + 1 }).await })
 }
 
@@ -121,7 +130,10 @@ fn bench_replay(c: &mut Criterion) {
     g.bench_function("10k", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let s = log.observe(&run, ObserveOptions::from(0)).await.expect("observe");
+                let s = log
+                    .observe(&run, ObserveOptions::from(0))
+                    .await
+                    .expect("observe");
                 let n = s.fold(0u64, |n, _| async move { n + 1 }).await;
                 assert_eq!(n, N + 1);
             })
@@ -142,7 +154,10 @@ fn bench_latency(c: &mut Criterion) {
         let log = log();
         let run = RunId::generate();
         log.create(&run, None).await.expect("create");
-        let mut stream = log.observe(&run, ObserveOptions::from(0)).await.expect("observe");
+        let mut stream = log
+            .observe(&run, ObserveOptions::from(0))
+            .await
+            .expect("observe");
         let ev = [delta()];
         let mut out = Vec::with_capacity(20_000);
         for _ in 0..20_000 {

@@ -331,8 +331,11 @@ impl Event {
             data: &'a RawValue,
         }
         let s: Stored<'_> = serde_json::from_slice(stored).map_err(|e| {
-            Error::new(ErrorKind::Corrupt, format!("run log entry {cursor} is not an event"))
-                .with_source(e)
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("run log entry {cursor} is not an event"),
+            )
+            .with_source(e)
         })?;
         let kind = EventKind::parse(&s.kind)
             .map_err(|e| Error::new(ErrorKind::Corrupt, e.message().to_owned()))?;
@@ -446,8 +449,15 @@ mod tests {
         let run = RunId::new("r").unwrap();
         let reordered = Bytes::from_static(br#"{"at": 5, "data": {"x": [1]}, "kind": "finish"}"#);
         let e = Event::decode_stored(&run, 0, &reordered).unwrap();
-        assert_eq!((e.kind, e.at, e.data.to_value()), (EventKind::Finish, 5, serde_json::json!({"x": [1]})));
-        for bad in [&b"{}"[..], b"{\"kind\":\"x\",\"at\":1,\"data\":}", b"not json"] {
+        assert_eq!(
+            (e.kind, e.at, e.data.to_value()),
+            (EventKind::Finish, 5, serde_json::json!({"x": [1]}))
+        );
+        for bad in [
+            &b"{}"[..],
+            b"{\"kind\":\"x\",\"at\":1,\"data\":}",
+            b"not json",
+        ] {
             let r = Event::decode_stored(&run, 0, &Bytes::copy_from_slice(bad));
             assert_eq!(r.unwrap_err().kind(), ErrorKind::Corrupt);
         }

@@ -697,7 +697,10 @@ fn wake_frame(first: Cursor, stored: &[Bytes], max_bytes: usize) -> Bytes {
 /// Split a wake-up frame into `(first cursor, count, events)`; `events` is `None` when the frame
 /// carries only the range. The events are slices of the frame (no copy).
 fn parse_frame(frame: &Bytes) -> Option<(Cursor, u64, Option<impl Iterator<Item = Bytes> + '_>)> {
-    let header_end = frame.iter().position(|b| *b == b'\n').unwrap_or(frame.len());
+    let header_end = frame
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(frame.len());
     let header = std::str::from_utf8(&frame[..header_end]).ok()?;
     let (first, count) = header.split_once(' ')?;
     let (first, count): (Cursor, u64) = (first.parse().ok()?, count.parse().ok()?);

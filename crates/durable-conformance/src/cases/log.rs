@@ -323,7 +323,7 @@ pub async fn slow_observer_gets_every_event_with_bounded_memory(b: Backend) -> C
         })?;
         max_buffered = max_buffered.max(stream.buffered_events());
         expected += 1;
-        if expected % 1000 == 0 {
+        if expected.is_multiple_of(1000) {
             // Slow: let the producer run far ahead.
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
