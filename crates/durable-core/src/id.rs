@@ -25,6 +25,10 @@ pub struct RunId(Arc<str>);
 impl RunId {
     /// Validate and wrap a run id.
     ///
+    /// # Behavior
+    /// - Ids with `*`, `>`, `.`, `:`, `/`, spaces, `..`, 0 or 129 characters, or non-ASCII are
+    ///   rejected and nothing is written (`invalid_run_ids_are_rejected_and_nothing_is_written`).
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the id is empty, longer than
     /// 128 characters, or has a character outside `[A-Za-z0-9_-]`.

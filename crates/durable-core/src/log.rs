@@ -279,6 +279,14 @@ impl EventLog {
     /// published, observers still find the events at their next read (at the latest after
     /// [`LogConfig::idle_check`]).
     ///
+    /// # Behavior
+    /// - Concurrent appenders get contiguous cursors, each once
+    ///   (`log_cursors_are_contiguous_under_concurrent_appenders`).
+    /// - An append with an epoch older than the log's fence is rejected
+    ///   (`fenced_writer_cannot_append`).
+    /// - Past [`LogConfig::max_events`] the append fails and stores nothing
+    ///   (`max_events_per_run_is_enforced`).
+    ///
     /// # Errors
     /// `Fenced` for a stale `fence`, `LimitExceeded` past [`LogConfig::max_events`], or the
     /// backend's error. Nothing is stored on error.
@@ -323,6 +331,10 @@ impl EventLog {
     /// A batching writer for one run: events sent while an append is in flight go out together
     /// in the next one, so a fast producer needs far fewer than one round trip per event.
     /// The writer's buffer is bounded (`capacity` events).
+    ///
+    /// # Behavior
+    /// - Order is preserved; a failed append surfaces on the next call
+    ///   (`writer_batches_and_preserves_order`).
     pub fn writer(&self, run_id: RunId, fence: Option<Epoch>, capacity: usize) -> RunWriter {
         RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1))
     }
@@ -356,6 +368,10 @@ impl EventLog {
 
     /// Start the run's retention: its log and record expire after [`LogConfig::retention`], and a
     /// tombstone answers `Gone` for [`LogConfig::tombstone`] longer. Call once the run is terminal.
+    ///
+    /// # Behavior
+    /// - Afterwards nothing of the run is left: log, record, tombstone, every key
+    ///   (`retention_removes_log_and_record`).
     ///
     /// # Errors
     /// The backend's error.
@@ -404,6 +420,27 @@ impl EventLog {
     /// - offset beyond the next cursor: `OffsetAhead`.
     ///
     /// Dropping the stream only detaches this observer; it never deletes anything.
+    ///
+    /// # Behavior
+    /// - `observe(k)` yields exactly the events from cursor `k`, for every `k`, on finished runs
+    ///   and on live runs racing their producer (`observe_from_every_offset_is_exact`,
+    ///   `observe_racing_live_producer_is_exact`, `observe_from_zero_replays_everything_then_ends`).
+    /// - From the end of a finished run it ends at once; from the end of a live run it waits for
+    ///   the next event (`observe_from_end_of_finished_run_ends_at_once`,
+    ///   `observe_from_end_of_live_run_waits_for_next_event`).
+    /// - A late observer gets the stored prefix, then live events
+    ///   (`late_observer_gets_replay_then_live`).
+    /// - Live events are pushed, not polled (`live_event_is_pushed_without_polling`); a slow
+    ///   observer gets every event with bounded memory
+    ///   (`slow_observer_gets_every_event_with_bounded_memory`).
+    /// - `finish`, `error` and `abort` end every observer (`terminal_event_ends_every_observer`).
+    /// - A trailing `suspended` ends the stream unless [`OnSuspend::Wait`]
+    ///   (`suspended_run_ends_observe_by_default`, `suspended_run_waits_for_resume_when_asked`).
+    /// - Unknown run: `NotFound`; expired: `Gone`; past the end: `OffsetAhead`
+    ///   (`unknown_run_is_not_found`, `expired_run_is_gone`, `offset_ahead_is_rejected`).
+    /// - A running run whose lease expired is reported as `ProducerLost`
+    ///   (`dead_producer_is_reported`).
+    /// - Dropping one observer never affects another (`cleanup_of_one_observer_keeps_others`).
     ///
     /// # Errors
     /// As above, or the backend's error.

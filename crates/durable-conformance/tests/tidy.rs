@@ -1,0 +1,71 @@
+//! Tidy: the `# Behavior` bullets in durable-core's docs and the conformance cases name each
+//! other exactly, so the docs are the test spec and the spec has a test.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Case names quoted in `` (`name`) `` form inside `# Behavior` sections of core's sources.
+fn documented_cases() -> BTreeSet<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../durable-core/src");
+    let mut names = BTreeSet::new();
+    for file in ["cache.rs", "pubsub.rs", "store.rs", "log.rs", "id.rs"] {
+        let text = std::fs::read_to_string(src.join(file)).expect("read core source");
+        let mut in_behavior = false;
+        for line in text.lines().map(str::trim) {
+            if line == "/// # Behavior" {
+                in_behavior = true;
+                continue;
+            }
+            if !line.starts_with("///") || line.starts_with("/// #") {
+                in_behavior = false;
+                continue;
+            }
+            if in_behavior {
+                for part in line.split('`').skip(1).step_by(2) {
+                    if !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                        && part.matches('_').count() >= 2
+                    {
+                        names.insert(part.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_behavior_bullet_names_a_case_and_every_case_is_documented() {
+    let documented = documented_cases();
+    let cases: BTreeSet<String> = durable_conformance::cases::ALL
+        .iter()
+        .map(|c| c.name.to_owned())
+        .collect();
+    let undocumented: Vec<_> = cases.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&cases).collect();
+    assert!(
+        unknown.is_empty(),
+        "# Behavior names that are not cases: {unknown:?}"
+    );
+    assert!(
+        undocumented.is_empty(),
+        "cases no # Behavior section names: {undocumented:?}"
+    );
+}
+
+#[test]
+fn case_names_are_unique_sentences() {
+    let mut seen = BTreeSet::new();
+    for c in durable_conformance::cases::ALL {
+        assert!(seen.insert(c.name), "duplicate case {}", c.name);
+        assert!(
+            c.name.split('_').count() >= 3,
+            "case name {} is not a sentence",
+            c.name
+        );
+    }
+    assert!(seen.len() >= 30, "the suite has only {} cases", seen.len());
+}
