@@ -545,10 +545,14 @@ impl Observer {
                     continue;
                 }
                 if ev.cursor > self.next {
-                    // A hole between announced events: the log fills it.
-                    self.buf.clear();
-                    self.need_read = true;
-                    continue;
+                    if self.log.is_durable() {
+                        // A hole between announced events: the log fills it.
+                        self.buf.clear();
+                        self.need_read = true;
+                        continue;
+                    }
+                    // Live-only: nothing to fill the hole from; go on from what arrived.
+                    self.next = ev.cursor;
                 }
                 self.next += 1;
                 let hidden = self.peek.take_if(|p| *p == ev.cursor).is_some();
@@ -869,6 +873,71 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::{InMemoryCache, InMemoryPubSub};
+
+    fn delta(i: u64) -> NewEvent {
+        NewEvent::json(EventKind::TextDelta, &i).unwrap()
+    }
+
+    #[tokio::test]
+    async fn live_only_log_delivers_live_events_and_stores_nothing() {
+        let log = EventLog::live_only(Arc::new(InMemoryPubSub::new()));
+        let run = RunId::generate();
+        assert_eq!(
+            log.observe(&run, ObserveOptions::default())
+                .await
+                .err()
+                .map(|e| e.kind()),
+            Some(ErrorKind::NotFound)
+        );
+        log.create(&run, None).await.unwrap();
+        log.append(&run, &[delta(0)], None).await.unwrap();
+        // Attached after cursor 0: live-only delivers what comes next, nothing replayed.
+        let mut stream = log.observe(&run, ObserveOptions::default()).await.unwrap();
+        log.append(&run, &[delta(1), delta(2)], None).await.unwrap();
+        log.append(
+            &run,
+            &[NewEvent::json(EventKind::Finish, &()).unwrap()],
+            None,
+        )
+        .await
+        .unwrap();
+        let mut cursors = Vec::new();
+        while let Some(e) = stream.next().await {
+            cursors.push(e.unwrap().cursor);
+        }
+        assert_eq!(cursors, [1, 2, 3]);
+        assert_eq!(
+            log.len(&run).await.unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            log.observe(&run, ObserveOptions::default())
+                .await
+                .err()
+                .map(|e| e.kind()),
+            Some(ErrorKind::NotFound),
+            "a finished live-only run is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn wake_frames_without_events_make_observers_read_the_log() {
+        let mut config = LogConfig::default();
+        config.max_wake_bytes = 0;
+        config.idle_check = Duration::from_secs(3600);
+        let log = EventLog::new(
+            Arc::new(InMemoryCache::new()),
+            Arc::new(InMemoryPubSub::new()),
+        )
+        .with_config(config);
+        let run = RunId::generate();
+        log.create(&run, None).await.unwrap();
+        let mut stream = log.observe(&run, ObserveOptions::default()).await.unwrap();
+        log.append(&run, &[delta(0), delta(1)], None).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap().cursor, 0);
+        assert_eq!(stream.next().await.unwrap().unwrap().cursor, 1);
+    }
 
     #[test]
     fn frames_round_trip() {
