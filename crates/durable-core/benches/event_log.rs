@@ -3,6 +3,7 @@
 //! `cargo bench -p durable-core --bench event_log`
 //!
 //! - `append/single`: `EventLog::append` of one 16-byte delta, one observer attached.
+//! - `append/batch64`: `EventLog::append` of 64 deltas at a time (`append_many`), one observer.
 //! - `append/writer`: the batching `RunWriter`, one observer attached.
 //! - `replay/10k`: `observe(0)` of a finished 10,000-event run, to the end.
 //! - `latency`: append → observer receipt, p50/p99 over 20,000 events (printed).
@@ -81,6 +82,30 @@ fn bench_append(c: &mut Criterion) {
                     for _ in 0..N {
                         log.append(&run, &ev, None).await.expect("append");
                     }
+                    log.append(&run, &[finish()], None).await.expect("finish");
+                    obs.await.expect("observer")
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("batch64", |b| {
+        b.iter_batched(
+            || {
+                let log = log();
+                let run = RunId::generate();
+                rt.block_on(log.create(&run, None)).expect("create");
+                let obs = drain(&log, &run, &rt);
+                (log, run, obs)
+            },
+            |(log, run, obs)| {
+                rt.block_on(async {
+                    let batch: Vec<_> = (0..64).map(|_| delta()).collect();
+                    for _ in 0..N / 64 {
+                        log.append(&run, &batch, None).await.expect("append");
+                    }
+                    let rest: Vec<_> = (0..N % 64).map(|_| delta()).collect();
+                    log.append(&run, &rest, None).await.expect("append");
                     log.append(&run, &[finish()], None).await.expect("finish");
                     obs.await.expect("observer")
                 })

@@ -225,23 +225,35 @@ impl EventLog {
         self.inner.cache.is_some()
     }
 
-    /// The prefix of every cache key of `run_id` (`<ns>/run/<id>/`).
-    pub fn run_prefix(&self, run_id: &RunId) -> String {
-        format!("{}/run/{}/", self.inner.config.namespace, run_id)
+    fn name(&self, run_id: &RunId, sep: char, suffix: &str) -> String {
+        let ns = &self.inner.config.namespace;
+        let mut s = String::with_capacity(ns.len() + run_id.as_str().len() + suffix.len() + 6);
+        s.push_str(ns);
+        s.push(sep);
+        s.push_str("run");
+        s.push(sep);
+        s.push_str(run_id.as_str());
+        s.push_str(suffix);
+        s
     }
 
-    /// The cache log holding `run_id`'s events.
+    /// The prefix of every cache key of `run_id` (`<ns>/run/<id>/`).
+    pub fn run_prefix(&self, run_id: &RunId) -> String {
+        self.name(run_id, '/', "/")
+    }
+
+    /// The cache log holding `run_id`'s events (`<ns>/run/<id>/events`).
     pub fn log_name(&self, run_id: &RunId) -> String {
-        format!("{}events", self.run_prefix(run_id))
+        self.name(run_id, '/', "/events")
     }
 
     fn tombstone_name(&self, run_id: &RunId) -> String {
-        format!("{}gone", self.run_prefix(run_id))
+        self.name(run_id, '/', "/gone")
     }
 
     /// The PubSub topic announcing `run_id`'s appends (`<ns>.run.<id>`).
     pub fn topic(&self, run_id: &RunId) -> String {
-        format!("{}.run.{}", self.inner.config.namespace, run_id)
+        self.name(run_id, '.', "")
     }
 
     /// Create the run's log (idempotent). With `fence`, raise the log's fence to that epoch:

@@ -196,13 +196,21 @@ impl ServerCache for InMemoryCache {
     ) -> Result<Cursor> {
         check("append", "log", log)?;
         self.with_entry(log, true, |s, _| {
-            let entry = s.map.entry(log.to_owned()).or_insert_with(|| Entry {
-                value: Value::Log {
-                    entries: Vec::new(),
-                    fence: 0,
-                },
-                expires_at: None,
-            });
+            if !s.map.contains_key(log) {
+                s.map.insert(
+                    log.to_owned(),
+                    Entry {
+                        value: Value::Log {
+                            entries: Vec::new(),
+                            fence: 0,
+                        },
+                        expires_at: None,
+                    },
+                );
+            }
+            let Some(entry) = s.map.get_mut(log) else {
+                return Err(wrong_type("append", log));
+            };
             let Value::Log { entries, fence } = &mut entry.value else {
                 return Err(wrong_type("append", log));
             };

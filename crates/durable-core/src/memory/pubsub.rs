@@ -140,10 +140,10 @@ impl PubSub for InMemoryPubSub {
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         check("publish", "topic", topic)?;
-        let groups: Vec<Arc<GroupQueue>> = lock(&self.inner.groups)
-            .get(topic)
-            .map(|g| g.values().cloned().collect())
-            .unwrap_or_default();
+        let groups: Vec<Arc<GroupQueue>> = match lock(&self.inner.groups).get(topic) {
+            Some(g) => g.values().cloned().collect(),
+            None => Vec::new(),
+        };
         if groups
             .iter()
             .any(|g| lock(&g.items).len() >= self.inner.group_capacity)
