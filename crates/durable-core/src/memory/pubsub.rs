@@ -231,3 +231,78 @@ impl PubSub for InMemoryPubSub {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{EventLog, ObserveOptions};
+    use crate::memory::InMemoryCache;
+    use crate::{EventKind, NewEvent, RunId};
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn topic_channel_is_released_with_its_last_subscriber() {
+        let p = InMemoryPubSub::new();
+        let a = p.subscribe("t.one").await.unwrap();
+        let b = p.subscribe("t.one").await.unwrap();
+        let c = p.subscribe("t.two").await.unwrap();
+        assert_eq!(p.active_topics(), 2);
+        drop(a);
+        assert_eq!(p.active_topics(), 2);
+        drop(b);
+        drop(c);
+        assert_eq!(p.active_topics(), 0);
+        // Publishing to a topic nobody listens to creates nothing.
+        p.publish("t.three", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(p.active_topics(), 0);
+    }
+
+    #[tokio::test]
+    async fn finished_and_dropped_observers_leave_no_subscription_behind() {
+        let pubsub = InMemoryPubSub::new();
+        let log = EventLog::new(Arc::new(InMemoryCache::new()), Arc::new(pubsub.clone()));
+        let run = RunId::generate();
+        log.create(&run, None).await.unwrap();
+        let dropped = log.observe(&run, ObserveOptions::default()).await.unwrap();
+        let finished = log.observe(&run, ObserveOptions::default()).await.unwrap();
+        assert_eq!(pubsub.active_topics(), 1);
+        drop(dropped);
+        log.append(
+            &run,
+            &[NewEvent::json(EventKind::Finish, &()).unwrap()],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(finished.collect::<Vec<_>>().await.len(), 1);
+        assert_eq!(pubsub.active_topics(), 0);
+    }
+
+    #[tokio::test]
+    async fn unsettled_job_is_redelivered_when_dropped() {
+        let p = InMemoryPubSub::new();
+        let mut c = p.subscribe_group("jobs", "workers").await.unwrap();
+        p.publish("jobs", Bytes::from_static(b"1")).await.unwrap();
+        let job = c.next().await.unwrap().unwrap();
+        drop(job);
+        let again = c.next().await.unwrap().unwrap();
+        assert_eq!((again.payload().as_ref(), again.attempt()), (&b"1"[..], 2));
+        again.ack().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_group_queue_refuses_instead_of_growing() {
+        let p = InMemoryPubSub::with_capacity(8, 2);
+        let _c = p.subscribe_group("jobs", "workers").await.unwrap();
+        p.publish("jobs", Bytes::from_static(b"1")).await.unwrap();
+        p.publish("jobs", Bytes::from_static(b"2")).await.unwrap();
+        let err = p
+            .publish("jobs", Bytes::from_static(b"3"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_retryable());
+    }
+}
