@@ -935,9 +935,11 @@ mod tests {
 
     #[tokio::test]
     async fn wake_frames_without_events_make_observers_read_the_log() {
-        let mut config = LogConfig::default();
-        config.max_wake_bytes = 0;
-        config.idle_check = Duration::from_secs(3600);
+        let config = LogConfig {
+            max_wake_bytes: 0,
+            idle_check: Duration::from_secs(3600),
+            ..LogConfig::default()
+        };
         let log = EventLog::new(
             Arc::new(InMemoryCache::new()),
             Arc::new(InMemoryPubSub::new()),
