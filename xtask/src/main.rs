@@ -51,8 +51,16 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Where built tools are cached: `DURABLE_TOOLS_DIR`, else `~/.cache/durable/tools` (outside
+    /// the clone, so a fresh clone on a kept machine skips the builds), else `<workspace>/.tools`.
     fn tools(&self) -> PathBuf {
-        self.root.join(".tools")
+        if let Some(dir) = std::env::var_os("DURABLE_TOOLS_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".cache/durable/tools"),
+            None => self.root.join(".tools"),
+        }
     }
 }
 
@@ -232,7 +240,7 @@ fn deny(ctx: &Ctx) -> Result<()> {
         .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION));
     if !current {
         let installed = run(
-            "cargo install cargo-deny (cached in .tools)",
+            "cargo install cargo-deny (cached in the tools dir)",
             cargo().current_dir(&ctx.root).args([
                 "install",
                 "cargo-deny",
