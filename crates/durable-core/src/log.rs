@@ -786,6 +786,7 @@ impl fmt::Debug for RunWriter {
 
 enum WriterCmd {
     Event(NewEvent),
+    Batch(Vec<NewEvent>),
     Flush(oneshot::Sender<Result<Cursor>>),
 }
 
@@ -806,6 +807,7 @@ impl RunWriter {
                 while let Some(c) = cmd.take() {
                     match c {
                         WriterCmd::Event(e) => batch.push(e),
+                        WriterCmd::Batch(mut v) => batch.append(&mut v),
                         WriterCmd::Flush(reply) => flushes.push(reply),
                     }
                     if batch.len() < WRITER_MAX_BATCH {
@@ -859,6 +861,22 @@ impl RunWriter {
         self.check()?;
         self.tx
             .send(WriterCmd::Event(event))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))
+    }
+
+    /// Queue several events at once (one slot of the bounded buffer; keep batches small, a few
+    /// hundred events at most).
+    ///
+    /// # Errors
+    /// The error of an earlier failed append.
+    pub async fn send_batch(&self, events: Vec<NewEvent>) -> Result<()> {
+        self.check()?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(WriterCmd::Batch(events))
             .await
             .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))
     }

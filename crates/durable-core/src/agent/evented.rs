@@ -1,0 +1,238 @@
+//! [`EventedAgent`]: runs queued on a PubSub work queue and executed by a worker pool.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::definition::{AgentInput, StreamOptions};
+use super::durable::{DurableAgent, DurableRun};
+use crate::error::{Error, Result};
+use crate::id::RunId;
+use crate::log::{ObserveOptions, OnSuspend};
+use crate::memory::lock;
+use crate::pubsub::Job;
+
+/// The consumer group every worker of an agent joins.
+const GROUP: &str = "workers";
+
+/// Fire-and-forget durable runs: [`stream`](EventedAgent::stream) creates the run, queues it
+/// and returns at once; a pool of workers (in this process or any other sharing the backends)
+/// claims queued runs and executes them with a lease and heartbeat. When a worker dies its
+/// lease expires and another worker's sweep continues the run from its last checkpoint, the
+/// dead worker fenced off by epoch.
+///
+/// Observe, resume, abort and status go through [`EventedAgent::durable`].
+pub struct EventedAgent {
+    durable: DurableAgent,
+    queue: String,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for EventedAgent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventedAgent")
+            .field("durable", &self.durable)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// Builds an [`EventedAgent`]; see [`EventedAgent::builder`].
+#[derive(Debug)]
+pub struct EventedAgentBuilder {
+    durable: DurableAgent,
+    workers: usize,
+    sweep_every: Option<Duration>,
+}
+
+impl EventedAgentBuilder {
+    /// Worker tasks in this process, each executing one run at a time (default 4). Zero makes
+    /// a producer-only instance (an API process that only queues and observes).
+    #[must_use]
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// How often the workers look for runs whose executor died (default: half the lease).
+    #[must_use]
+    pub fn sweep_every(mut self, every: Duration) -> Self {
+        self.sweep_every = Some(every);
+        self
+    }
+
+    /// Join the work queue and start the workers on the current tokio runtime.
+    ///
+    /// # Errors
+    /// The PubSub's error if the queue cannot be joined, `Unsupported` if it has no consumer
+    /// groups.
+    pub async fn start(self) -> Result<EventedAgent> {
+        let durable = self.durable;
+        let queue = format!(
+            "{}.queue.{}",
+            durable.log().config().namespace,
+            durable.agent().id()
+        );
+        let pubsub = durable.inner.pubsub.clone();
+        if self.workers > 0 && !pubsub.capabilities().groups {
+            return Err(Error::unsupported(format!(
+                "pubsub backend {} has no consumer groups: it cannot carry a work queue",
+                pubsub.backend()
+            )));
+        }
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for _ in 0..self.workers {
+            let sub = pubsub.subscribe_group(&queue, GROUP).await?;
+            tasks.push(tokio::spawn(worker(durable.clone(), sub, shutdown.clone())));
+        }
+        if self.workers > 0 {
+            let every = self
+                .sweep_every
+                .unwrap_or(durable.inner.lease_ttl / 2)
+                .max(Duration::from_millis(5));
+            tasks.push(tokio::spawn(sweeper(
+                durable.clone(),
+                every,
+                shutdown.clone(),
+            )));
+        }
+        Ok(EventedAgent {
+            durable,
+            queue,
+            shutdown,
+            tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+impl EventedAgent {
+    /// An evented agent over `durable`'s backends.
+    pub fn builder(durable: DurableAgent) -> EventedAgentBuilder {
+        EventedAgentBuilder {
+            durable,
+            workers: 4,
+            sweep_every: None,
+        }
+    }
+
+    /// The durable agent behind it (observe, resume, abort, status).
+    pub fn durable(&self) -> &DurableAgent {
+        &self.durable
+    }
+
+    /// Create the run, queue it, and return its stream from cursor 0 at once. The run
+    /// executes on whichever worker takes it.
+    ///
+    /// # Errors
+    /// As [`DurableAgent::stream`]; the PubSub's error if the run cannot be queued (the run
+    /// record then stays `pending` and a sweep picks it up).
+    pub async fn stream(
+        &self,
+        input: impl Into<AgentInput>,
+        options: StreamOptions,
+    ) -> Result<DurableRun> {
+        let (run_id, _, _) = self.durable.create(input.into(), &options, false).await?;
+        let stream = self
+            .durable
+            .observe(&run_id, ObserveOptions::from(0).on_suspend(OnSuspend::End))
+            .await?;
+        self.durable
+            .inner
+            .pubsub
+            .publish(
+                &self.queue,
+                Bytes::copy_from_slice(run_id.as_str().as_bytes()),
+            )
+            .await?;
+        Ok(stream)
+    }
+
+    /// Observe a run (see [`DurableAgent::observe`]).
+    ///
+    /// # Errors
+    /// As [`DurableAgent::observe`].
+    pub async fn observe(&self, run_id: &RunId, options: ObserveOptions) -> Result<DurableRun> {
+        self.durable.observe(run_id, options).await
+    }
+
+    /// Stop this instance's workers. Runs they execute stop where they are and are continued
+    /// by other workers once their leases expire.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.durable.shutdown();
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for EventedAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn worker(
+    durable: DurableAgent,
+    mut sub: crate::pubsub::GroupSubscription,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            n = sub.next() => n,
+        };
+        match next {
+            Some(Ok(job)) => handle(&durable, job).await,
+            Some(Err(e)) => tracing::warn!(error = %e, "work queue error"),
+            None => return,
+        }
+    }
+}
+
+async fn handle(durable: &DurableAgent, job: Job) {
+    let run_id = match std::str::from_utf8(job.payload())
+        .map_err(|_| Error::invalid_input("queued run id is not UTF-8"))
+        .and_then(RunId::new)
+    {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping a malformed job");
+            let _ = job.ack().await;
+            return;
+        }
+    };
+    match durable.take_over(&run_id).await {
+        Ok(Some(execution)) => {
+            let _ = execution.await;
+            let _ = job.ack().await;
+        }
+        // Another worker holds it (its sweep takes over if that worker dies), or it ended.
+        Ok(None) => {
+            let _ = job.ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot take the run; returning it to the queue");
+            let _ = job.nack().await;
+        }
+    }
+}
+
+async fn sweeper(durable: DurableAgent, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = durable.recover().await {
+            tracing::warn!(error = %e, "sweep for orphaned runs failed");
+        }
+    }
+}

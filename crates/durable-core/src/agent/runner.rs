@@ -1,0 +1,859 @@
+//! The agentic loop, shared by the plain [`Agent`](super::Agent) and durable execution.
+//!
+//! **Durability protocol** (SPEC G5). Per model step `s`:
+//! 1. `step-start`, the model's deltas and tool calls are appended to the run log;
+//! 2. the log is flushed, then the step's complete output is checkpointed as `s{s}-model`
+//!    together with the log's next cursor;
+//! 3. each tool call `i` runs; its outcome is checkpointed as `s{s}-tool-{i}` *before* its
+//!    `tool-result` (or `tool-error`) event is appended;
+//! 4. `step-finish`.
+//!
+//! A run continued after a crash loads the checkpoints, reads the log from the cursor of the
+//! latest model checkpoint, and so knows exactly which of that step's events are already in the
+//! log: steps before it are replayed from checkpoints without any event or execution, the
+//! events of the current step are appended only if missing, and completed tool calls are never
+//! executed again. A model step interrupted before its checkpoint is re-run, announced by
+//! `step-restart {step}` so observers drop what they saw of it.
+//!
+//! Every state change is persisted before it is announced (G7): the `suspended` event follows
+//! the `Suspended` status, and the terminal status follows the terminal event only so that a
+//! crash in between is repaired by recovery, which finds the terminal event in the log.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::definition::{AgentDef, RunSpec, Suspension};
+use super::model::{FinishReason, Message, ModelChunk, ModelRequest, ToolCall, Usage};
+use super::tool::{Tool, ToolContext};
+use crate::cache::{Cursor, ServerCache};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Event, EventKind, Json, NewEvent};
+use crate::id::RunId;
+use crate::log::{EventLog, RunWriter};
+use crate::store::{now_ms, Epoch, RunStatus, WorkflowStore};
+
+/// Events gathered from a model stream before they are handed to the sink at once.
+const MAX_BATCH: usize = 256;
+
+/// Why a run's cancellation token fired.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopFlag(Arc<AtomicU8>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    None,
+    Abort,
+    Fenced,
+    Shutdown,
+}
+
+impl StopFlag {
+    pub(crate) fn set(&self, reason: StopReason) {
+        let v = match reason {
+            StopReason::None => 0,
+            StopReason::Abort => 1,
+            StopReason::Fenced => 2,
+            StopReason::Shutdown => 3,
+        };
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn get(&self) -> StopReason {
+        match self.0.load(Ordering::Acquire) {
+            1 => StopReason::Abort,
+            2 => StopReason::Fenced,
+            3 => StopReason::Shutdown,
+            _ => StopReason::None,
+        }
+    }
+}
+
+/// How a run's execution ended in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Finished,
+    Suspended,
+    Failed,
+    Aborted,
+    /// Execution stopped without a terminal state (fenced by a newer owner, shut down, or the
+    /// backend failed): the run stays resumable by recovery.
+    Stopped,
+}
+
+enum Halt {
+    Cancelled,
+    /// Storage failed or this owner was fenced: stop without touching the run.
+    Fatal(Error),
+    /// The run itself failed (the model failed): record it.
+    Failed(Error),
+}
+
+type Step<T> = std::result::Result<T, Halt>;
+
+fn fatal(e: Error) -> Halt {
+    Halt::Fatal(e)
+}
+
+/// Where events go.
+pub(crate) enum Sink {
+    /// A plain in-process stream with local cursors.
+    Local {
+        tx: mpsc::Sender<Result<Event>>,
+        run_id: RunId,
+        next: Cursor,
+    },
+    /// The run log.
+    Log(RunWriter),
+}
+
+impl Sink {
+    async fn send_batch(&mut self, events: Vec<NewEvent>) -> Result<()> {
+        match self {
+            Sink::Local { tx, run_id, next } => {
+                for e in events {
+                    let ev = Event {
+                        run_id: run_id.clone(),
+                        cursor: *next,
+                        kind: e.kind,
+                        data: e.data,
+                        at: now_ms(),
+                    };
+                    *next += 1;
+                    tx.send(Ok(ev)).await.map_err(|_| {
+                        Error::new(ErrorKind::InvalidState, "the stream was dropped")
+                    })?;
+                }
+                Ok(())
+            }
+            Sink::Log(w) => w.send_batch(events).await,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<Cursor> {
+        match self {
+            Sink::Local { next, .. } => Ok(*next),
+            Sink::Log(w) => w.flush().await,
+        }
+    }
+}
+
+/// The complete output of one model call, as checkpointed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StepOutput {
+    pub(crate) text: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) reasoning: String,
+    #[serde(default)]
+    pub(crate) tool_calls: Vec<ToolCall>,
+    pub(crate) finish_reason: Option<FinishReason>,
+    #[serde(default)]
+    pub(crate) usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelCheckpoint {
+    output: StepOutput,
+    /// The log's next cursor when the checkpoint was written.
+    cursor: Cursor,
+}
+
+/// What a tool call produced, as checkpointed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ToolOutcome {
+    Ok(Value),
+    Error(String),
+    Declined(Option<String>),
+}
+
+/// The text given to the model for a declined call.
+pub(crate) const DECLINED: &str = "Tool call was not approved by the user";
+
+impl ToolOutcome {
+    fn for_model(&self) -> String {
+        match self {
+            ToolOutcome::Ok(Value::String(s)) => s.clone(),
+            ToolOutcome::Ok(v) => v.to_string(),
+            ToolOutcome::Error(e) => format!("Error: {e}"),
+            ToolOutcome::Declined(None) => DECLINED.to_owned(),
+            ToolOutcome::Declined(Some(r)) => format!("{DECLINED}: {r}"),
+        }
+    }
+}
+
+/// An approval decision, as checkpointed by `resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Decision {
+    pub(crate) approved: bool,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+pub(crate) fn model_key(step: u32) -> String {
+    format!("s{step}-model")
+}
+
+pub(crate) fn tool_key(step: u32, index: u32) -> String {
+    format!("s{step}-tool-{index}")
+}
+
+pub(crate) fn approval_key(step: u32, index: u32) -> String {
+    format!("s{step}-approval-{index}")
+}
+
+/// Checkpoints of the run so far, and which events of the current step the log already holds.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    checkpoints: HashMap<String, Value>,
+    marks: HashSet<String>,
+}
+
+impl Journal {
+    pub(crate) fn ephemeral() -> Self {
+        Self::default()
+    }
+
+    /// Rebuild from stored checkpoints and the log (read from [`Journal::scan_from`]).
+    pub(crate) fn restore(checkpoints: Vec<(String, Value)>) -> Self {
+        Self {
+            checkpoints: checkpoints.into_iter().collect(),
+            marks: HashSet::new(),
+        }
+    }
+
+    /// The latest step with a model checkpoint.
+    fn resume_step(&self) -> Option<u32> {
+        self.checkpoints
+            .keys()
+            .filter_map(|k| k.strip_prefix('s')?.strip_suffix("-model")?.parse().ok())
+            .max()
+    }
+
+    /// Where to start reading the log to learn which events are already there.
+    pub(crate) fn scan_from(&self) -> Cursor {
+        self.resume_step()
+            .and_then(|s| self.model(s))
+            .map_or(0, |cp| cp.cursor)
+    }
+
+    /// Record the identity of an event found in the log.
+    pub(crate) fn observe(&mut self, event: &Event) {
+        if let Some(m) = mark_of(&event.kind, &event.data.to_value()) {
+            self.marks.insert(m);
+        }
+    }
+
+    fn model(&self, step: u32) -> Option<ModelCheckpoint> {
+        serde_json::from_value(self.checkpoints.get(&model_key(step))?.clone()).ok()
+    }
+
+    fn tool(&self, step: u32, index: u32) -> Option<ToolOutcome> {
+        serde_json::from_value(self.checkpoints.get(&tool_key(step, index))?.clone()).ok()
+    }
+
+    fn decision(&self, step: u32, index: u32) -> Option<Decision> {
+        serde_json::from_value(self.checkpoints.get(&approval_key(step, index))?.clone()).ok()
+    }
+}
+
+/// The identity of an event that must appear at most once in a log.
+fn mark_of(kind: &EventKind, data: &Value) -> Option<String> {
+    let step = data.get("step").and_then(Value::as_u64);
+    let index = data.get("index").and_then(Value::as_u64);
+    match (kind, step, index) {
+        (EventKind::Start, _, _) => Some("start".to_owned()),
+        (EventKind::StepStart, Some(s), _) => Some(format!("step-start:{s}")),
+        (EventKind::StepFinish, Some(s), _) => Some(format!("step-finish:{s}")),
+        (EventKind::ToolResult | EventKind::ToolError, Some(s), Some(i)) => {
+            Some(format!("result:{s}:{i}"))
+        }
+        (EventKind::ToolCallApproval, Some(s), Some(i)) => Some(format!("approval:{s}:{i}")),
+        (EventKind::Suspended, Some(s), Some(i)) => Some(format!("suspended:{s}:{i}")),
+        _ => None,
+    }
+}
+
+/// The durable side of an execution.
+pub(crate) struct DurableCtx {
+    pub(crate) store: Arc<dyn WorkflowStore>,
+    pub(crate) log: EventLog,
+    pub(crate) epoch: Epoch,
+    /// Held while the lease is renewed; set to false (under the lock) before a status change
+    /// that releases the lease, so no renewal re-takes it afterwards.
+    pub(crate) lease_active: Arc<tokio::sync::Mutex<bool>>,
+    /// The run's abort marker (written by `abort` from any instance), checked at each step.
+    pub(crate) abort_marker: Option<(Arc<dyn ServerCache>, String)>,
+    /// Where the thread's messages are saved when the run finishes.
+    pub(crate) memory: Option<(Arc<dyn super::memory::ConversationMemory>, String)>,
+}
+
+/// One execution of a run, from its start or from its checkpoints.
+pub(crate) struct Runner {
+    pub(crate) def: Arc<AgentDef>,
+    pub(crate) run_id: RunId,
+    pub(crate) spec: RunSpec,
+    pub(crate) sink: Sink,
+    pub(crate) journal: Journal,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) stop: StopFlag,
+    pub(crate) durable: Option<DurableCtx>,
+}
+
+impl Runner {
+    /// Execute until the run finishes, suspends, fails, is aborted, or must stop.
+    pub(crate) async fn run(mut self) -> Outcome {
+        let result = self.run_inner().await;
+        let outcome = match result {
+            Ok(o) => Ok(o),
+            Err(Halt::Cancelled) => match self.stop.get() {
+                StopReason::Abort => self.end_aborted().await,
+                _ => Ok(Outcome::Stopped),
+            },
+            Err(Halt::Failed(e)) => self.end_failed(e).await,
+            Err(Halt::Fatal(e)) => Err(Halt::Fatal(e)),
+        };
+        match outcome {
+            Ok(o) => o,
+            Err(Halt::Fatal(e)) => {
+                if e.kind() == ErrorKind::Fenced {
+                    tracing::info!(run_id = %self.run_id, "fenced off by a newer owner; stopping");
+                } else if !matches!(self.sink, Sink::Local { .. }) {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "run stopped; recovery continues it from its last checkpoint");
+                }
+                Outcome::Stopped
+            }
+            Err(_) => Outcome::Stopped,
+        }
+    }
+
+    fn replaying(&self, step: u32) -> bool {
+        self.journal.resume_step().is_some_and(|r| step < r)
+    }
+
+    async fn emit(&mut self, kind: EventKind, data: &(impl Serialize + Sync)) -> Step<()> {
+        let ev = NewEvent::json(kind, data).map_err(fatal)?;
+        self.sink.send_batch(vec![ev]).await.map_err(fatal)
+    }
+
+    /// Emit unless the log already holds this event (after a crash).
+    async fn emit_once(&mut self, kind: EventKind, data: Value) -> Step<()> {
+        if let Some(m) = mark_of(&kind, &data) {
+            if !self.journal.marks.insert(m) {
+                return Ok(());
+            }
+        }
+        self.emit(kind, &data).await
+    }
+
+    async fn flush(&mut self) -> Step<Cursor> {
+        self.sink.flush().await.map_err(fatal)
+    }
+
+    async fn checkpoint(&mut self, key: String, value: Value) -> Step<Value> {
+        let stored = match &self.durable {
+            Some(d) => d
+                .store
+                .checkpoint(&self.run_id, d.epoch, &key, value)
+                .await
+                .map_err(fatal)?,
+            None => value,
+        };
+        self.journal.checkpoints.insert(key, stored.clone());
+        Ok(stored)
+    }
+
+    async fn check_abort(&mut self) -> Step<()> {
+        if let Some(d) = &self.durable {
+            if let Some((cache, key)) = &d.abort_marker {
+                if cache.get(key).await.map_err(fatal)?.is_some() {
+                    self.stop.set(StopReason::Abort);
+                    self.cancel.cancel();
+                }
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Halt::Cancelled);
+        }
+        Ok(())
+    }
+
+    fn conversation(&self) -> Vec<Message> {
+        let mut conv = Vec::with_capacity(self.spec.messages.len() + 1);
+        if !self.def.instructions.is_empty() {
+            conv.push(Message::system(self.def.instructions.clone()));
+        }
+        conv.extend(self.spec.messages.iter().cloned());
+        conv
+    }
+
+    async fn run_inner(&mut self) -> Step<Outcome> {
+        if self.journal.resume_step().is_some() {
+            self.journal.marks.insert("start".to_owned());
+        }
+        self.emit_once(
+            EventKind::Start,
+            json!({"agent_id": self.def.id, "run_id": self.run_id}),
+        )
+        .await?;
+        let mut conv = self.conversation();
+        let mut usage = Usage::default();
+        let mut step = 0u32;
+        let (reason, text) = loop {
+            if step >= self.spec.max_steps {
+                break ("max-steps".to_owned(), last_text(&conv));
+            }
+            self.check_abort().await?;
+            let replay = self.replaying(step);
+            let out = match self.journal.model(step) {
+                Some(cp) => cp.output,
+                None => self.model_step(step, &conv).await?,
+            };
+            usage += out.usage;
+            conv.push(Message::assistant(out.text.clone(), out.tool_calls.clone()));
+            if out.tool_calls.is_empty() {
+                if !replay {
+                    self.step_finish(step, &out).await?;
+                }
+                let reason = match &out.finish_reason {
+                    Some(r) => reason_name(r),
+                    None => "stop".to_owned(),
+                };
+                break (reason, out.text);
+            }
+            match self.tool_phase(step, &out.tool_calls, replay).await? {
+                ToolPhase::Done(results) => conv.extend(results),
+                ToolPhase::Suspended => return Ok(Outcome::Suspended),
+            }
+            if !replay {
+                self.step_finish(step, &out).await?;
+            }
+            step += 1;
+        };
+        let steps = (step + 1).min(self.spec.max_steps);
+        self.emit(
+            EventKind::Finish,
+            &json!({"reason": reason, "usage": usage, "text": text, "steps": steps}),
+        )
+        .await?;
+        self.flush().await?;
+        self.save_memory(&conv).await;
+        self.set_terminal(RunStatus::Completed).await?;
+        Ok(Outcome::Finished)
+    }
+
+    async fn step_finish(&mut self, step: u32, out: &StepOutput) -> Step<()> {
+        let reason = out.finish_reason.as_ref().map(reason_name);
+        self.emit_once(
+            EventKind::StepFinish,
+            json!({"step": step, "reason": reason, "usage": out.usage}),
+        )
+        .await
+    }
+
+    async fn model_step(&mut self, step: u32, conv: &[Message]) -> Step<StepOutput> {
+        if self.journal.marks.contains(&format!("step-start:{step}")) {
+            self.emit(EventKind::StepRestart, &json!({ "step": step }))
+                .await?;
+        }
+        self.journal.marks.insert(format!("step-start:{step}"));
+        self.emit(EventKind::StepStart, &json!({ "step": step }))
+            .await?;
+        let request = ModelRequest {
+            messages: conv.to_vec(),
+            tools: self.def.specs.clone(),
+            tool_choice: self.spec.tool_choice.clone(),
+            ..ModelRequest::default()
+        };
+        let model = self.def.model.clone();
+        let cancel = self.cancel.clone();
+        let mut stream = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Halt::Cancelled),
+            s = model.stream(request) => s.map_err(Halt::Failed)?,
+        };
+        let mut out = StepOutput::default();
+        let mut batch = Vec::with_capacity(64);
+        let mut ended = false;
+        while !ended {
+            let item = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(Halt::Cancelled),
+                item = stream.next() => item,
+            };
+            let mut next = item;
+            loop {
+                match next {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        self.sink.send_batch(batch).await.map_err(fatal)?;
+                        return Err(Halt::Failed(e));
+                    }
+                    Some(Ok(chunk)) => {
+                        if absorb(step, chunk, &mut out, &mut batch)? {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
+                match stream.next().now_or_never() {
+                    Some(n) => next = n,
+                    None => break,
+                }
+            }
+            if !batch.is_empty() {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(64));
+                self.sink.send_batch(full).await.map_err(fatal)?;
+            }
+        }
+        let cursor = self.flush().await?;
+        let cp = ModelCheckpoint {
+            output: out,
+            cursor,
+        };
+        let stored = self
+            .checkpoint(
+                model_key(step),
+                serde_json::to_value(&cp).map_err(|e| fatal(e.into()))?,
+            )
+            .await?;
+        let cp: ModelCheckpoint = serde_json::from_value(stored).map_err(|e| fatal(e.into()))?;
+        Ok(cp.output)
+    }
+
+    async fn tool_phase(&mut self, step: u32, calls: &[ToolCall], replay: bool) -> Step<ToolPhase> {
+        let needs_approval: Vec<bool> = calls
+            .iter()
+            .map(|c| {
+                self.spec.require_tool_approval
+                    || self
+                        .def
+                        .tools
+                        .get(&c.name)
+                        .is_some_and(|t| t.requires_approval(&c.arguments))
+            })
+            .collect();
+        let mut outcomes: Vec<Option<ToolOutcome>> = (0..calls.len())
+            .map(|i| self.journal.tool(step, i as u32))
+            .collect();
+        if needs_approval.iter().any(|b| *b) {
+            // One by one, in order: the run suspends at the first call without a decision.
+            for (i, call) in calls.iter().enumerate() {
+                let index = i as u32;
+                if outcomes[i].is_none() {
+                    let outcome = if needs_approval[i] {
+                        match self.journal.decision(step, index) {
+                            None => return self.suspend(step, index, call).await,
+                            Some(Decision {
+                                approved: false,
+                                reason,
+                            }) => ToolOutcome::Declined(reason),
+                            Some(_) => self.execute_one(step, call).await?,
+                        }
+                    } else {
+                        self.execute_one(step, call).await?
+                    };
+                    outcomes[i] = Some(self.record_outcome(step, index, outcome).await?);
+                }
+                if !replay {
+                    self.emit_result(step, index, call, outcomes[i].as_ref())
+                        .await?;
+                }
+            }
+        } else {
+            // Results of calls completed before a crash go out first (if missing); the rest
+            // run concurrently and are announced as they complete.
+            for (i, call) in calls.iter().enumerate() {
+                if outcomes[i].is_some() && !replay {
+                    self.emit_result(step, i as u32, call, outcomes[i].as_ref())
+                        .await?;
+                }
+            }
+            let pending: Vec<(usize, ToolCall)> = calls
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| outcomes[*i].is_none())
+                .map(|(i, c)| (i, c.clone()))
+                .collect();
+            let cancel = self.cancel.clone();
+            let def = self.def.clone();
+            let run_id = self.run_id.clone();
+            let mut running = futures::stream::iter(pending.into_iter().map(|(i, call)| {
+                let def = def.clone();
+                let ctx = ToolContext {
+                    run_id: run_id.clone(),
+                    step,
+                    tool_call_id: call.id.clone(),
+                    cancel: cancel.child_token(),
+                };
+                async move {
+                    let outcome = execute(&def, &call, ctx).await;
+                    (i, call, outcome)
+                }
+            }))
+            .buffer_unordered(self.def.tool_concurrency);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return Err(Halt::Cancelled),
+                    n = running.next() => n,
+                };
+                let Some((i, call, outcome)) = next else {
+                    break;
+                };
+                let index = i as u32;
+                outcomes[i] = Some(self.record_outcome(step, index, outcome).await?);
+                if !replay {
+                    self.emit_result(step, index, &call, outcomes[i].as_ref())
+                        .await?;
+                }
+            }
+        }
+        let results = calls
+            .iter()
+            .zip(outcomes)
+            .map(|(call, o)| {
+                let text = o.map_or_else(|| "Error: no result".to_owned(), |o| o.for_model());
+                Message::tool(call.id.clone(), text)
+            })
+            .collect();
+        Ok(ToolPhase::Done(results))
+    }
+
+    async fn execute_one(&mut self, step: u32, call: &ToolCall) -> Step<ToolOutcome> {
+        let ctx = ToolContext {
+            run_id: self.run_id.clone(),
+            step,
+            tool_call_id: call.id.clone(),
+            cancel: self.cancel.child_token(),
+        };
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(Halt::Cancelled),
+            o = execute(&self.def, call, ctx) => Ok(o),
+        }
+    }
+
+    async fn record_outcome(
+        &mut self,
+        step: u32,
+        index: u32,
+        outcome: ToolOutcome,
+    ) -> Step<ToolOutcome> {
+        let value = serde_json::to_value(&outcome).map_err(|e| fatal(e.into()))?;
+        let stored = self.checkpoint(tool_key(step, index), value).await?;
+        serde_json::from_value(stored).map_err(|e| fatal(e.into()))
+    }
+
+    async fn emit_result(
+        &mut self,
+        step: u32,
+        index: u32,
+        call: &ToolCall,
+        outcome: Option<&ToolOutcome>,
+    ) -> Step<()> {
+        let base = |extra: (&str, Value)| {
+            let mut m = serde_json::Map::new();
+            m.insert("step".into(), step.into());
+            m.insert("index".into(), index.into());
+            m.insert("tool_call_id".into(), call.id.clone().into());
+            m.insert("tool_name".into(), call.name.clone().into());
+            m.insert(extra.0.into(), extra.1);
+            Value::Object(m)
+        };
+        let (kind, data) = match outcome {
+            Some(ToolOutcome::Ok(v)) => (EventKind::ToolResult, base(("result", v.clone()))),
+            Some(ToolOutcome::Error(e)) => {
+                (EventKind::ToolError, base(("error", e.clone().into())))
+            }
+            Some(o @ ToolOutcome::Declined(_)) => {
+                let mut d = base(("result", o.for_model().into()));
+                d["declined"] = true.into();
+                (EventKind::ToolResult, d)
+            }
+            None => return Ok(()),
+        };
+        self.emit_once(kind, data).await
+    }
+
+    async fn suspend(&mut self, step: u32, index: u32, call: &ToolCall) -> Step<ToolPhase> {
+        let s = Suspension {
+            step,
+            index,
+            tool_call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            args: call.arguments.clone(),
+        };
+        let mut data = serde_json::to_value(&s).map_err(|e| fatal(e.into()))?;
+        self.emit_once(EventKind::ToolCallApproval, data.clone())
+            .await?;
+        self.flush().await?;
+        if let Some(d) = &self.durable {
+            self.spec.suspension = Some(s);
+            let spec = serde_json::to_value(&self.spec).map_err(|e| fatal(e.into()))?;
+            *d.lease_active.lock().await = false;
+            d.store
+                .set_status(
+                    &self.run_id,
+                    Some(d.epoch),
+                    RunStatus::Suspended,
+                    Some(spec),
+                )
+                .await
+                .map_err(fatal)?;
+        }
+        data["reason"] = "approval".into();
+        self.emit_once(EventKind::Suspended, data).await?;
+        self.flush().await?;
+        Ok(ToolPhase::Suspended)
+    }
+
+    async fn set_terminal(&mut self, status: RunStatus) -> Step<()> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        *d.lease_active.lock().await = false;
+        d.store
+            .set_status(&self.run_id, Some(d.epoch), status, None)
+            .await
+            .map_err(fatal)?;
+        if let Err(e) = d.log.retire(&self.run_id).await {
+            tracing::warn!(run_id = %self.run_id, error = %e, "retention not scheduled");
+        }
+        if let Some((cache, key)) = &d.abort_marker {
+            let _ = cache.delete(key).await;
+        }
+        Ok(())
+    }
+
+    async fn end_aborted(&mut self) -> Step<Outcome> {
+        self.emit(EventKind::Abort, &json!({"reason": "aborted"}))
+            .await?;
+        self.flush().await?;
+        self.set_terminal(RunStatus::Aborted).await?;
+        Ok(Outcome::Aborted)
+    }
+
+    async fn end_failed(&mut self, e: Error) -> Step<Outcome> {
+        self.emit(
+            EventKind::Error,
+            &json!({"message": e.to_string(), "kind": e.kind().as_str()}),
+        )
+        .await?;
+        self.flush().await?;
+        self.set_terminal(RunStatus::Failed).await?;
+        Ok(Outcome::Failed)
+    }
+
+    async fn save_memory(&self, conv: &[Message]) {
+        let Some(d) = &self.durable else { return };
+        let Some((memory, thread)) = &d.memory else {
+            return;
+        };
+        let skip = usize::from(!self.def.instructions.is_empty());
+        let msgs: Vec<Message> = conv.iter().skip(skip).cloned().collect();
+        if let Err(e) = memory.save(thread, &self.run_id, msgs).await {
+            tracing::warn!(run_id = %self.run_id, error = %e, "conversation not saved to memory");
+        }
+    }
+}
+
+enum ToolPhase {
+    Done(Vec<Message>),
+    Suspended,
+}
+
+async fn execute(def: &AgentDef, call: &ToolCall, ctx: ToolContext) -> ToolOutcome {
+    let Some(tool) = def.tools.get(&call.name) else {
+        return ToolOutcome::Error(format!("unknown tool {:?}", call.name));
+    };
+    run_tool(tool.as_ref(), call.arguments.clone(), ctx).await
+}
+
+async fn run_tool(tool: &dyn Tool, args: Value, ctx: ToolContext) -> ToolOutcome {
+    match tool.execute(args, ctx).await {
+        Ok(v) => ToolOutcome::Ok(v),
+        Err(e) => ToolOutcome::Error(e.message().to_owned()),
+    }
+}
+
+/// Fold one model chunk into the step output and the events to append. Returns whether the
+/// model call finished.
+fn absorb(
+    step: u32,
+    chunk: ModelChunk,
+    out: &mut StepOutput,
+    batch: &mut Vec<NewEvent>,
+) -> Step<bool> {
+    #[derive(Serialize)]
+    struct Text<'a> {
+        text: &'a str,
+    }
+    match chunk {
+        ModelChunk::TextDelta { text } => {
+            batch.push(NewEvent::new(
+                EventKind::TextDelta,
+                Json::encode(&Text { text: &text }).map_err(fatal)?,
+            ));
+            out.text.push_str(&text);
+        }
+        ModelChunk::ReasoningDelta { text } => {
+            batch.push(NewEvent::new(
+                EventKind::ReasoningDelta,
+                Json::encode(&Text { text: &text }).map_err(fatal)?,
+            ));
+            out.reasoning.push_str(&text);
+        }
+        ModelChunk::ToolCall(call) => {
+            let index = out.tool_calls.len();
+            batch.push(
+                NewEvent::json(
+                    EventKind::ToolCall,
+                    &json!({"step": step, "index": index, "tool_call_id": call.id,
+                            "tool_name": call.name, "args": call.arguments}),
+                )
+                .map_err(fatal)?,
+            );
+            out.tool_calls.push(call);
+        }
+        ModelChunk::Finish { reason, usage } => {
+            out.finish_reason = Some(reason);
+            out.usage = usage;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn reason_name(r: &FinishReason) -> String {
+    match r {
+        FinishReason::Stop => "stop".to_owned(),
+        FinishReason::ToolCalls => "tool-calls".to_owned(),
+        FinishReason::Length => "length".to_owned(),
+        FinishReason::ContentFilter => "content-filter".to_owned(),
+        FinishReason::Other(s) => s.clone(),
+    }
+}
+
+fn last_text(conv: &[Message]) -> String {
+    conv.iter()
+        .rev()
+        .find(|m| m.role == super::model::Role::Assistant)
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
+}
