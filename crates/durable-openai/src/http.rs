@@ -338,7 +338,15 @@ impl BodyState {
                 None => {
                     self.body = None;
                     let fed = self.parser.finish(&mut self.events);
-                    if self.decode_events() {
+                    // The body ended inside an event. A complete one is a server that left out
+                    // the last blank line; a cut-off one is a truncated stream, not bad JSON.
+                    let cut_off = self.events.iter().any(|e| {
+                        e.data.trim_ascii() != b"[DONE]"
+                            && serde_json::from_slice::<serde::de::IgnoredAny>(&e.data).is_err()
+                    });
+                    if cut_off {
+                        self.events.clear();
+                    } else if self.decode_events() {
                         continue;
                     }
                     let end = match fed {
