@@ -9,7 +9,7 @@ use durable_core::{Error, ErrorKind, Result};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 use crate::http::{self, RetryPolicy};
-use crate::wire::ChatRequest;
+use crate::wire::{ChatRequest, RequestOptions, RESERVED_FIELDS};
 use crate::BACKEND;
 
 /// The base URL used when none is configured.
@@ -29,6 +29,7 @@ pub struct OpenAiModel {
     headers: HeaderMap,
     client: reqwest::Client,
     settings: http::Settings,
+    options: RequestOptions,
 }
 
 impl OpenAiModel {
@@ -61,6 +62,7 @@ impl fmt::Debug for OpenAiModel {
             .field("api_key", &redacted(self.has_api_key))
             .field("headers", &header_names(&self.headers))
             .field("settings", &self.settings)
+            .field("options", &self.options)
             .finish()
     }
 }
@@ -74,12 +76,13 @@ impl LanguageModel for OpenAiModel {
     /// POSTs the request with `stream: true` and returns once the server answered `2xx`,
     /// retrying 429, 5xx and connection failures before that point (never after).
     async fn stream(&self, request: ModelRequest) -> Result<ModelStream> {
-        let body = serde_json::to_vec(&ChatRequest::new(&self.model, &request)).map_err(|e| {
-            Error::invalid_input("the request could not be encoded as JSON")
-                .with_backend(BACKEND)
-                .with_operation("stream")
-                .with_source(e)
-        })?;
+        let body = serde_json::to_vec(&ChatRequest::new(&self.model, &request, &self.options))
+            .map_err(|e| {
+                Error::invalid_input("the request could not be encoded as JSON")
+                    .with_backend(BACKEND)
+                    .with_operation("stream")
+                    .with_source(e)
+            })?;
         let response = http::send(
             &self.client,
             &self.endpoint,
@@ -103,6 +106,7 @@ pub struct OpenAiModelBuilder {
     request_timeout: Duration,
     idle_timeout: Option<Duration>,
     retry: RetryPolicy,
+    options: RequestOptions,
 }
 
 impl Default for OpenAiModelBuilder {
@@ -116,6 +120,7 @@ impl Default for OpenAiModelBuilder {
             request_timeout: Duration::from_secs(120),
             idle_timeout: Some(Duration::from_secs(120)),
             retry: RetryPolicy::default(),
+            options: RequestOptions::default(),
         }
     }
 }
@@ -134,6 +139,7 @@ impl fmt::Debug for OpenAiModelBuilder {
             .field("request_timeout", &self.request_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("retry", &self.retry)
+            .field("options", &self.options)
             .finish()
     }
 }
@@ -225,6 +231,29 @@ impl OpenAiModelBuilder {
         self
     }
 
+    /// Send `parallel_tool_calls` with this value on requests that carry tools (default: not
+    /// sent, the server decides). A small local model may need `false` to stop after one call.
+    pub fn parallel_tool_calls(mut self, parallel: bool) -> Self {
+        self.options.parallel_tool_calls = Some(parallel);
+        self
+    }
+
+    /// Send [`ModelRequest::max_tokens`] as `max_completion_tokens` instead of `max_tokens`
+    /// (default `false`). OpenAI's reasoning models accept only the former; local servers
+    /// generally only the latter.
+    pub fn max_completion_tokens(mut self, enabled: bool) -> Self {
+        self.options.max_completion_tokens = enabled;
+        self
+    }
+
+    /// An extra top-level field of every request body (`top_p`, `seed`, `user`, a server's
+    /// own options such as vLLM's `chat_template_kwargs`). [`build`](Self::build) refuses the
+    /// fields the provider sets itself (`model`, `messages`, `stream`, `tools`, …).
+    pub fn body_field(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.options.extra.insert(name.into(), value);
+        self
+    }
+
     /// Validate the configuration and create the model (and its connection pool).
     ///
     /// Fails with [`ErrorKind::InvalidInput`] for a missing model, a base URL that is not an
@@ -244,6 +273,17 @@ impl OpenAiModelBuilder {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
             .ok_or_else(|| invalid(format!("base URL `{base_url}` is not an http(s) URL")))?;
+
+        if let Some(name) = self
+            .options
+            .extra
+            .keys()
+            .find(|k| RESERVED_FIELDS.contains(&k.as_str()))
+        {
+            return Err(invalid(format!(
+                "body field `{name}` is set by the provider and cannot be overridden"
+            )));
+        }
 
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
@@ -287,6 +327,7 @@ impl OpenAiModelBuilder {
                 idle_timeout: self.idle_timeout,
                 retry: self.retry,
             },
+            options: self.options,
         })
     }
 }
@@ -343,6 +384,12 @@ mod tests {
         let err = OpenAiModel::builder()
             .model("m")
             .header("bad header", "x")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let err = OpenAiModel::builder()
+            .model("m")
+            .body_field("stream", serde_json::Value::Bool(false))
             .build()
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);

@@ -5,7 +5,7 @@
 
 use durable_core::agent::{Message, ModelRequest, Role, ToolChoice};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// `POST /chat/completions` body.
 #[derive(Debug, Serialize)]
@@ -20,10 +20,42 @@ pub(crate) struct ChatRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tool_choice: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) temperature: Option<f32>,
+    #[serde(flatten)]
+    pub(crate) extra: &'a Map<String, Value>,
 }
+
+/// Request fields configured on the model rather than per call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestOptions {
+    /// Sent with tools only.
+    pub(crate) parallel_tool_calls: Option<bool>,
+    /// Send the token limit as `max_completion_tokens` (OpenAI reasoning models) instead of
+    /// `max_tokens`.
+    pub(crate) max_completion_tokens: bool,
+    /// Extra top-level fields (`top_p`, `seed`, a server's own options).
+    pub(crate) extra: Map<String, Value>,
+}
+
+/// Fields the provider sets itself; `extra` may not override them.
+pub(crate) const RESERVED_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+];
 
 #[derive(Debug, Serialize)]
 pub(crate) struct StreamOptions {
@@ -72,7 +104,11 @@ struct WireFunction<'a> {
 
 impl<'a> ChatRequest<'a> {
     /// The streaming request for `request` on `model`.
-    pub(crate) fn new(model: &'a str, request: &'a ModelRequest) -> Self {
+    pub(crate) fn new(
+        model: &'a str,
+        request: &'a ModelRequest,
+        options: &'a RequestOptions,
+    ) -> Self {
         let tools: Vec<WireTool<'a>> = request
             .tools
             .iter()
@@ -97,10 +133,15 @@ impl<'a> ChatRequest<'a> {
             stream_options: StreamOptions {
                 include_usage: true,
             },
+            parallel_tool_calls: options.parallel_tool_calls.filter(|_| !tools.is_empty()),
             tools,
             tool_choice,
-            max_tokens: request.max_tokens,
+            max_tokens: request
+                .max_tokens
+                .filter(|_| !options.max_completion_tokens),
+            max_completion_tokens: request.max_tokens.filter(|_| options.max_completion_tokens),
             temperature: request.temperature,
+            extra: &options.extra,
         }
     }
 }
@@ -264,7 +305,9 @@ mod tests {
             max_tokens: Some(64),
             temperature: Some(0.0),
         };
-        let body = serde_json::to_value(ChatRequest::new("m", &request)).unwrap();
+        let body =
+            serde_json::to_value(ChatRequest::new("m", &request, &RequestOptions::default()))
+                .unwrap();
         assert_eq!(
             body,
             json!({
@@ -296,11 +339,44 @@ mod tests {
             messages: vec![Message::user("hi")],
             ..Default::default()
         };
-        let body = serde_json::to_value(ChatRequest::new("m", &request)).unwrap();
+        let options = RequestOptions {
+            parallel_tool_calls: Some(false),
+            max_completion_tokens: true,
+            extra: Map::new(),
+        };
+        let body = serde_json::to_value(ChatRequest::new("m", &request, &options)).unwrap();
+        assert!(body.get("parallel_tool_calls").is_none(), "only with tools");
         assert!(body.get("tools").is_none());
         assert!(body.get("tool_choice").is_none());
         assert!(body.get("max_tokens").is_none());
         assert!(body.get("temperature").is_none());
+    }
+
+    #[test]
+    fn options_add_parallel_tool_calls_the_token_field_and_extra_fields() {
+        let request = ModelRequest {
+            messages: vec![Message::user("hi")],
+            tools: vec![ToolSpec {
+                name: "t".into(),
+                description: "d".into(),
+                parameters: json!({}),
+            }],
+            max_tokens: Some(10),
+            ..Default::default()
+        };
+        let mut extra = Map::new();
+        extra.insert("seed".into(), json!(7));
+        let options = RequestOptions {
+            parallel_tool_calls: Some(false),
+            max_completion_tokens: true,
+            extra,
+        };
+        let body = serde_json::to_value(ChatRequest::new("m", &request, &options)).unwrap();
+        assert_eq!(body["parallel_tool_calls"], json!(false));
+        assert_eq!(body["max_completion_tokens"], json!(10));
+        assert!(body.get("max_tokens").is_none());
+        assert_eq!(body["seed"], json!(7));
+        assert_eq!(body["tool_choice"], json!("auto"));
     }
 
     #[test]

@@ -399,6 +399,8 @@ async fn the_request_body_and_headers_are_what_the_api_expects() {
         .builder()
         .api_key("sk-test-123")
         .header("OpenAI-Organization", "org-42")
+        .parallel_tool_calls(false)
+        .body_field("seed", json!(42))
         .build()
         .unwrap();
     chunks(&model, weather_request()).await;
@@ -419,6 +421,8 @@ async fn the_request_body_and_headers_are_what_the_api_expects() {
             "max_tokens": 200,
             "temperature": 0.0,
             "tool_choice": "required",
+            "parallel_tool_calls": false,
+            "seed": 42,
             "tools": [{"type": "function", "function": {
                 "name": "get_weather",
                 "description": "Get the current weather for a city",
