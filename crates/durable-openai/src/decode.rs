@@ -90,7 +90,7 @@ impl Decoder {
         }
         // We never ask for `n > 1`; other choices would interleave with the first one.
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
-            let delta = choice.delta;
+            let delta = choice.message.unwrap_or(choice.delta);
             for reasoning in [delta.reasoning_content, delta.reasoning]
                 .into_iter()
                 .flatten()

@@ -143,7 +143,19 @@ async fn attempt_once(
     };
     let status = response.status();
     if status.is_success() {
-        return Ok(response);
+        return match content_type(&response).as_deref() {
+            Some(t) if t.starts_with("text/html") => Err(Failure {
+                error: error(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "{endpoint} answered with an HTML page, not an event stream \
+                         (check the base URL: it usually ends in /v1)"
+                    ),
+                ),
+                retry_after: None,
+            }),
+            _ => Ok(response),
+        };
     }
     let retry_after = retry_after(response.headers());
     let location = response
@@ -156,6 +168,12 @@ async fn attempt_once(
         error: status_error(status, &body, location.as_deref()),
         retry_after,
     })
+}
+
+/// The response's media type, lowercased, without parameters.
+fn content_type(response: &reqwest::Response) -> Option<String> {
+    let value = response.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim().to_ascii_lowercase())
 }
 
 fn transport_error(e: &reqwest::Error, endpoint: &reqwest::Url) -> Error {
@@ -264,6 +282,9 @@ pub(crate) fn status_error(status: StatusCode, body: &str, location: Option<&str
 struct BodyState {
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     parser: SseParser,
+    /// Set when the server answered `application/json` instead of an event stream: the whole
+    /// body is one chunk (a non-streaming completion or an error object).
+    json_body: Option<Vec<u8>>,
     decoder: Decoder,
     events: Vec<SseEvent>,
     chunks: VecDeque<ModelChunk>,
@@ -321,6 +342,17 @@ impl BodyState {
                 None => body.next().await,
             };
             match next {
+                Some(Ok(bytes)) if self.json_body.is_some() => {
+                    let buf = self.json_body.get_or_insert_with(Vec::new);
+                    if buf.len() + bytes.len() > MAX_EVENT_BYTES {
+                        self.fail(error(
+                            ErrorKind::LimitExceeded,
+                            format!("a JSON response is larger than {MAX_EVENT_BYTES} bytes"),
+                        ));
+                    } else {
+                        buf.extend_from_slice(&bytes);
+                    }
+                }
                 Some(Ok(bytes)) => {
                     let fed = self.parser.feed(&bytes, &mut self.events);
                     let ended = self.decode_events();
@@ -337,13 +369,20 @@ impl BodyState {
                 ),
                 None => {
                     self.body = None;
-                    let fed = self.parser.finish(&mut self.events);
+                    let (fed, sse) = match self.json_body.take() {
+                        Some(data) => {
+                            self.events.push(SseEvent { event: None, data });
+                            (Ok(()), false)
+                        }
+                        None => (self.parser.finish(&mut self.events), true),
+                    };
                     // The body ended inside an event. A complete one is a server that left out
                     // the last blank line; a cut-off one is a truncated stream, not bad JSON.
-                    let cut_off = self.events.iter().any(|e| {
-                        e.data.trim_ascii() != b"[DONE]"
-                            && serde_json::from_slice::<serde::de::IgnoredAny>(&e.data).is_err()
-                    });
+                    let cut_off = sse
+                        && self.events.iter().any(|e| {
+                            e.data.trim_ascii() != b"[DONE]"
+                                && serde_json::from_slice::<serde::de::IgnoredAny>(&e.data).is_err()
+                        });
                     if cut_off {
                         self.events.clear();
                     } else if self.decode_events() {
@@ -365,9 +404,11 @@ impl BodyState {
 /// The model stream over a `2xx` response. Dropping it drops the response, which closes the
 /// connection and so cancels the generation on the server.
 pub(crate) fn decode(response: reqwest::Response, settings: &Settings) -> ModelStream {
+    let json = content_type(&response).as_deref() == Some("application/json");
     let state = BodyState {
         body: Some(response.bytes_stream().boxed()),
         parser: SseParser::new(MAX_EVENT_BYTES),
+        json_body: json.then(Vec::new),
         decoder: Decoder::default(),
         events: Vec::new(),
         chunks: VecDeque::new(),

@@ -197,6 +197,9 @@ pub(crate) struct Choice {
     pub(crate) index: u32,
     #[serde(deserialize_with = "null_as_default")]
     pub(crate) delta: Delta,
+    /// A non-streaming `chat.completion` (from a server or proxy that ignored `stream: true`)
+    /// has the whole answer here, in the shape of a delta.
+    pub(crate) message: Option<Delta>,
     pub(crate) finish_reason: Option<String>,
 }
 

@@ -489,3 +489,43 @@ async fn dropping_the_stream_closes_the_connection() {
     drop(stream);
     server.client_closed().await;
 }
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_true_still_works() {
+    let body = fixture("openai_non_streaming.json");
+    let server =
+        TestServer::start(vec![Reply::json(200, std::str::from_utf8(&body).unwrap())]).await;
+    let out = chunks(&server.model(), ask("Weather in Paris?")).await;
+    assert_eq!(
+        out,
+        [
+            ModelChunk::TextDelta {
+                text: "Let me check.".into()
+            },
+            ModelChunk::ToolCall(ToolCall {
+                id: "call_nonstream1".into(),
+                name: "get_weather".into(),
+                arguments: json!({"city": "Paris"}),
+            }),
+            ModelChunk::Finish {
+                reason: FinishReason::ToolCalls,
+                usage: Usage {
+                    input_tokens: 82,
+                    output_tokens: 17
+                },
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_html_page_is_a_clear_error_not_a_hang_or_a_finish() {
+    let mut reply = Reply::sse(b"<!doctype html><html><body>Welcome</body></html>".to_vec());
+    reply.headers = vec![("content-type".into(), "text/html; charset=utf-8".into())];
+    let server = TestServer::start(vec![reply]).await;
+    let err = collect(&server.model(), ask("hi")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unexpected);
+    assert!(!err.is_retryable());
+    assert!(err.message().contains("base URL"), "{err}");
+    assert_eq!(server.request_count(), 1);
+}
