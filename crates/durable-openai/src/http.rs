@@ -18,6 +18,9 @@ use crate::BACKEND;
 
 /// Longest SSE line or event accepted from the server.
 const MAX_EVENT_BYTES: usize = 4 << 20;
+/// What is read after `[DONE]` (normally only the end of the chunked body), and for how long.
+const MAX_DRAIN_BYTES: usize = 64 << 10;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest error body read from a failed response.
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
@@ -281,6 +284,8 @@ pub(crate) fn status_error(status: StatusCode, body: &str, location: Option<&str
 
 struct BodyState {
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    /// The body after `[DONE]`, read to its end once the last chunk was taken.
+    drain: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     parser: SseParser,
     /// Set when the server answered `application/json` instead of an event stream: the whole
     /// body is one chunk (a non-streaming completion or an error object).
@@ -301,7 +306,9 @@ impl BodyState {
         for event in self.events.drain(..) {
             match self.decoder.on_event(&event, &mut self.chunks) {
                 Ok(Progress::More) => continue,
-                Ok(Progress::Done) => {}
+                // Read the rest (the chunked terminator) after `Finish` is out, so the
+                // connection goes back to the pool instead of paying a new TLS handshake.
+                Ok(Progress::Done) => self.drain = self.body.take(),
                 Err(e) => self.error = Some(e),
             }
             ended = true;
@@ -326,6 +333,18 @@ impl BodyState {
             }
             if let Some(e) = self.error.take() {
                 return Some(Err(e));
+            }
+            if let Some(mut rest) = self.drain.take() {
+                let drain = async {
+                    let mut left = MAX_DRAIN_BYTES;
+                    while let Some(Ok(bytes)) = rest.next().await {
+                        left = left.checked_sub(bytes.len())?;
+                    }
+                    Some(())
+                };
+                // Whatever happens, the stream is over; at worst the connection is not reused.
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+                return None;
             }
             let body = self.body.as_mut()?;
             let next = match self.idle_timeout {
@@ -407,6 +426,7 @@ pub(crate) fn decode(response: reqwest::Response, settings: &Settings) -> ModelS
     let json = content_type(&response).as_deref() == Some("application/json");
     let state = BodyState {
         body: Some(response.bytes_stream().boxed()),
+        drain: None,
         parser: SseParser::new(MAX_EVENT_BYTES),
         json_body: json.then(Vec::new),
         decoder: Decoder::default(),

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::agent::{
@@ -12,6 +13,7 @@ use durable_core::ErrorKind;
 use futures::StreamExt;
 use serde_json::json;
 use support::{ask, chunks, collect, fixture, text, Delivery, Reply, TestServer, DEADLINE};
+use tokio::sync::Notify;
 
 const TRANSCRIPTS: &[&str] = &[
     "openai_text_usage.sse",
@@ -528,4 +530,38 @@ async fn an_html_page_is_a_clear_error_not_a_hang_or_a_finish() {
     assert!(!err.is_retryable());
     assert!(err.message().contains("base URL"), "{err}");
     assert_eq!(server.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_finished_stream_returns_its_connection_to_the_pool() {
+    // The end of the chunked body comes only after the client has `Finish`: a client that
+    // dropped the body at `[DONE]` could not reuse the connection.
+    let release = Arc::new(Notify::new());
+    let server = TestServer::start(vec![Reply::sse(fixture("openai_text_usage.sse"))
+        .kept_alive()
+        .end_after(release.clone())])
+    .await;
+    let model = server.model();
+    for _ in 0..2 {
+        let mut stream = tokio::time::timeout(DEADLINE, model.stream(ask("hi")))
+            .await
+            .unwrap()
+            .unwrap();
+        loop {
+            let item = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap();
+            if matches!(item, Some(Ok(ModelChunk::Finish { .. }))) {
+                break;
+            }
+            assert!(matches!(item, Some(Ok(_))), "{item:?}");
+        }
+        release.notify_one();
+        let end = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap();
+        assert!(end.is_none());
+    }
+    let connections: Vec<usize> = server.requests().iter().map(|r| r.connection).collect();
+    assert_eq!(
+        connections,
+        [0, 0],
+        "both calls on one keep-alive connection"
+    );
 }

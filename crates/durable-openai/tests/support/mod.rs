@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use durable_core::agent::{LanguageModel, Message, ModelChunk, ModelRequest};
 use durable_core::Result;
@@ -51,6 +51,10 @@ pub struct Reply {
     pub hold_open: bool,
     /// Accept the request and never answer it.
     pub silent: bool,
+    /// Keep the connection open for the next request (HTTP/1.1 keep-alive).
+    pub keep_alive: bool,
+    /// Hold the end of the chunked body back until this is notified.
+    pub end_after: Option<Arc<Notify>>,
 }
 
 impl Reply {
@@ -63,6 +67,8 @@ impl Reply {
             delivery: Delivery::Lines,
             hold_open: false,
             silent: false,
+            keep_alive: false,
+            end_after: None,
         }
     }
 
@@ -75,6 +81,8 @@ impl Reply {
             delivery: Delivery::Whole,
             hold_open: false,
             silent: false,
+            keep_alive: false,
+            end_after: None,
         }
     }
 
@@ -85,6 +93,16 @@ impl Reply {
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn end_after(mut self, release: Arc<Notify>) -> Self {
+        self.end_after = Some(release);
+        self
+    }
+
+    pub fn kept_alive(mut self) -> Self {
+        self.keep_alive = true;
         self
     }
 
@@ -104,6 +122,8 @@ impl Reply {
 /// What the client sent.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// Which TCP connection (0, 1, … in accept order) carried the request.
+    pub connection: usize,
     pub method: String,
     pub path: String,
     /// Header names lowercased.
@@ -149,14 +169,19 @@ impl TestServer {
         let counter = Arc::new(AtomicUsize::new(0));
         let recorded = requests.clone();
         let task = tokio::spawn(async move {
+            let mut connection = 0;
             while let Ok((socket, _)) = listener.accept().await {
                 let replies = replies.clone();
                 let counter = counter.clone();
                 let recorded = recorded.clone();
                 let closed_tx = closed_tx.clone();
                 tokio::spawn(async move {
-                    serve(socket, &replies, &counter, &recorded, &closed_tx).await;
+                    serve(
+                        socket, connection, &replies, &counter, &recorded, &closed_tx,
+                    )
+                    .await;
                 });
+                connection += 1;
             }
         });
         Self {
@@ -198,24 +223,40 @@ impl TestServer {
 
 async fn serve(
     mut socket: TcpStream,
+    connection: usize,
     replies: &[Reply],
     counter: &AtomicUsize,
     recorded: &Mutex<Vec<Recorded>>,
     closed_tx: &mpsc::UnboundedSender<()>,
 ) {
     socket.set_nodelay(true).unwrap();
-    let Some(request) = read_request(&mut socket).await else {
-        return;
-    };
-    recorded.lock().unwrap().push(request);
-    let n = counter.fetch_add(1, Ordering::SeqCst);
-    let reply = &replies[n.min(replies.len() - 1)];
+    while let Some(mut request) = read_request(&mut socket).await {
+        request.connection = connection;
+        recorded.lock().unwrap().push(request);
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let reply = &replies[n.min(replies.len() - 1)];
+        if !answer(&mut socket, reply, closed_tx).await || !reply.keep_alive {
+            let _ = socket.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Write `reply`; whether the connection can carry another request.
+async fn answer(
+    socket: &mut TcpStream,
+    reply: &Reply,
+    closed_tx: &mpsc::UnboundedSender<()>,
+) -> bool {
     if reply.silent {
-        wait_for_close(&mut socket).await;
-        return;
+        wait_for_close(socket).await;
+        return false;
     }
     let streamed = reply.status == 200;
-    let mut head = format!("HTTP/1.1 {} X\r\nconnection: close\r\n", reply.status);
+    let mut head = format!("HTTP/1.1 {} X\r\n", reply.status);
+    if !reply.keep_alive {
+        head.push_str("connection: close\r\n");
+    }
     for (name, value) in &reply.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -225,11 +266,10 @@ async fn serve(
         head.push_str(&format!("content-length: {}\r\n\r\n", reply.body.len()));
     }
     if socket.write_all(head.as_bytes()).await.is_err() {
-        return;
+        return false;
     }
     if !streamed {
-        let _ = socket.write_all(&reply.body).await;
-        return;
+        return socket.write_all(&reply.body).await.is_ok();
     }
     for piece in pieces(&reply.body, reply.delivery) {
         let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
@@ -237,16 +277,18 @@ async fn serve(
         frame.extend_from_slice(b"\r\n");
         if socket.write_all(&frame).await.is_err() {
             let _ = closed_tx.send(());
-            return;
+            return false;
         }
     }
     if reply.hold_open {
-        wait_for_close(&mut socket).await;
+        wait_for_close(socket).await;
         let _ = closed_tx.send(());
-    } else {
-        let _ = socket.write_all(b"0\r\n\r\n").await;
-        let _ = socket.shutdown().await;
+        return false;
     }
+    if let Some(release) = &reply.end_after {
+        release.notified().await;
+    }
+    socket.write_all(b"0\r\n\r\n").await.is_ok()
 }
 
 /// Read until the peer closes (EOF or reset).
@@ -303,6 +345,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
         body.extend_from_slice(&tmp[..n]);
     }
     Some(Recorded {
+        connection: 0,
         method,
         path,
         headers,
