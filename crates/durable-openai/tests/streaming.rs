@@ -20,6 +20,7 @@ const TRANSCRIPTS: &[&str] = &[
     "openai_tool_call_fragments.sse",
     "parallel_tool_calls_interleaved.sse",
     "llamacpp_reasoning.sse",
+    "llamacpp_tool_call.sse",
     "ollama_tool_call.sse",
     "crlf_keepalive_multiline.sse",
 ];
@@ -106,6 +107,29 @@ async fn parallel_tool_calls_with_interleaved_indices_are_assembled_in_index_ord
         }
     ));
     assert_eq!(out.len(), 3);
+}
+
+#[tokio::test]
+async fn a_llama_cpp_tool_call_streamed_token_by_token_arrives_complete() {
+    let server = TestServer::start(vec![Reply::sse(fixture("llamacpp_tool_call.sse"))]).await;
+    let out = chunks(&server.model(), ask("What is the weather in Paris?")).await;
+    assert_eq!(
+        out,
+        [
+            ModelChunk::ToolCall(ToolCall {
+                id: "Xq7wOb3mZp9kT2vR8sLc4nHf1dJ6yAeU".into(),
+                name: "get_weather".into(),
+                arguments: json!({"city": "Paris"}),
+            }),
+            ModelChunk::Finish {
+                reason: FinishReason::ToolCalls,
+                usage: Usage {
+                    input_tokens: 231,
+                    output_tokens: 9
+                },
+            },
+        ]
+    );
 }
 
 #[tokio::test]
