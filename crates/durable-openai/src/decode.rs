@@ -60,6 +60,21 @@ impl Decoder {
             self.finish(out)?;
             return Ok(Progress::Done);
         }
+        if event.event.as_deref() == Some("error") {
+            let error = serde_json::from_slice::<Chunk>(&event.data)
+                .ok()
+                .and_then(|c| c.error);
+            return Err(match error {
+                Some(error) => in_stream_error(&error),
+                None => stream_error(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "the server sent an error event: {}",
+                        preview(&String::from_utf8_lossy(&event.data))
+                    ),
+                ),
+            });
+        }
         let chunk: Chunk = serde_json::from_slice(&event.data).map_err(|e| {
             stream_error(
                 ErrorKind::Unexpected,
@@ -72,15 +87,6 @@ impl Decoder {
         })?;
         if let Some(error) = &chunk.error {
             return Err(in_stream_error(error));
-        }
-        if event.event.as_deref() == Some("error") {
-            return Err(stream_error(
-                ErrorKind::Unexpected,
-                format!(
-                    "the server sent an error event: {}",
-                    preview(&String::from_utf8_lossy(&event.data))
-                ),
-            ));
         }
         if let Some(usage) = chunk.usage {
             self.usage = Some(Usage {
@@ -478,6 +484,21 @@ mod tests {
         assert!(e.message().contains("quota"));
         let e = run(&["[1,2]"]).1.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unexpected);
+
+        let mut d = Decoder::default();
+        let mut out = VecDeque::new();
+        let named = |data: &str| SseEvent {
+            event: Some("error".into()),
+            data: data.as_bytes().to_vec(),
+        };
+        let e = d
+            .on_event(&named("upstream overloaded"), &mut out)
+            .unwrap_err();
+        assert!(e.message().contains("upstream overloaded"), "{e}");
+        let e = d
+            .on_event(&named(r#"{"error":{"message":"m","code":503}}"#), &mut out)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
     }
 
     #[test]

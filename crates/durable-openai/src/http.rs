@@ -120,7 +120,10 @@ async fn attempt_once(
         .post(endpoint.clone())
         .headers(headers.clone())
         .header(CONTENT_TYPE, "application/json")
-        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .header(
+            reqwest::header::ACCEPT,
+            "text/event-stream, application/json",
+        )
         .body(body)
         .send();
     let response = match tokio::time::timeout(settings.request_timeout, request).await {

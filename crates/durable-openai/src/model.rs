@@ -304,6 +304,7 @@ impl OpenAiModelBuilder {
 
         let client = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("durable-openai/", env!("CARGO_PKG_VERSION")))
             // A POST must not silently turn into a GET on a redirect: report it instead.
             .redirect(reqwest::redirect::Policy::none())
             .build()

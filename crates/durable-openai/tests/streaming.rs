@@ -438,6 +438,10 @@ async fn the_request_body_and_headers_are_what_the_api_expects() {
     assert_eq!(r.header("authorization"), Some("Bearer sk-test-123"));
     assert_eq!(r.header("openai-organization"), Some("org-42"));
     assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r
+        .header("user-agent")
+        .unwrap()
+        .starts_with("durable-openai/"));
     assert_eq!(
         r.json(),
         json!({
