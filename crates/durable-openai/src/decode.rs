@@ -551,3 +551,109 @@ mod tests {
         assert_eq!(preview("short"), "short");
     }
 }
+
+/// The parser and the decoder together, over whole recorded transcripts.
+#[cfg(test)]
+mod transcript_tests {
+    use std::collections::VecDeque;
+
+    use durable_core::agent::ModelChunk;
+    use durable_core::Result;
+
+    use super::{Decoder, Progress};
+    use crate::sse::SseParser;
+
+    const TRANSCRIPTS: &[&[u8]] = &[
+        include_bytes!("../tests/fixtures/openai_text_usage.sse"),
+        include_bytes!("../tests/fixtures/openai_tool_call_fragments.sse"),
+        include_bytes!("../tests/fixtures/parallel_tool_calls_interleaved.sse"),
+        include_bytes!("../tests/fixtures/llamacpp_reasoning.sse"),
+        include_bytes!("../tests/fixtures/llamacpp_tool_call.sse"),
+        include_bytes!("../tests/fixtures/llamacpp_error_mid_stream.sse"),
+        include_bytes!("../tests/fixtures/ollama_tool_call.sse"),
+        include_bytes!("../tests/fixtures/crlf_keepalive_multiline.sse"),
+        include_bytes!("../tests/fixtures/truncated.sse"),
+        include_bytes!("../tests/fixtures/invalid_tool_arguments.sse"),
+    ];
+
+    /// Decode `body` delivered in `pieces`; the chunks, and the error that ended it, if any.
+    fn decode(pieces: &[&[u8]]) -> (Vec<ModelChunk>, Option<String>) {
+        let mut parser = SseParser::new(1 << 20);
+        let mut decoder = Decoder::default();
+        let mut events = Vec::new();
+        let mut out = VecDeque::new();
+        let mut step = |events: &mut Vec<_>, out: &mut VecDeque<_>| -> Result<bool> {
+            for event in events.drain(..) {
+                if decoder.on_event(&event, out)? == Progress::Done {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        for piece in pieces {
+            if parser.feed(piece, &mut events).is_err() {
+                return (out.into(), Some("too large".into()));
+            }
+            match step(&mut events, &mut out) {
+                Ok(true) => return (out.into(), None),
+                Ok(false) => {}
+                Err(e) => return (out.into(), Some(e.to_string())),
+            }
+        }
+        let _ = parser.finish(&mut events);
+        let end = match step(&mut events, &mut out) {
+            Ok(true) => Ok(()),
+            Ok(false) => decoder.on_end(&mut out),
+            Err(e) => Err(e),
+        };
+        (out.into(), end.err().map(|e| e.to_string()))
+    }
+
+    fn random_pieces<'a>(body: &'a [u8], rng: &mut fastrand::Rng) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut rest = body;
+        while !rest.is_empty() {
+            let n = rng.usize(1..=rest.len().min(40));
+            let (piece, tail) = rest.split_at(n);
+            pieces.push(piece);
+            rest = tail;
+        }
+        pieces
+    }
+
+    #[test]
+    fn every_split_of_a_transcript_decodes_like_the_whole() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for body in TRANSCRIPTS {
+            let whole = decode(&[body]);
+            for _ in 0..50 {
+                assert_eq!(decode(&random_pieces(body, &mut rng)), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn mangled_transcripts_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for body in TRANSCRIPTS {
+            for _ in 0..200 {
+                let mut mangled = body.to_vec();
+                for _ in 0..rng.usize(1..8) {
+                    let i = rng.usize(..mangled.len());
+                    match rng.u8(..4) {
+                        0 => mangled[i] = rng.u8(..),
+                        1 => mangled.truncate(i),
+                        2 => {
+                            mangled.remove(i);
+                        }
+                        _ => mangled.insert(i, b"\n\r:{}\"\\"[rng.usize(..7)]),
+                    }
+                    if mangled.is_empty() {
+                        break;
+                    }
+                }
+                let _ = decode(&random_pieces(&mangled, &mut rng));
+            }
+        }
+    }
+}
