@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod decode;
+mod http;
+mod model;
+mod sse;
+mod wire;
+
+pub use model::{OpenAiModel, OpenAiModelBuilder, DEFAULT_BASE_URL};
+
+/// The backend name carried by every [`durable_core::Error`] of this crate.
+pub const BACKEND: &str = "openai";
