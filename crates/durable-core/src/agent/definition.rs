@@ -243,7 +243,8 @@ impl Agent {
     ) -> Result<AgentStream> {
         let spec = RunSpec::new(self, input.into(), &options)?;
         let run_id = options.run_id.unwrap_or_else(RunId::generate);
-        let (tx, rx) = mpsc::channel(1024);
+        // Bounded: at most 16 batches (of at most a few hundred events) wait for the consumer.
+        let (tx, rx) = mpsc::channel(16);
         let runner = Runner {
             def: self.def.clone(),
             run_id: run_id.clone(),
@@ -262,6 +263,7 @@ impl Agent {
         Ok(AgentStream {
             run_id,
             rx,
+            buf: std::collections::VecDeque::new(),
             _task: AbortOnDrop(task),
         })
     }
@@ -292,7 +294,8 @@ impl<T> Drop for AbortOnDrop<T> {
 /// The events of a non-durable [`Agent::stream`]. Dropping it stops the run.
 pub struct AgentStream {
     run_id: RunId,
-    rx: mpsc::Receiver<Result<Event>>,
+    rx: mpsc::Receiver<Vec<Event>>,
+    buf: std::collections::VecDeque<Event>,
     _task: AbortOnDrop<super::runner::Outcome>,
 }
 
@@ -314,7 +317,15 @@ impl fmt::Debug for AgentStream {
 impl Stream for AgentStream {
     type Item = Result<Event>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        loop {
+            if let Some(ev) = self.buf.pop_front() {
+                return Poll::Ready(Some(Ok(ev)));
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(batch) => self.buf.extend(batch),
+                None => return Poll::Ready(None),
+            }
+        }
     }
 }
 

@@ -107,7 +107,7 @@ fn fatal(e: Error) -> Halt {
 pub(crate) enum Sink {
     /// A plain in-process stream with local cursors.
     Local {
-        tx: mpsc::Sender<Result<Event>>,
+        tx: mpsc::Sender<Vec<Event>>,
         run_id: RunId,
         next: Cursor,
     },
@@ -119,20 +119,23 @@ impl Sink {
     async fn send_batch(&mut self, events: Vec<NewEvent>) -> Result<()> {
         match self {
             Sink::Local { tx, run_id, next } => {
-                for e in events {
-                    let ev = Event {
+                let at = now_ms();
+                let first = *next;
+                *next += events.len() as u64;
+                let batch = events
+                    .into_iter()
+                    .zip(first..)
+                    .map(|(e, cursor)| Event {
                         run_id: run_id.clone(),
-                        cursor: *next,
+                        cursor,
                         kind: e.kind,
                         data: e.data,
-                        at: now_ms(),
-                    };
-                    *next += 1;
-                    tx.send(Ok(ev)).await.map_err(|_| {
-                        Error::new(ErrorKind::InvalidState, "the stream was dropped")
-                    })?;
-                }
-                Ok(())
+                        at,
+                    })
+                    .collect();
+                tx.send(batch)
+                    .await
+                    .map_err(|_| Error::new(ErrorKind::InvalidState, "the stream was dropped"))
             }
             Sink::Log(w) => w.send_batch(events).await,
         }
@@ -800,23 +803,13 @@ fn absorb(
     out: &mut StepOutput,
     batch: &mut Vec<NewEvent>,
 ) -> Step<bool> {
-    #[derive(Serialize)]
-    struct Text<'a> {
-        text: &'a str,
-    }
     match chunk {
         ModelChunk::TextDelta { text } => {
-            batch.push(NewEvent::new(
-                EventKind::TextDelta,
-                Json::encode(&Text { text: &text }).map_err(fatal)?,
-            ));
+            batch.push(NewEvent::new(EventKind::TextDelta, text_json(&text)?));
             out.text.push_str(&text);
         }
         ModelChunk::ReasoningDelta { text } => {
-            batch.push(NewEvent::new(
-                EventKind::ReasoningDelta,
-                Json::encode(&Text { text: &text }).map_err(fatal)?,
-            ));
+            batch.push(NewEvent::new(EventKind::ReasoningDelta, text_json(&text)?));
             out.reasoning.push_str(&text);
         }
         ModelChunk::ToolCall(call) => {
@@ -838,6 +831,15 @@ fn absorb(
         }
     }
     Ok(false)
+}
+
+/// `{"text":"…"}` in one right-sized allocation (the per-delta hot path).
+fn text_json(text: &str) -> Step<Json> {
+    let mut buf = Vec::with_capacity(text.len() + 12);
+    buf.extend_from_slice(b"{\"text\":");
+    serde_json::to_writer(&mut buf, text).map_err(|e| fatal(e.into()))?;
+    buf.push(b'}');
+    Json::from_trusted(buf).map_err(fatal)
 }
 
 fn reason_name(r: &FinishReason) -> String {

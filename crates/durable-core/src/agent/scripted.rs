@@ -1,11 +1,14 @@
 //! [`ScriptedModel`]: a deterministic [`LanguageModel`] for tests, demos and benchmarks.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::model::{
@@ -209,7 +212,7 @@ impl LanguageModel for ScriptedModel {
             .iter()
             .filter(|m| m.role == Role::Assistant)
             .count();
-        let Some(turn) = self.turns.get(index).cloned() else {
+        let Some(turn) = self.turns.get(index) else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
@@ -234,45 +237,74 @@ impl LanguageModel for ScriptedModel {
         } else {
             FinishReason::Stop
         });
-        let output_tokens = turn.items.len() as u64;
-        let delay = self.delay;
-        let items = turn.items;
-        let stream = futures::stream::unfold(
-            (
-                items.into_iter(),
-                Some((reason, input_tokens, output_tokens)),
-            ),
-            move |(mut items, mut finish)| async move {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                let chunk = match items.next() {
-                    Some(ScriptItem::Text(text)) => Ok(ModelChunk::TextDelta { text }),
-                    Some(ScriptItem::Reasoning(text)) => Ok(ModelChunk::ReasoningDelta { text }),
-                    Some(ScriptItem::ToolCall(call)) => Ok(ModelChunk::ToolCall(call)),
-                    Some(ScriptItem::Fail(msg)) => {
-                        finish = None;
-                        Err(Error::new(ErrorKind::Unavailable, msg).with_backend("scripted"))
-                    }
-                    Some(ScriptItem::Hang) => futures::future::pending().await,
-                    None => {
-                        let (reason, input_tokens, output_tokens) = finish.take()?;
-                        Ok(ModelChunk::Finish {
-                            reason,
-                            usage: Usage {
-                                input_tokens,
-                                output_tokens,
-                            },
-                        })
-                    }
-                };
-                if chunk.is_err() {
-                    items = Vec::new().into_iter();
-                }
-                Some((chunk, (items, finish)))
-            },
-        );
-        Ok(stream.boxed())
+        Ok(ScriptStream {
+            turns: self.turns.clone(),
+            turn: index,
+            next: 0,
+            finish: Some((
+                reason,
+                Usage {
+                    input_tokens,
+                    output_tokens: turn.items.len() as u64,
+                },
+            )),
+            delay: self.delay,
+            sleep: None,
+        }
+        .boxed())
+    }
+}
+
+/// Plays one turn: items are cloned only as they are yielded (no copy of the script per call).
+struct ScriptStream {
+    turns: Arc<[Turn]>,
+    turn: usize,
+    next: usize,
+    finish: Option<(FinishReason, Usage)>,
+    delay: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stream for ScriptStream {
+    type Item = Result<ModelChunk>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(d) = this.delay {
+            if this.finish.is_some() {
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                std::task::ready!(sleep.as_mut().poll(cx));
+                this.sleep = None;
+            }
+        }
+        let item = this.turns[this.turn].items.get(this.next);
+        this.next = this.next.saturating_add(1);
+        Poll::Ready(match item {
+            Some(ScriptItem::Text(text)) => Some(Ok(ModelChunk::TextDelta { text: text.clone() })),
+            Some(ScriptItem::Reasoning(text)) => {
+                Some(Ok(ModelChunk::ReasoningDelta { text: text.clone() }))
+            }
+            Some(ScriptItem::ToolCall(call)) => Some(Ok(ModelChunk::ToolCall(call.clone()))),
+            Some(ScriptItem::Fail(msg)) => {
+                // The call ends with its error.
+                this.finish = None;
+                this.next = usize::MAX;
+                Some(Err(
+                    Error::new(ErrorKind::Unavailable, msg.clone()).with_backend("scripted")
+                ))
+            }
+            Some(ScriptItem::Hang) => {
+                // Never woken: a hung provider.
+                this.next -= 1;
+                return Poll::Pending;
+            }
+            None => this
+                .finish
+                .take()
+                .map(|(reason, usage)| Ok(ModelChunk::Finish { reason, usage })),
+        })
     }
 }
 
