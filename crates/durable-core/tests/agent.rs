@@ -722,3 +722,115 @@ async fn thread_memory_carries_the_conversation() {
     // with its second turn.
     assert_eq!(a.generate("two", opts).await.unwrap().text, "second");
 }
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct Topic {
+    topic: String,
+}
+
+/// A background research tool: call `n` (1-based, by its id `bg-n`) finishes once `released`
+/// reaches `n`.
+fn research(released: tokio::sync::watch::Receiver<u32>) -> FnTool<Topic> {
+    FnTool::new(
+        "research",
+        "Research a topic",
+        move |a: Topic, ctx: ToolContext| {
+            let mut released = released.clone();
+            async move {
+                let n: u32 = ctx.tool_call_id.trim_start_matches("bg-").parse().unwrap();
+                released.wait_for(|r| *r >= n).await.unwrap();
+                Ok::<_, ToolError>(json!({"topic": a.topic, "findings": n}))
+            }
+        },
+    )
+    .background()
+}
+
+fn idle_agent(released: tokio::sync::watch::Receiver<u32>) -> DurableAgent {
+    let model = ScriptedModel::new([
+        Turn::new()
+            .tool_call("bg-1", "research", json!({"topic": "tides"}))
+            .tool_call("bg-2", "research", json!({"topic": "winds"})),
+        Turn::text("Both tasks started."),
+        Turn::text("Tides are done."),
+        Turn::text("Winds are done."),
+    ]);
+    DurableAgent::new(
+        Agent::builder()
+            .id("researcher")
+            .model(model)
+            .tool(research(released))
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn until_idle_turns_background_completions_into_follow_ups_on_one_run() {
+    let (release, released) = tokio::sync::watch::channel(0u32);
+    let a = idle_agent(released);
+    let mut run = a
+        .stream(
+            "Research tides and winds",
+            StreamOptions::new().until_idle(),
+        )
+        .await
+        .unwrap();
+    let run_id = run.run_id().clone();
+    let mut events = Vec::new();
+    let mut finished_steps = 0;
+    while let Some(ev) = tokio::time::timeout(DEADLINE, run.next()).await.unwrap() {
+        let ev = ev.unwrap();
+        if ev.kind == EventKind::StepFinish {
+            finished_steps += 1;
+            // After the first answer, finish task 1; after its follow-up, task 2.
+            if finished_steps == 2 || finished_steps == 3 {
+                release.send_modify(|r| *r += 1);
+            }
+        }
+        events.push(ev);
+    }
+    assert_contiguous(&events);
+    let texts: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::StepFinish)
+        .map(|e| e.data.to_value()["step"].to_string())
+        .collect();
+    assert_eq!(texts, ["0", "1", "2", "3"], "two follow-up turns");
+    let background: Vec<Value> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::ToolResult && e.data.to_value()["background"] == true)
+        .map(|e| e.data.to_value()["result"]["findings"].clone())
+        .collect();
+    assert_eq!(background, [json!(1), json!(2)]);
+    let finish = events.last().unwrap();
+    assert_eq!(finish.kind, EventKind::Finish);
+    assert_eq!(finish.data.to_value()["text"], "Winds are done.");
+    assert_eq!(finish.data.to_value()["reason"], "stop");
+    assert!(
+        events.iter().all(|e| e.run_id == run_id),
+        "one run id throughout"
+    );
+    assert_eq!(observe_all(&a, &run_id).await, events);
+}
+
+#[tokio::test]
+async fn until_idle_ends_after_max_idle_when_a_task_never_finishes() {
+    let (_release, released) = tokio::sync::watch::channel(0u32);
+    let a = idle_agent(released);
+    let out = a
+        .generate(
+            "Research",
+            StreamOptions::new().until_idle_for(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.finish_reason, "idle-timeout");
+    assert_eq!(out.text, "Both tasks started.");
+    // Without until_idle, background tools run in the foreground like any other tool.
+    let (release, released) = tokio::sync::watch::channel(2u32);
+    let b = idle_agent(released);
+    let out = b.generate("Research", StreamOptions::new()).await.unwrap();
+    assert_eq!(out.text, "Both tasks started.");
+    drop(release);
+}

@@ -258,6 +258,7 @@ impl Agent {
             cancel: CancellationToken::new(),
             stop: StopFlag::default(),
             durable: None,
+            background: tokio::task::JoinSet::new(),
         };
         let task = tokio::spawn(runner.run());
         Ok(AgentStream {

@@ -968,6 +968,7 @@ impl DurableAgent {
                 abort_marker: i.cache.clone().map(|c| (c, self.abort_marker(run_id))),
                 memory,
             }),
+            background: tokio::task::JoinSet::new(),
         };
         runner.run().await
     }

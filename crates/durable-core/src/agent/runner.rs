@@ -165,8 +165,30 @@ pub(crate) struct StepOutput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ModelCheckpoint {
     output: StepOutput,
+    /// Background-task completions given to the model right before this step (until idle).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    injected: Vec<Injection>,
     /// The log's next cursor when the checkpoint was written.
     cursor: Cursor,
+}
+
+/// A background task's completion, as told to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Injection {
+    task: String,
+    message: Message,
+}
+
+/// A finished background task.
+pub(crate) struct BgDone {
+    step: u32,
+    index: u32,
+    call: ToolCall,
+    outcome: ToolOutcome,
+}
+
+pub(crate) fn bg_key(step: u32, index: u32) -> String {
+    format!("bg-s{step}-{index}")
 }
 
 /// What a tool call produced, as checkpointed.
@@ -176,6 +198,8 @@ pub(crate) enum ToolOutcome {
     Ok(Value),
     Error(String),
     Declined(Option<String>),
+    /// Running as a background task (until idle); the completion comes later.
+    Started(String),
 }
 
 /// The text given to the model for a declined call.
@@ -189,6 +213,9 @@ impl ToolOutcome {
             ToolOutcome::Error(e) => format!("Error: {e}"),
             ToolOutcome::Declined(None) => DECLINED.to_owned(),
             ToolOutcome::Declined(Some(r)) => format!("{DECLINED}: {r}"),
+            ToolOutcome::Started(task) => format!(
+                "{{\"status\":\"started\",\"task\":\"{task}\",\"note\":\"running in the background; its result arrives in a later message\"}}"
+            ),
         }
     }
 }
@@ -277,7 +304,11 @@ fn mark_of(kind: &EventKind, data: &Value) -> Option<String> {
         (EventKind::StepStart, Some(s), _) => Some(format!("step-start:{s}")),
         (EventKind::StepFinish, Some(s), _) => Some(format!("step-finish:{s}")),
         (EventKind::ToolResult | EventKind::ToolError, Some(s), Some(i)) => {
-            Some(format!("result:{s}:{i}"))
+            if data.get("background").and_then(Value::as_bool) == Some(true) {
+                Some(format!("bg:{s}:{i}"))
+            } else {
+                Some(format!("result:{s}:{i}"))
+            }
         }
         (EventKind::ToolCallApproval, Some(s), Some(i)) => Some(format!("approval:{s}:{i}")),
         (EventKind::Suspended, Some(s), Some(i)) => Some(format!("suspended:{s}:{i}")),
@@ -309,6 +340,8 @@ pub(crate) struct Runner {
     pub(crate) cancel: CancellationToken,
     pub(crate) stop: StopFlag,
     pub(crate) durable: Option<DurableCtx>,
+    /// Background tool tasks (until idle). Dropped with the runner: they stop with the run.
+    pub(crate) background: tokio::task::JoinSet<BgDone>,
 }
 
 impl Runner {
@@ -410,38 +443,59 @@ impl Runner {
         let mut conv = self.conversation();
         let mut usage = Usage::default();
         let mut step = 0u32;
+        let mut turn_start = 0u32;
+        let mut pending = self.restore_background();
         let (reason, text) = loop {
-            if step >= self.spec.max_steps {
-                break ("max-steps".to_owned(), last_text(&conv));
-            }
             self.check_abort().await?;
             let replay = self.replaying(step);
             let out = match self.journal.model(step) {
-                Some(cp) => cp.output,
-                None => self.model_step(step, &conv).await?,
+                Some(cp) => {
+                    if !cp.injected.is_empty() {
+                        turn_start = step;
+                        conv.extend(cp.injected.into_iter().map(|i| i.message));
+                    }
+                    cp.output
+                }
+                None => {
+                    let injected = std::mem::take(&mut pending);
+                    conv.extend(injected.iter().map(|i| i.message.clone()));
+                    self.model_step(step, &conv, injected).await?
+                }
             };
             usage += out.usage;
             conv.push(Message::assistant(out.text.clone(), out.tool_calls.clone()));
-            if out.tool_calls.is_empty() {
-                if !replay {
-                    self.step_finish(step, &out).await?;
+            let calls = !out.tool_calls.is_empty();
+            if calls {
+                match self.tool_phase(step, &out.tool_calls, replay).await? {
+                    ToolPhase::Done(results) => conv.extend(results),
+                    ToolPhase::Suspended => return Ok(Outcome::Suspended),
                 }
-                let reason = match &out.finish_reason {
-                    Some(r) => reason_name(r),
-                    None => "stop".to_owned(),
-                };
-                break (reason, out.text);
-            }
-            match self.tool_phase(step, &out.tool_calls, replay).await? {
-                ToolPhase::Done(results) => conv.extend(results),
-                ToolPhase::Suspended => return Ok(Outcome::Suspended),
             }
             if !replay {
                 self.step_finish(step, &out).await?;
             }
             step += 1;
+            let turn_over = !calls || step - turn_start >= self.spec.max_steps;
+            if !turn_over {
+                continue;
+            }
+            let reason = match &out.finish_reason {
+                _ if calls => "max-steps".to_owned(),
+                Some(r) => reason_name(r),
+                None => "stop".to_owned(),
+            };
+            // A follow-up turn already ran before a crash: replay it.
+            if self.journal.model(step).is_some() {
+                turn_start = step;
+                continue;
+            }
+            match self.next_turn(&mut pending).await? {
+                Next::Turn => turn_start = step,
+                Next::IdleTimeout => break ("idle-timeout".to_owned(), last_text(&conv)),
+                Next::Done => break (reason, last_text(&conv)),
+            }
         };
-        let steps = (step + 1).min(self.spec.max_steps);
+        let steps = step;
         self.emit(
             EventKind::Finish,
             &json!({"reason": reason, "usage": usage, "text": text, "steps": steps}),
@@ -462,7 +516,12 @@ impl Runner {
         .await
     }
 
-    async fn model_step(&mut self, step: u32, conv: &[Message]) -> Step<StepOutput> {
+    async fn model_step(
+        &mut self,
+        step: u32,
+        conv: &[Message],
+        injected: Vec<Injection>,
+    ) -> Step<StepOutput> {
         if self.journal.marks.contains(&format!("step-start:{step}")) {
             self.emit(EventKind::StepRestart, &json!({ "step": step }))
                 .await?;
@@ -526,6 +585,7 @@ impl Runner {
         let cursor = self.flush().await?;
         let cp = ModelCheckpoint {
             output: out,
+            injected,
             cursor,
         };
         let stored = self
@@ -565,10 +625,10 @@ impl Runner {
                                 approved: false,
                                 reason,
                             }) => ToolOutcome::Declined(reason),
-                            Some(_) => self.execute_one(step, call).await?,
+                            Some(_) => self.run_call(step, index, call).await?,
                         }
                     } else {
-                        self.execute_one(step, call).await?
+                        self.run_call(step, index, call).await?
                     };
                     outcomes[i] = Some(self.record_outcome(step, index, outcome).await?);
                 }
@@ -584,6 +644,16 @@ impl Runner {
                 if outcomes[i].is_some() && !replay {
                     self.emit_result(step, i as u32, call, outcomes[i].as_ref())
                         .await?;
+                }
+            }
+            for (i, call) in calls.iter().enumerate() {
+                if outcomes[i].is_none() && self.is_background(call) {
+                    let outcome = self.start_background(step, i as u32, call);
+                    outcomes[i] = Some(self.record_outcome(step, i as u32, outcome).await?);
+                    if !replay {
+                        self.emit_result(step, i as u32, call, outcomes[i].as_ref())
+                            .await?;
+                    }
                 }
             }
             let pending: Vec<(usize, ToolCall)> = calls
@@ -637,6 +707,163 @@ impl Runner {
         Ok(ToolPhase::Done(results))
     }
 
+    fn is_background(&self, call: &ToolCall) -> bool {
+        self.spec.until_idle_ms.is_some()
+            && self
+                .def
+                .tools
+                .get(&call.name)
+                .is_some_and(|t| t.background())
+    }
+
+    /// Run a call in the foreground, or start it as a background task.
+    async fn run_call(&mut self, step: u32, index: u32, call: &ToolCall) -> Step<ToolOutcome> {
+        if self.is_background(call) {
+            return Ok(self.start_background(step, index, call));
+        }
+        self.execute_one(step, call).await
+    }
+
+    fn start_background(&mut self, step: u32, index: u32, call: &ToolCall) -> ToolOutcome {
+        let def = self.def.clone();
+        let call = call.clone();
+        let ctx = ToolContext {
+            run_id: self.run_id.clone(),
+            step,
+            tool_call_id: call.id.clone(),
+            cancel: self.cancel.child_token(),
+        };
+        self.background.spawn(async move {
+            let outcome = execute(&def, &call, ctx).await;
+            BgDone {
+                step,
+                index,
+                call,
+                outcome,
+            }
+        });
+        ToolOutcome::Started(format!("s{step}-{index}"))
+    }
+
+    /// After a restart: restart background tasks that had not completed, and return the
+    /// completions not yet given to the model.
+    fn restore_background(&mut self) -> Vec<Injection> {
+        if self.spec.until_idle_ms.is_none() {
+            return Vec::new();
+        }
+        let Some(last) = self.journal.resume_step() else {
+            return Vec::new();
+        };
+        let mut injected = HashSet::new();
+        let mut started = Vec::new();
+        for step in 0..=last {
+            let Some(cp) = self.journal.model(step) else {
+                continue;
+            };
+            injected.extend(cp.injected.iter().map(|i| i.task.clone()));
+            for (i, call) in cp.output.tool_calls.iter().enumerate() {
+                if matches!(
+                    self.journal.tool(step, i as u32),
+                    Some(ToolOutcome::Started(_))
+                ) {
+                    started.push((step, i as u32, call.clone()));
+                }
+            }
+        }
+        let mut pending = Vec::new();
+        for (step, index, call) in started {
+            let task = format!("s{step}-{index}");
+            if injected.contains(&task) {
+                continue;
+            }
+            let done: Option<ToolOutcome> = self
+                .journal
+                .checkpoints
+                .get(&bg_key(step, index))
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            match done {
+                Some(outcome) => pending.push(injection(&task, &call, &outcome)),
+                None => {
+                    self.start_background(step, index, &call);
+                }
+            }
+        }
+        pending
+    }
+
+    /// Between turns (until idle): wait for background completions. `Turn` when there is
+    /// something to tell the model, `Done` when nothing runs, `IdleTimeout` when tasks ran past
+    /// the maximum idle time (they are cancelled).
+    async fn next_turn(&mut self, pending: &mut Vec<Injection>) -> Step<Next> {
+        let Some(max_idle) = self
+            .spec
+            .until_idle_ms
+            .map(std::time::Duration::from_millis)
+        else {
+            return Ok(Next::Done);
+        };
+        loop {
+            while let Some(done) = self.background.try_join_next() {
+                if let Ok(d) = done {
+                    pending.push(self.complete_background(d).await?);
+                }
+            }
+            if !pending.is_empty() {
+                return Ok(Next::Turn);
+            }
+            if self.background.is_empty() {
+                return Ok(Next::Done);
+            }
+            self.flush().await?;
+            let cancel = self.cancel.clone();
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(Halt::Cancelled),
+                n = tokio::time::timeout(max_idle, self.background.join_next()) => n,
+            };
+            match next {
+                Err(_) => {
+                    self.background.abort_all();
+                    return Ok(Next::IdleTimeout);
+                }
+                Ok(Some(Ok(d))) => pending.push(self.complete_background(d).await?),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "background task panicked");
+                }
+                Ok(None) => {}
+            }
+        }
+    }
+
+    async fn complete_background(&mut self, d: BgDone) -> Step<Injection> {
+        let value = serde_json::to_value(&d.outcome).map_err(|e| fatal(e.into()))?;
+        let stored = self.checkpoint(bg_key(d.step, d.index), value).await?;
+        let outcome: ToolOutcome = serde_json::from_value(stored).map_err(|e| fatal(e.into()))?;
+        let mut data = json!({
+            "step": d.step, "index": d.index, "tool_call_id": d.call.id,
+            "tool_name": d.call.name, "background": true,
+        });
+        let kind = match &outcome {
+            ToolOutcome::Error(e) => {
+                data["error"] = e.clone().into();
+                EventKind::ToolError
+            }
+            o => {
+                data["result"] = match o {
+                    ToolOutcome::Ok(v) => v.clone(),
+                    o => o.for_model().into(),
+                };
+                EventKind::ToolResult
+            }
+        };
+        self.emit_once(kind, data).await?;
+        Ok(injection(
+            &format!("s{}-{}", d.step, d.index),
+            &d.call,
+            &outcome,
+        ))
+    }
+
     async fn execute_one(&mut self, step: u32, call: &ToolCall) -> Step<ToolOutcome> {
         let ctx = ToolContext {
             run_id: self.run_id.clone(),
@@ -684,6 +911,10 @@ impl Runner {
             Some(ToolOutcome::Error(e)) => {
                 (EventKind::ToolError, base(("error", e.clone().into())))
             }
+            Some(ToolOutcome::Started(task)) => (
+                EventKind::ToolResult,
+                base(("result", json!({"status": "started", "task": task}))),
+            ),
             Some(o @ ToolOutcome::Declined(_)) => {
                 let mut d = base(("result", o.for_model().into()));
                 d["declined"] = true.into();
@@ -773,6 +1004,24 @@ impl Runner {
         if let Err(e) = memory.save(thread, &self.run_id, msgs).await {
             tracing::warn!(run_id = %self.run_id, error = %e, "conversation not saved to memory");
         }
+    }
+}
+
+enum Next {
+    Turn,
+    Done,
+    IdleTimeout,
+}
+
+fn injection(task: &str, call: &ToolCall, outcome: &ToolOutcome) -> Injection {
+    Injection {
+        task: task.to_owned(),
+        message: Message::user(format!(
+            "Background task {} (tool call {}) finished: {}",
+            call.name,
+            call.id,
+            outcome.for_model()
+        )),
     }
 }
 
