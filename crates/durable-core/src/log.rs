@@ -622,7 +622,21 @@ impl Observer {
     async fn read_batch(&mut self) -> Result<()> {
         let cache = self.log.cache("observe")?;
         let limit = self.log.inner.config.read_batch;
-        let slice = cache.read(&self.log_name, self.next, limit).await?;
+        let slice = match cache.read(&self.log_name, self.next, limit).await {
+            Ok(s) => s,
+            // The log existed when this observer attached: its retention elapsed meanwhile.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::Gone,
+                    format!(
+                        "run {} expired while being observed, at cursor {}",
+                        self.run_id, self.next
+                    ),
+                )
+                .with_operation("observe"));
+            }
+            Err(e) => return Err(e),
+        };
         self.need_read = slice.first + (slice.entries.len() as u64) < slice.next;
         self.buf
             .extend(decode_slice(&self.run_id, slice.first, &slice.entries)?);

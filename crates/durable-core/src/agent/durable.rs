@@ -27,6 +27,10 @@ use crate::memory::{lock, InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use crate::pubsub::{Delivery, PubSub};
 use crate::store::{now_ms, Lease, NewRun, RunRecord, RunSnapshot, RunStatus, WorkflowStore};
 
+/// Batches of events (each up to a few hundred) a run may queue ahead of its log appends:
+/// bounds the memory of a producer that is faster than its backend.
+const WRITER_BATCHES: usize = 8;
+
 /// Default lease of an executing run (renewed every third of it while the run executes).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
@@ -956,7 +960,10 @@ impl DurableAgent {
             def: i.agent.def.clone(),
             run_id: run_id.clone(),
             spec,
-            sink: Sink::Log(i.log.writer(run_id.clone(), Some(lease.epoch), 64)),
+            sink: Sink::Log(
+                i.log
+                    .writer(run_id.clone(), Some(lease.epoch), WRITER_BATCHES),
+            ),
             journal,
             cancel,
             stop,
