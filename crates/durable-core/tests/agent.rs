@@ -834,3 +834,120 @@ async fn until_idle_ends_after_max_idle_when_a_task_never_finishes() {
     assert_eq!(out.text, "Both tasks started.");
     drop(release);
 }
+
+#[tokio::test]
+async fn a_live_but_superseded_owner_is_fenced_off() {
+    let reference = tokio::task::spawn_blocking(reference).await.unwrap();
+    let b = Backends::default();
+    let done = Completions::default();
+    let model = ScriptedModel::new(script());
+    // The old owner is alive but stuck inside the second tool call.
+    let old = durable(
+        &b,
+        agent(model.clone(), done.clone(), Some("call-1".into())),
+        "node-1",
+    );
+    let run = old.stream("Weather?", StreamOptions::new()).await.unwrap();
+    let run_id = run.run_id().clone();
+    let mut s = run;
+    loop {
+        let ev = s.next().await.unwrap().unwrap();
+        if ev.kind == EventKind::ToolCall && ev.data.to_value()["tool_call_id"] == "call-1" {
+            break;
+        }
+    }
+    // A replacement with the same identity takes the run over (epoch + 1) while the old one
+    // still runs: the old one must not write another event.
+    let new = durable(&b, agent(model, done.clone(), None), "node-1");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !new.recover().await.unwrap().contains(&run_id) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    let events = collect(s).await;
+    assert_eq!(events.last().unwrap().kind, EventKind::Finish);
+    let all = observe_all(&new, &run_id).await;
+    assert_contiguous(&all);
+    assert_eq!(as_client_sees(&all), reference);
+    assert_eq!(settled_status(&new, &run_id).await, RunStatus::Completed);
+    assert!(done.lock().unwrap().values().all(|n| *n == 1));
+}
+
+#[test]
+fn until_idle_run_recovers_with_its_background_tasks() {
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let doomed = tokio::runtime::Runtime::new().unwrap();
+    let b = Backends::default();
+    let make = |released, worker: &str| {
+        let model = ScriptedModel::new([
+            Turn::new()
+                .tool_call("bg-1", "research", json!({"topic": "tides"}))
+                .tool_call("bg-2", "research", json!({"topic": "winds"})),
+            Turn::text("Both tasks started."),
+            Turn::text("Tides are done."),
+            Turn::text("Winds are done."),
+        ]);
+        let agent = Agent::builder()
+            .id("researcher")
+            .model(model)
+            .tool(research(released))
+            .build()
+            .unwrap();
+        durable(&b, agent, worker)
+    };
+    // First process: both tasks start, task 1 completes and its follow-up turn runs, then the
+    // process dies while task 2 is still running.
+    let (release1, released1) = tokio::sync::watch::channel(0u32);
+    let first = make(released1, "node-1");
+    let run_id = doomed.block_on(async {
+        let mut run = first
+            .stream("Research", StreamOptions::new().until_idle())
+            .await
+            .unwrap();
+        let mut step_finishes = 0;
+        loop {
+            let ev = tokio::time::timeout(DEADLINE, run.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if ev.kind == EventKind::StepFinish {
+                step_finishes += 1;
+                if step_finishes == 2 {
+                    release1.send_replace(1);
+                }
+                if step_finishes == 3 {
+                    break run.run_id().clone();
+                }
+            }
+        }
+    });
+    drop(doomed);
+    drop(first);
+    // Restart: task 2 is started again and completes; its follow-up turn ends the run.
+    let (_release2, released2) = tokio::sync::watch::channel(2u32);
+    let second = make(released2, "node-1");
+    main.block_on(async {
+        assert!(second.recover().await.unwrap().contains(&run_id));
+        let events = observe_all(&second, &run_id).await;
+        assert_contiguous(&events);
+        let texts: Vec<Value> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::StepFinish)
+            .map(|e| e.data.to_value()["step"].clone())
+            .collect();
+        assert_eq!(texts, [json!(0), json!(1), json!(2), json!(3)]);
+        let bg: Vec<Value> = events
+            .iter()
+            .filter(|e| e.data.to_value()["background"] == true)
+            .map(|e| e.data.to_value()["tool_call_id"].clone())
+            .collect();
+        assert_eq!(
+            bg,
+            [json!("bg-1"), json!("bg-2")],
+            "each completion announced once"
+        );
+        let finish = events.last().unwrap().data.to_value();
+        assert_eq!(finish["text"], "Winds are done.");
+    });
+}
