@@ -951,3 +951,68 @@ fn until_idle_run_recovers_with_its_background_tasks() {
         assert_eq!(finish["text"], "Winds are done.");
     });
 }
+
+#[tokio::test]
+async fn abort_cancels_a_running_tool_and_ends_a_suspended_run() {
+    let (tx, mut cancelled) = tokio::sync::mpsc::channel::<String>(1);
+    let slow = FnTool::new(
+        "slow",
+        "Takes forever",
+        move |_: Topic, ctx: ToolContext| {
+            let tx = tx.clone();
+            async move {
+                // Work the tool hands off (a subprocess, a remote job) learns of the abort through
+                // the token; the tool's own future is simply dropped.
+                let (cancel, id) = (ctx.cancel.clone(), ctx.tool_call_id.clone());
+                tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    let _ = tx.send(id).await;
+                });
+                futures::future::pending::<Result<Value, ToolError>>().await
+            }
+        },
+    );
+    let model = ScriptedModel::new([
+        Turn::new().tool_call("c-1", "slow", json!({"topic": "x"})),
+        Turn::text("never"),
+    ]);
+    let a = DurableAgent::new(
+        Agent::builder()
+            .id("slowpoke")
+            .model(model)
+            .tool(slow)
+            .build()
+            .unwrap(),
+    );
+    let mut run = a.stream("go", StreamOptions::new()).await.unwrap();
+    while run.next().await.unwrap().unwrap().kind != EventKind::ToolCall {}
+    assert_eq!(a.abort(run.run_id()).await.unwrap(), RunStatus::Aborted);
+    let rest = collect(run).await;
+    assert_eq!(rest.last().unwrap().kind, EventKind::Abort);
+    // The tool saw its cancellation signal.
+    let seen = tokio::time::timeout(DEADLINE, cancelled.recv())
+        .await
+        .unwrap();
+    assert_eq!(seen.as_deref(), Some("c-1"));
+
+    // A suspended run has no executor: abort ends it on the spot, and it cannot be resumed.
+    let done = Completions::default();
+    let model = ScriptedModel::new([
+        Turn::new().tool_call("c", "weather", json!({"city": "Rome"})),
+        Turn::text("ok"),
+    ]);
+    let b = DurableAgent::new(agent(model, done, None));
+    let out = b
+        .generate("w?", StreamOptions::new().require_tool_approval(true))
+        .await
+        .unwrap();
+    assert!(out.suspended.is_some());
+    assert_eq!(b.abort(&out.run_id).await.unwrap(), RunStatus::Aborted);
+    let e = b
+        .resume(&out.run_id, ResumeData::approve())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
+    let events = observe_all(&b, &out.run_id).await;
+    assert_eq!(events.last().unwrap().kind, EventKind::Abort);
+}

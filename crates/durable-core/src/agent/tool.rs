@@ -25,8 +25,9 @@ pub struct ToolContext {
     pub step: u32,
     /// The provider's id of the call.
     pub tool_call_id: String,
-    /// Cancelled when the run is aborted, fenced off by a newer owner, or shut down. A tool
-    /// that runs for long should watch it and stop early.
+    /// Cancelled when the run is aborted, fenced off by a newer owner, or shut down. The
+    /// tool's future is then dropped; work it handed elsewhere (a spawned task, a subprocess, a
+    /// remote job) should watch this token and stop.
     pub cancel: CancellationToken,
 }
 
