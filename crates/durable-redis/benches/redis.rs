@@ -190,8 +190,48 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn report_latency(_: &mut Criterion) {
+    ping_baseline();
+    let multi = rt();
+    latency("2 worker threads", &multi);
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    latency("current thread", &single);
+}
+
+/// The machine's own floor: a bare `PING` round trip at the same 1 ms pacing, same client.
+fn ping_baseline() {
     let rt = rt();
-    let redis = connect(&rt);
+    let url = URL.get().expect("url").clone();
+    let mut sorted = rt.block_on(async {
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client.get_connection_manager().await.expect("connect");
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        let mut out = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            pace.tick().await;
+            let t = Instant::now();
+            let _: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .expect("ping");
+            out.push(t.elapsed());
+        }
+        out
+    });
+    sorted.sort();
+    eprintln!(
+        "baseline: bare PING round trip at 1 ms pacing over {} calls: p50 {:?}, p99 {:?}, max {:?}",
+        sorted.len(),
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
+fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
+    let redis = connect(rt);
     // Percentiles per event: criterion reports means of samples, so measure directly.
     let samples = rt.block_on(async {
         let log = event_log(&redis).await;
@@ -218,7 +258,7 @@ fn report_latency(_: &mut Criterion) {
     let mut sorted = samples;
     sorted.sort();
     eprintln!(
-        "redis latency append→observer at 1 ms pacing over {} events: p50 {:?}, p99 {:?}, max {:?}",
+        "redis latency append→observer at 1 ms pacing over {} events ({flavor}): p50 {:?}, p99 {:?}, max {:?}",
         sorted.len(),
         percentile(&sorted, 0.50),
         percentile(&sorted, 0.99),

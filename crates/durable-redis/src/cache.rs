@@ -12,7 +12,7 @@ use durable_core::{
 
 use crate::error::err;
 use crate::keys::KeySpace;
-use crate::scripts::{APPEND, EXPIRE, INCREMENT, LEN, READ};
+use crate::scripts::{APPEND, EXPIRE, INCREMENT, LEN};
 use crate::transport::{RedisTransport, Reply, Transport};
 
 /// Keys fetched per `SCAN` step of [`ServerCache::keys`].
@@ -127,16 +127,7 @@ impl<T: Transport> CacheCore<T> {
     pub(crate) async fn read(&self, log: &str, from: Cursor, limit: usize) -> Result<LogSlice> {
         self.check("read", "log", log)?;
         let (k, m) = (self.keys.cache_key(log), self.keys.meta_key(log));
-        let (from_s, limit_s) = (from.to_string(), limit.to_string());
-        let reply = self
-            .transport
-            .eval(
-                "read",
-                &READ,
-                &[&k, &m],
-                &[from_s.as_bytes(), limit_s.as_bytes()],
-            )
-            .await?;
+        let reply = self.transport.read_log(&k, &m, from, limit).await?;
         let mut parts = reply
             .into_array()
             .ok_or_else(|| self.bad("read", "read"))?

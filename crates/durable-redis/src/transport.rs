@@ -63,6 +63,19 @@ pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
         args: &[&[u8]],
     ) -> Result<Reply>;
 
+    /// Read a log slice: the reply of [`READ`](crate::scripts::READ) (`{-1}`, `{-2, len}` or
+    /// `{len, {entries…}}`). The default runs the script; a transport may do better.
+    async fn read_log(&self, list: &[u8], meta: &[u8], from: u64, limit: usize) -> Result<Reply> {
+        let (from_s, limit_s) = (from.to_string(), limit.to_string());
+        self.eval(
+            "read",
+            &crate::scripts::READ,
+            &[list, meta],
+            &[from_s.as_bytes(), limit_s.as_bytes()],
+        )
+        .await
+    }
+
     /// The error for a reply of the wrong shape.
     fn unexpected(&self, op: &'static str, what: &str) -> durable_core::Error {
         err(
@@ -152,6 +165,33 @@ impl Transport for RedisTransport {
             cmd.arg(*a);
         }
         self.query(op, &cmd).await
+    }
+
+    /// One `MULTI`/`EXEC` (atomic, one round trip) instead of the Lua script: Lua would copy
+    /// every entry into a Lua table and back, which costs more than the read itself.
+    async fn read_log(&self, list: &[u8], meta: &[u8], from: u64, limit: usize) -> Result<Reply> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("EXISTS").arg(meta).cmd("LLEN").arg(list);
+        let end = from.saturating_add(limit as u64).saturating_sub(1);
+        if limit > 0 {
+            pipe.cmd("LRANGE").arg(list).arg(from).arg(end);
+        }
+        let mut parts = self.pipeline("read", &pipe).await?.into_iter();
+        let (exists, len) = match (parts.next(), parts.next()) {
+            (Some(e), Some(l)) => (e.int(), l.int()),
+            _ => return Err(self.unexpected("read", "MULTI read")),
+        };
+        let (Some(exists), Some(len)) = (exists, len) else {
+            return Err(self.unexpected("read", "MULTI read"));
+        };
+        if exists == 0 {
+            return Ok(Reply::Array(vec![Reply::Int(-1)]));
+        }
+        if from > len as u64 {
+            return Ok(Reply::Array(vec![Reply::Int(-2), Reply::Int(len)]));
+        }
+        let entries = parts.next().unwrap_or(Reply::Array(Vec::new()));
+        Ok(Reply::Array(vec![Reply::Int(len), entries]))
     }
 
     async fn eval(
