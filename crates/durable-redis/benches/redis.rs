@@ -132,6 +132,23 @@ fn bench_replay(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("redis_replay");
     g.throughput(Throughput::Elements(N + 1));
+    let cache = redis.server_cache();
+    let name = log.log_name(&run);
+    g.bench_function("10k_raw_reads", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut from = 0;
+                while from < N + 1 {
+                    from += cache
+                        .read(&name, from, 512)
+                        .await
+                        .expect("read")
+                        .entries
+                        .len() as u64;
+                }
+            })
+        });
+    });
     g.bench_function("10k", |b| {
         b.iter(|| {
             rt.block_on(async {

@@ -79,3 +79,33 @@ pub(crate) fn server_message_kind(code: &str, text: &str) -> (ErrorKind, bool) {
         _ => (ErrorKind::Unexpected, false),
     }
 }
+
+/// Map a failed Upstash HTTP request: transport failures are retryable.
+pub(crate) fn http_error(op: &'static str, e: reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Unavailable
+    };
+    err(UPSTASH, kind, op, "cannot reach the Upstash REST endpoint")
+        .with_retryable(true)
+        .with_source(e)
+}
+
+/// Map an Upstash HTTP error status: 401/403 (bad token) `InvalidInput`, 429/5xx retryable
+/// `Unavailable`.
+pub(crate) fn status_error(op: &'static str, status: reqwest::StatusCode, body: &str) -> Error {
+    let (kind, retryable) = match status.as_u16() {
+        401 | 403 => (ErrorKind::InvalidInput, false),
+        429 | 500..=599 => (ErrorKind::Unavailable, true),
+        _ => (ErrorKind::Unexpected, false),
+    };
+    let body: String = body.chars().take(200).collect();
+    err(UPSTASH, kind, op, format!("HTTP {status}: {body}")).with_retryable(retryable)
+}
+
+/// Map an Upstash command error (`{"error": "WRONGTYPE …"}`).
+pub(crate) fn command_error(op: &'static str, text: &str) -> Error {
+    let (kind, retryable) = server_message_kind("", text);
+    err(UPSTASH, kind, op, text.to_owned()).with_retryable(retryable)
+}

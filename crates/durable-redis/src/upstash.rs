@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::cache::{server_cache_impl, CacheCore};
 use crate::config::DEFAULT_KEY_PREFIX;
-use crate::error::{err, server_message_kind, UPSTASH};
+use crate::error::{command_error, err, http_error, status_error, UPSTASH};
 use crate::keys::KeySpace;
 use crate::scripts::Script;
 use crate::transport::{Reply, Transport};
@@ -232,32 +232,6 @@ impl UpstashTransport {
         }
         Err(status_error(op, status, &String::from_utf8_lossy(&text)))
     }
-}
-
-fn http_error(op: &'static str, e: reqwest::Error) -> Error {
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Unavailable
-    };
-    err(UPSTASH, kind, op, "cannot reach the Upstash REST endpoint")
-        .with_retryable(true)
-        .with_source(e)
-}
-
-fn status_error(op: &'static str, status: reqwest::StatusCode, body: &str) -> Error {
-    let (kind, retryable) = match status.as_u16() {
-        401 | 403 => (ErrorKind::InvalidInput, false),
-        429 | 500..=599 => (ErrorKind::Unavailable, true),
-        _ => (ErrorKind::Unexpected, false),
-    };
-    let body: String = body.chars().take(200).collect();
-    err(UPSTASH, kind, op, format!("HTTP {status}: {body}")).with_retryable(retryable)
-}
-
-fn command_error(op: &'static str, text: &str) -> Error {
-    let (kind, retryable) = server_message_kind("", text);
-    err(UPSTASH, kind, op, text.to_owned()).with_retryable(retryable)
 }
 
 #[async_trait]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_conformance::services::{self, RedisOptions};
+use durable_core::{ErrorKind, NewRun, PubSub, Result};
 use durable_core::{
     Event, EventKind, EventLog, LogConfig, NewEvent, ObserveOptions, RunId, RunStatus,
     WorkflowStore,
 };
-use durable_core::{NewRun, Result};
 use durable_redis::RedisConfig;
 use futures::StreamExt;
 
@@ -122,12 +122,10 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
     let store = redis.workflow_store();
     let mut config = LogConfig::default();
     config.idle_check = Duration::from_millis(500);
-    let log = EventLog::new(
-        Arc::new(redis.server_cache()),
-        Arc::new(redis.pubsub().await?),
-    )
-    .with_store(Arc::new(store.clone()))
-    .with_config(config);
+    let pubsub = Arc::new(redis.pubsub().await?);
+    let log = EventLog::new(Arc::new(redis.server_cache()), pubsub.clone())
+        .with_store(Arc::new(store.clone()))
+        .with_config(config);
 
     let run = RunId::generate();
     store
@@ -166,6 +164,15 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
         .wait_for(|n| *n > 0)
         .await
         .expect("producer stopped early");
+    // While it is down, a publish fails retryably instead of being dropped.
+    let e = pubsub
+        .publish("restart.probe", bytes::Bytes::from_static(b"x"))
+        .await
+        .expect_err("publish to a dead server succeeded");
+    assert!(
+        e.is_retryable() && matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{e}"
+    );
     let server = tokio::task::spawn_blocking(move || {
         let mut server = server;
         server.restart().map(|()| server)
