@@ -269,6 +269,10 @@ fn deny(ctx: &Ctx) -> Result<()> {
             return Ok(());
         }
     }
+    // `cargo deny --offline` reads the metadata of every platform's dependencies (e.g. the
+    // macOS/Windows certificate crates behind rustls-native-certs), which a Linux build never
+    // downloads: fetch them first.
+    run("cargo fetch", cargo().current_dir(&ctx.root).arg("fetch"))?;
     run(
         "cargo deny check licenses bans sources",
         Command::new(&bin).current_dir(&ctx.root).args([
