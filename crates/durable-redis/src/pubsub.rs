@@ -2,7 +2,7 @@
 //! over Redis Streams consumer groups.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -78,7 +78,8 @@ type Subscribers = Vec<(u64, Arc<Slot>)>;
 
 #[derive(Debug)]
 enum HubCommand {
-    Subscribe(Vec<u8>, oneshot::Sender<Result<()>>),
+    /// Subscribe the channel if needed, then activate the slot (see [`drive`]).
+    Subscribe(Vec<u8>, u64, Arc<Slot>, oneshot::Sender<Result<()>>),
     Unsubscribe(Vec<u8>),
 }
 
@@ -87,6 +88,8 @@ enum HubCommand {
 struct Slot {
     state: Mutex<SlotState>,
     notify: Notify,
+    /// Its guard was dropped (set under the registry lock, so a late activation is skipped).
+    closed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -159,15 +162,11 @@ impl Hub {
     async fn subscribe(self: &Arc<Self>, channel: Vec<u8>, timeout: Duration) -> Result<SlotGuard> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::default());
-        lock(&self.channels)
-            .entry(channel.clone())
-            .or_default()
-            .push((id, slot.clone()));
         let guard = SlotGuard {
             hub: self.clone(),
             channel: channel.clone(),
             id,
-            slot,
+            slot: slot.clone(),
         };
         let (tx, rx) = oneshot::channel();
         let unavailable = || {
@@ -179,7 +178,7 @@ impl Hub {
             )
         };
         self.commands
-            .send(HubCommand::Subscribe(channel, tx))
+            .send(HubCommand::Subscribe(channel, id, slot, tx))
             .map_err(|_| unavailable())?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(guard),
@@ -206,6 +205,7 @@ struct SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let mut channels = lock(&self.hub.channels);
+        self.slot.closed.store(true, Ordering::Relaxed);
         let now_empty = match channels.get_mut(&self.channel) {
             Some(subs) => {
                 subs.retain(|(id, _)| *id != self.id);
@@ -244,7 +244,7 @@ async fn drive(
                         () = &mut wait => break,
                         cmd = commands.recv() => match cmd {
                             None => return,
-                            Some(HubCommand::Subscribe(_, reply)) => {
+                            Some(HubCommand::Subscribe(_, _, _, reply)) => {
                                 let _ = reply.send(Err(from_redis("subscribe", e.clone())));
                             }
                             Some(HubCommand::Unsubscribe(_)) => {}
@@ -285,20 +285,53 @@ async fn drive(
                 }
                 cmd = commands.recv() => match cmd {
                     None => return,
-                    Some(HubCommand::Subscribe(channel, reply)) => {
-                        if subscribed.contains(&channel) {
-                            let _ = reply.send(Ok(()));
-                            continue;
+                    Some(HubCommand::Subscribe(channel, id, slot, reply)) => {
+                        // Barrier: once SUBSCRIBE (or, for a channel already subscribed, a
+                        // PING) is answered, every message Redis sent before it is already in
+                        // `stream`. Those predate this subscriber: hand them to the others
+                        // first, then activate it, so it only sees later publishes.
+                        let fresh = !subscribed.contains(&channel);
+                        let barrier = if fresh {
+                            sink.subscribe(&channel).await
+                        } else {
+                            sink.ping::<redis::Value>().await.map(drop)
+                        };
+                        if let Err(e) = barrier {
+                            let _ = reply.send(Err(from_redis("subscribe", e)));
+                            break;
                         }
-                        match sink.subscribe(&channel).await {
-                            Ok(()) => {
-                                subscribed.insert(channel);
-                                let _ = reply.send(Ok(()));
+                        if fresh {
+                            subscribed.insert(channel.clone());
+                        }
+                        let Some(h) = hub.upgrade() else { return };
+                        let mut lost = false;
+                        loop {
+                            match stream.next().now_or_never() {
+                                Some(Some(msg)) => h.dispatch(msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
+                                Some(None) => {
+                                    lost = true;
+                                    break;
+                                }
+                                None => break,
                             }
-                            Err(e) => {
-                                let _ = reply.send(Err(from_redis("subscribe", e)));
-                                break;
+                        }
+                        let orphan = {
+                            let mut channels = lock(&h.channels);
+                            if slot.closed.load(Ordering::Relaxed) {
+                                !channels.contains_key(&channel)
+                            } else {
+                                channels.entry(channel.clone()).or_default().push((id, slot));
+                                false
                             }
+                        };
+                        drop(h);
+                        let _ = reply.send(Ok(()));
+                        // Its subscriber gave up before activation and nobody else wants it.
+                        if orphan && subscribed.remove(&channel) && sink.unsubscribe(&channel).await.is_err() {
+                            break;
+                        }
+                        if lost {
+                            break;
                         }
                     }
                     Some(HubCommand::Unsubscribe(channel)) => {
