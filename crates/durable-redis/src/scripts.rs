@@ -116,24 +116,29 @@ return v
 /// Shared prelude of the store scripts: server time in ms, integer formatting, terminal check.
 /// Lease times come from the Redis server clock (`TIME`), so every client agrees on who holds a
 /// lease regardless of its own clock.
-const STORE_PRELUDE: &str = r#"
+macro_rules! store_script {
+    ($name:literal, $body:literal $(,)?) => {
+        Script::new(
+            $name,
+            concat!(
+                r#"
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function s(x) return string.format('%d', x) end
 local function terminal(st) return st == 'completed' or st == 'failed' or st == 'aborted' end
-"#;
-
-fn store_script(name: &'static str, body: &str) -> Script {
-    let source: &'static str = Box::leak(format!("{STORE_PRELUDE}{body}").into_boxed_str());
-    Script::new(name, source)
+"#,
+                $body
+            ),
+        )
+    };
 }
 
 /// Create a run. KEYS: record, checkpoints. ARGV: status, has resource (`1`/`0`), resource,
 /// data. Returns `{1}` if it exists, else `{0, record}`.
 pub(crate) static CREATE_RUN: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "create_run",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
@@ -149,7 +154,7 @@ return {0, redis.call('HGETALL', KEYS[1])}
 /// Claim the lease. KEYS: record. ARGV: owner, ttl ms. Returns `{1}` missing, `{2}` terminal,
 /// `{3}` leased by another owner, or `{0, record}`.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "claim",
         r#"
 local r = redis.call('HMGET', KEYS[1], 'st', 'ep', 'ow', 'le')
@@ -167,7 +172,7 @@ return {0, redis.call('HGETALL', KEYS[1])}
 /// Renew a lease. KEYS: record. ARGV: epoch, owner, ttl ms. Returns `{1}` missing, `{4}`
 /// fenced, or `{0, record}`.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "renew",
         r#"
 local ep = redis.call('HGET', KEYS[1], 'ep')
@@ -182,7 +187,7 @@ return {0, redis.call('HGETALL', KEYS[1])}
 
 /// Release a lease. KEYS: record. ARGV: epoch. Returns `{1}` missing, `{4}` fenced, `{0}`.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "release",
         r#"
 local ep = redis.call('HGET', KEYS[1], 'ep')
@@ -199,7 +204,7 @@ return {0}
 /// output. Returns `{1}` missing, `{4}` fenced, `{5, stored}` if the key exists, `{0}`.
 /// Values are `<seq> <json>` so `load` can restore write order.
 pub(crate) static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "checkpoint",
         r#"
 local ep = redis.call('HGET', KEYS[1], 'ep')
@@ -220,7 +225,7 @@ return {0}
 /// Change the status. KEYS: record. ARGV: fenced (`1`/`0`), epoch, status, has data, data.
 /// Returns `{1}` missing, `{4}` fenced, `{2}` terminal, or `{0, record}`.
 pub(crate) static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "set_status",
         r#"
 local r = redis.call('HMGET', KEYS[1], 'st', 'ep')
@@ -238,7 +243,7 @@ return {0, redis.call('HGETALL', KEYS[1])}
 /// Expire a run's record and checkpoints. KEYS: record, checkpoints. ARGV: ttl ms.
 /// Returns 0 if missing, else 1.
 pub(crate) static EXPIRE_RUN: LazyLock<Script> = LazyLock::new(|| {
-    store_script(
+    store_script!(
         "expire_run",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
