@@ -226,13 +226,19 @@ impl Drop for SlotGuard {
 /// The task owning the subscription connection: (re)connects, (re)subscribes, dispatches.
 async fn drive(
     client: redis::Client,
+    initial: redis::aio::PubSub,
     hub: Weak<Hub>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
 ) {
     let mut first = true;
+    let mut initial = Some(initial);
     let mut backoff = Duration::from_millis(50);
     loop {
-        let pubsub = match client.get_async_pubsub().await {
+        let connected = match initial.take() {
+            Some(p) => Ok(p),
+            None => client.get_async_pubsub().await,
+        };
+        let pubsub = match connected {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "redis subscription connection failed; retrying");
@@ -358,14 +364,18 @@ impl RedisPubSub {
             next_id: AtomicU64::new(0),
             capacity: redis.config().subscriber_capacity.max(1),
         });
-        // Open the connection now so a bad server is reported here, not at first subscribe.
+        // Open the connection here so a bad server is reported now, not at first subscribe.
         let pubsub = redis
             .client()
             .get_async_pubsub()
             .await
             .map_err(|e| from_redis("connect", e))?;
-        drop(pubsub);
-        tokio::spawn(drive(redis.client().clone(), Arc::downgrade(&hub), rx));
+        tokio::spawn(drive(
+            redis.client().clone(),
+            pubsub,
+            Arc::downgrade(&hub),
+            rx,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 transport: redis.transport(),
@@ -644,7 +654,7 @@ impl ConsumerState {
                 Ok(false) => self.failing = false,
                 Err(e) => {
                     self.failing = true;
-                    if e.message().contains("NOGROUP") || is_nogroup(&e) {
+                    if is_nogroup(&e) {
                         let _ = self.consumer.join().await;
                     }
                     return Err(e);
