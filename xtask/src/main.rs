@@ -36,14 +36,24 @@ struct Started {
     env: Vec<(String, String)>,
 }
 
-const BACKENDS: &[BackendEntry] = &[BackendEntry {
-    name: "redis",
-    krate: "durable-redis",
-    env: &["DURABLE_TEST_REDIS_URL"],
-    source: "redis-server 7 (Debian apt)",
-    install: install_redis,
-    start: start_redis,
-}];
+const BACKENDS: &[BackendEntry] = &[
+    BackendEntry {
+        name: "redis",
+        krate: "durable-redis",
+        env: &["DURABLE_TEST_REDIS_URL"],
+        source: "redis-server 7 (Debian apt)",
+        install: install_redis,
+        start: start_redis,
+    },
+    BackendEntry {
+        name: "upstash",
+        krate: "durable-redis",
+        env: &["DURABLE_TEST_UPSTASH_URL", "DURABLE_TEST_UPSTASH_TOKEN"],
+        source: "in-test Upstash REST emulation over the redis entry's server, cross-checked with @upstash/redis (npm)",
+        install: install_upstash_client,
+        start: start_upstash,
+    },
+];
 
 struct Ctx {
     root: PathBuf,
@@ -259,6 +269,10 @@ fn deny(ctx: &Ctx) -> Result<()> {
             return Ok(());
         }
     }
+    // `cargo deny --offline` reads the metadata of every platform's dependencies (e.g. the
+    // macOS/Windows certificate crates behind rustls-native-certs), which a Linux build never
+    // downloads: fetch them first.
+    run("cargo fetch", cargo().current_dir(&ctx.root).arg("fetch"))?;
     run(
         "cargo deny check licenses bans sources",
         Command::new(&bin).current_dir(&ctx.root).args([
@@ -358,6 +372,50 @@ fn install_redis(_: &Ctx) -> Result<()> {
         return Ok(());
     }
     apt_install(&["redis-server"])
+}
+
+/// The official `@upstash/redis` client, which the Upstash tests run against their REST
+/// emulation to prove it faithful. Cached in the tools dir.
+const UPSTASH_CLIENT: &str = "@upstash/redis@1.39.0";
+
+fn upstash_client_dir(ctx: &Ctx) -> PathBuf {
+    ctx.tools().join("npm")
+}
+
+fn install_upstash_client(ctx: &Ctx) -> Result<()> {
+    let dir = upstash_client_dir(ctx);
+    let version = std::fs::read_to_string(dir.join("node_modules/@upstash/redis/package.json"))
+        .unwrap_or_default();
+    let wanted = UPSTASH_CLIENT.rsplit('@').next().unwrap_or_default();
+    if version.contains(&format!("\"version\": \"{wanted}\"")) {
+        return Ok(());
+    }
+    if services::find_binary("npm", &[]).is_none() {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    run(
+        &format!("npm install {UPSTASH_CLIENT} (cached in the tools dir)"),
+        Command::new("npm").current_dir(&dir).args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            UPSTASH_CLIENT,
+        ]),
+    )
+}
+
+fn start_upstash(ctx: &Ctx) -> Result<Started> {
+    // The emulation runs inside the tests (in front of DURABLE_TEST_REDIS_URL); only the
+    // client used to cross-check it is needed here.
+    Ok(Started {
+        processes: Vec::new(),
+        env: vec![(
+            "DURABLE_TEST_UPSTASH_CLIENT_DIR".to_owned(),
+            upstash_client_dir(ctx).to_string_lossy().into_owned(),
+        )],
+    })
 }
 
 fn start_redis(_: &Ctx) -> Result<Started> {

@@ -1,0 +1,300 @@
+//! Benchmarks against a real Redis (`DURABLE_TEST_REDIS_URL`; skipped with a message if unset).
+//!
+//! `DURABLE_TEST_REDIS_URL=redis://127.0.0.1:16399 cargo bench -p durable-redis --bench redis`
+//!
+//! - `redis_append/sequential`: one task, `ServerCache::append` of one 16-byte delta at a time
+//!   (one round trip each).
+//! - `redis_append/16_producers`: 16 tasks appending to the same log concurrently (G1 holds).
+//! - `redis_replay/10k`: `EventLog::observe(0)` of a finished 10,000-event run, to the end.
+//! - `redis_e2e/writer_10k`: one run streaming 10,000 deltas through `EventLog::writer` (batches
+//!   while an append is in flight) with one observer, Redis log + Redis PubSub, until the
+//!   observer has the finish event.
+//! - `latency`: append → observer receipt at 1 ms pacing, p50/p99 over 2,000 events (printed).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use durable_conformance::services::env_url;
+use durable_core::{
+    EventKind, EventLog, Json, LogConfig, NewEvent, ObserveOptions, RunId, ServerCache,
+    ServerCacheExt,
+};
+use durable_redis::{Redis, RedisConfig};
+use futures::StreamExt;
+
+static URL: OnceLock<String> = OnceLock::new();
+const N: u64 = 10_000;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn connect(rt: &tokio::runtime::Runtime) -> Redis {
+    let url = URL.get().expect("url").clone();
+    rt.block_on(RedisConfig::new(url).key_prefix("durable-bench:").connect())
+        .expect("connect")
+}
+
+async fn event_log(redis: &Redis) -> EventLog {
+    let mut config = LogConfig::default();
+    config.namespace = "bench".to_owned();
+    EventLog::new(
+        Arc::new(redis.server_cache()),
+        Arc::new(redis.pubsub().await.expect("pubsub")),
+    )
+    .with_config(config)
+}
+
+fn delta() -> NewEvent {
+    static DELTA: OnceLock<NewEvent> = OnceLock::new();
+    DELTA
+        .get_or_init(|| {
+            NewEvent::new(
+                EventKind::TextDelta,
+                Json::from_text(r#""0123456789abcdef""#).expect("json"),
+            )
+        })
+        .clone()
+}
+
+fn finish() -> NewEvent {
+    NewEvent::new(EventKind::Finish, Json::null())
+}
+
+fn payload() -> Bytes {
+    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
+}
+
+fn bench_append(c: &mut Criterion) {
+    let rt = rt();
+    let redis = connect(&rt);
+    let cache = redis.server_cache();
+    let mut g = c.benchmark_group("redis_append");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("sequential", |b| {
+        b.iter_batched(
+            || format!("bench/seq/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    for _ in 0..N {
+                        cache.append(&log, payload()).await.expect("append");
+                    }
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("16_producers", |b| {
+        b.iter_batched(
+            || format!("bench/par/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..16)
+                        .map(|_| {
+                            let (cache, log) = (cache.clone(), log.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..N / 16 {
+                                    cache.append(&log, payload()).await.expect("append");
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("producer");
+                    }
+                    assert_eq!(cache.len(&log).await.expect("len"), Some(N / 16 * 16));
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn bench_replay(c: &mut Criterion) {
+    let rt = rt();
+    let redis = connect(&rt);
+    let log = rt.block_on(event_log(&redis));
+    let run = RunId::generate();
+    rt.block_on(async {
+        log.create(&run, None).await.expect("create");
+        let batch: Vec<_> = (0..N).map(|_| delta()).collect();
+        log.append(&run, &batch, None).await.expect("append");
+        log.append(&run, &[finish()], None).await.expect("finish");
+    });
+    let mut g = c.benchmark_group("redis_replay");
+    g.throughput(Throughput::Elements(N + 1));
+    let cache = redis.server_cache();
+    let name = log.log_name(&run);
+    g.bench_function("10k_raw_reads", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut from = 0;
+                while from < N + 1 {
+                    from += cache
+                        .read(&name, from, 512)
+                        .await
+                        .expect("read")
+                        .entries
+                        .len() as u64;
+                }
+            })
+        });
+    });
+    g.bench_function("10k", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = log
+                    .observe(&run, ObserveOptions::from(0))
+                    .await
+                    .expect("observe");
+                let n = s.fold(0u64, |n, _| async move { n + 1 }).await;
+                assert_eq!(n, N + 1);
+            })
+        });
+    });
+    g.finish();
+    rt.block_on(log.delete(&run)).expect("delete");
+}
+
+fn bench_e2e(c: &mut Criterion) {
+    let rt = rt();
+    let redis = connect(&rt);
+    let log = rt.block_on(event_log(&redis));
+    let mut g = c.benchmark_group("redis_e2e");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("writer_10k", |b| {
+        b.iter_batched(
+            || {
+                let run = RunId::generate();
+                rt.block_on(log.create(&run, None)).expect("create");
+                let stream = rt
+                    .block_on(log.observe(&run, ObserveOptions::from(0)))
+                    .expect("observe");
+                let obs =
+                    rt.spawn(async move { stream.fold(0u64, |n, _| async move { n + 1 }).await });
+                (run, obs)
+            },
+            |(run, obs)| {
+                rt.block_on(async {
+                    let w = log.writer(run.clone(), None, 4096);
+                    for _ in 0..N {
+                        w.send(delta()).await.expect("send");
+                    }
+                    w.send(finish()).await.expect("finish");
+                    w.flush().await.expect("flush");
+                    assert_eq!(obs.await.expect("observer"), N + 1);
+                    log.delete(&run).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report_latency(_: &mut Criterion) {
+    ping_baseline();
+    let multi = rt();
+    latency("2 worker threads", &multi);
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    latency("current thread", &single);
+}
+
+/// The machine's own floor: a bare `PING` round trip at the same 1 ms pacing, same client.
+fn ping_baseline() {
+    let rt = rt();
+    let url = URL.get().expect("url").clone();
+    let mut sorted = rt.block_on(async {
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client.get_connection_manager().await.expect("connect");
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        let mut out = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            pace.tick().await;
+            let t = Instant::now();
+            let _: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .expect("ping");
+            out.push(t.elapsed());
+        }
+        out
+    });
+    sorted.sort();
+    eprintln!(
+        "baseline: bare PING round trip at 1 ms pacing over {} calls: p50 {:?}, p99 {:?}, max {:?}",
+        sorted.len(),
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
+fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
+    let redis = connect(rt);
+    // Percentiles per event: criterion reports means of samples, so measure directly.
+    let samples = rt.block_on(async {
+        let log = event_log(&redis).await;
+        let run = RunId::generate();
+        log.create(&run, None).await.expect("create");
+        let mut stream = log
+            .observe(&run, ObserveOptions::from(0))
+            .await
+            .expect("observe");
+        let ev = [delta()];
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            pace.tick().await;
+            let t = Instant::now();
+            log.append(&run, &ev, None).await.expect("append");
+            stream.next().await.expect("event").expect("ok");
+            out.push(t.elapsed());
+        }
+        log.delete(&run).await.expect("delete");
+        out
+    });
+    let mut sorted = samples;
+    sorted.sort();
+    eprintln!(
+        "redis latency append→observer at 1 ms pacing over {} events ({flavor}): p50 {:?}, p99 {:?}, max {:?}",
+        sorted.len(),
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5));
+    targets = report_latency, bench_append, bench_replay, bench_e2e
+}
+
+fn main() {
+    let Some(url) = env_url("redis") else {
+        eprintln!("redis bench skipped: DURABLE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let _ = URL.set(url);
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

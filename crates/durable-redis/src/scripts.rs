@@ -1,0 +1,330 @@
+//! The Lua scripts. Each runs atomically on the server, in one round trip (`EVALSHA`, falling
+//! back to `EVAL` once after a server restart flushed the script cache). Scripts answer with
+//! status codes instead of errors so that Redis and the Upstash REST API decode them alike.
+
+use std::sync::LazyLock;
+
+/// A Lua script and its SHA-1.
+#[derive(Debug)]
+pub(crate) struct Script {
+    pub(crate) source: &'static str,
+    pub(crate) sha: String,
+}
+
+impl Script {
+    /// `name` documents the script at its definition; only the source and hash are kept.
+    fn new(_name: &'static str, source: &'static str) -> Self {
+        let sha = redis::Script::new(source).get_hash().to_owned();
+        Self { source, sha }
+    }
+}
+
+/// Append to a run log. KEYS: list, companion hash. ARGV: fence (`""` = none), max_len (`""` =
+/// none), payloads… Returns `{0, first}`, `{1, fence}` (fenced) or `{2, len}` (limit).
+///
+/// The list index is the cursor: nothing is ever trimmed from the head of a log (an over-long
+/// append is rejected, not trimmed), so `LRANGE from …` is a read by cursor. The companion hash
+/// holds the fence and makes an empty log exist. A log created after `expire` inherits the
+/// companion's TTL, so no key outlives its log.
+pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "append",
+        r#"
+local meta = redis.call('HGET', KEYS[2], 'f')
+local cur = 0
+if meta then cur = tonumber(meta) end
+local fence = ARGV[1]
+if fence ~= '' then
+  if tonumber(fence) < cur then return {1, cur} end
+end
+local len = redis.call('LLEN', KEYS[1])
+local n = #ARGV - 2
+if ARGV[2] ~= '' and len + n > tonumber(ARGV[2]) then return {2, len} end
+if fence ~= '' and tonumber(fence) > cur then
+  redis.call('HSET', KEYS[2], 'f', fence)
+elseif not meta then
+  redis.call('HSET', KEYS[2], 'f', '0')
+end
+if n > 0 then
+  for i = 3, #ARGV, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  if len == 0 then
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  end
+end
+return {0, len}
+"#,
+    )
+});
+
+/// Read a run log. KEYS: list, companion. ARGV: from, limit. Returns `{-1}` (missing),
+/// `{-2, len}` (from beyond the end) or `{len, {entries…}}`.
+pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "read",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+local len = redis.call('LLEN', KEYS[1])
+local from = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if from > len then return {-2, len} end
+if limit == 0 or from == len then return {len, {}} end
+return {len, redis.call('LRANGE', KEYS[1], from, from + limit - 1)}
+"#,
+    )
+});
+
+/// A log's length. KEYS: list, companion. Returns -1 when the log does not exist.
+pub(crate) static LEN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "len",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+return redis.call('LLEN', KEYS[1])
+"#,
+    )
+});
+
+/// Expire a log with its companion. KEYS: list, companion. ARGV: ttl ms. Returns 0 if missing.
+pub(crate) static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "expire",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Increment with a TTL set on creation. KEYS: key. ARGV: by, ttl ms (`""` = none).
+pub(crate) static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "increment",
+        r#"
+local existed = redis.call('EXISTS', KEYS[1])
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if existed == 0 and ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v
+"#,
+    )
+});
+
+/// Shared prelude of the store scripts: server time in ms, integer formatting, terminal check.
+/// Lease times come from the Redis server clock (`TIME`), so every client agrees on who holds a
+/// lease regardless of its own clock.
+macro_rules! store_script {
+    ($name:literal, $body:literal $(,)?) => {
+        Script::new(
+            $name,
+            concat!(
+                r#"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function s(x) return string.format('%d', x) end
+local function terminal(st) return st == 'completed' or st == 'failed' or st == 'aborted' end
+"#,
+                $body
+            ),
+        )
+    };
+}
+
+/// Create a run. KEYS: record, checkpoints. ARGV: status, has resource (`1`/`0`), resource,
+/// data. Returns `{1}` if it exists, else `{0, record}`.
+pub(crate) static CREATE_RUN: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "create_run",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
+redis.call('DEL', KEYS[2])
+local t = s(now())
+redis.call('HSET', KEYS[1], 'st', ARGV[1], 'ep', '0', 'ca', t, 'ua', t, 'd', ARGV[4], 'n', '0')
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'rs', ARGV[3]) end
+return {0, redis.call('HGETALL', KEYS[1])}
+"#,
+    )
+});
+
+/// Claim the lease. KEYS: record. ARGV: owner, ttl ms. Returns `{1}` missing, `{2}` terminal,
+/// `{3}` leased by another owner, or `{0, record}`.
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "claim",
+        r#"
+local r = redis.call('HMGET', KEYS[1], 'st', 'ep', 'ow', 'le')
+if not r[1] then return {1} end
+if terminal(r[1]) then return {2} end
+local t = now()
+if r[3] and r[4] and tonumber(r[4]) > t and r[3] ~= ARGV[1] then return {3} end
+redis.call('HSET', KEYS[1], 'ep', s(tonumber(r[2]) + 1), 'ow', ARGV[1],
+  'le', s(t + tonumber(ARGV[2])), 'ua', s(t))
+return {0, redis.call('HGETALL', KEYS[1])}
+"#,
+    )
+});
+
+/// Renew a lease. KEYS: record. ARGV: epoch, owner, ttl ms. Returns `{1}` missing, `{4}`
+/// fenced, or `{0, record}`.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "renew",
+        r#"
+local ep = redis.call('HGET', KEYS[1], 'ep')
+if not ep then return {1} end
+if ep ~= ARGV[1] then return {4} end
+local t = now()
+redis.call('HSET', KEYS[1], 'ow', ARGV[2], 'le', s(t + tonumber(ARGV[3])), 'ua', s(t))
+return {0, redis.call('HGETALL', KEYS[1])}
+"#,
+    )
+});
+
+/// Release a lease. KEYS: record. ARGV: epoch. Returns `{1}` missing, `{4}` fenced, `{0}`.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "release",
+        r#"
+local ep = redis.call('HGET', KEYS[1], 'ep')
+if not ep then return {1} end
+if ep ~= ARGV[1] then return {4} end
+redis.call('HDEL', KEYS[1], 'ow', 'le')
+redis.call('HSET', KEYS[1], 'ua', s(now()))
+return {0}
+"#,
+    )
+});
+
+/// Store a checkpoint, first write wins. KEYS: record, checkpoints. ARGV: epoch, step key,
+/// output. Returns `{1}` missing, `{4}` fenced, `{5, stored}` if the key exists, `{0}`.
+/// Values are `<seq> <json>` so `load` can restore write order.
+pub(crate) static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "checkpoint",
+        r#"
+local ep = redis.call('HGET', KEYS[1], 'ep')
+if not ep then return {1} end
+if ep ~= ARGV[1] then return {4} end
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+if old then return {5, old} end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('HSET', KEYS[2], ARGV[2], s(n) .. ' ' .. ARGV[3])
+redis.call('HSET', KEYS[1], 'ua', s(now()))
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return {0}
+"#,
+    )
+});
+
+/// Change the status. KEYS: record. ARGV: fenced (`1`/`0`), epoch, status, has data, data.
+/// Returns `{1}` missing, `{4}` fenced, `{2}` terminal, or `{0, record}`.
+pub(crate) static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "set_status",
+        r#"
+local r = redis.call('HMGET', KEYS[1], 'st', 'ep')
+if not r[1] then return {1} end
+if ARGV[1] == '1' and r[2] ~= ARGV[2] then return {4} end
+if terminal(r[1]) then return {2} end
+redis.call('HSET', KEYS[1], 'st', ARGV[3], 'ua', s(now()))
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'd', ARGV[5]) end
+if terminal(ARGV[3]) or ARGV[3] == 'suspended' then redis.call('HDEL', KEYS[1], 'ow', 'le') end
+return {0, redis.call('HGETALL', KEYS[1])}
+"#,
+    )
+});
+
+/// Expire a run's record and checkpoints. KEYS: record, checkpoints. ARGV: ttl ms.
+/// Returns 0 if missing, else 1.
+pub(crate) static EXPIRE_RUN: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "expire_run",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Publish to a topic and, if it has consumer groups, append to their stream. KEYS: group
+/// stream. ARGV: fan-out channel, payload, group wake-up channel, stream max length, stream
+/// TTL ms.
+pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "publish",
+        r#"
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'p', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PUBLISH', ARGV[3], '')
+end
+return 1
+"#,
+    )
+});
+
+/// Create a consumer group (if missing) and refresh the stream's TTL. KEYS: stream. ARGV:
+/// group, TTL ms.
+pub(crate) static GROUP_JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "group_join",
+        r#"
+pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Claim jobs idle for at least `min_idle` (crashed consumers, nacked jobs). KEYS: stream.
+/// ARGV: group, consumer, min idle ms, count. Returns `{{id, fields, attempt}, …}`.
+pub(crate) static GROUP_RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "group_reclaim",
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+local out = {}
+for _, e in ipairs(p) do
+  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1])
+  if c[1] then out[#out + 1] = {c[1][1], c[1][2], e[4] + 1} end
+end
+return out
+"#,
+    )
+});
+
+/// Nack: make a pending job look idle for ever (without counting a delivery), then wake the
+/// group so a consumer reclaims it at once. KEYS: stream. ARGV: group, consumer, id, wake-up
+/// channel.
+pub(crate) static GROUP_NACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "group_nack",
+        r#"
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', '1000000000000', 'JUSTID')
+redis.call('PUBLISH', ARGV[4], '')
+return 1
+"#,
+    )
+});
+
+/// Remove a detached consumer from its group if it holds no pending job. KEYS: stream. ARGV:
+/// group, consumer.
+pub(crate) static GROUP_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "group_leave",
+        r#"
+local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if ok and #p == 0 then pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"#,
+    )
+});
