@@ -9,6 +9,9 @@
 //! - `redis_e2e/writer_10k`: one run streaming 10,000 deltas through `EventLog::writer` (batches
 //!   while an append is in flight) with one observer, Redis log + Redis PubSub, until the
 //!   observer has the finish event.
+//! - `redis_e2e/durable_agent_10k`: a `DurableAgent` run of the scripted model streaming 10,000
+//!   16-byte deltas on Redis only (log, wake-ups, run record, lease, checkpoint), drained by its
+//!   observer: the multi-instance configuration end to end.
 //! - `latency`: append → observer receipt at 1 ms pacing, p50/p99 over 2,000 events (printed).
 
 use std::sync::{Arc, OnceLock};
@@ -197,6 +200,40 @@ fn bench_e2e(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         );
+    });
+    let mut config = LogConfig::default();
+    config.namespace = "bench-agent".to_owned();
+    config.retention = Duration::from_secs(5);
+    let agent = durable_core::agent::Agent::builder()
+        .id("bench")
+        .model(durable_core::agent::ScriptedModel::new([
+            durable_core::agent::Turn::new().deltas(N as usize, "0123456789abcdef"),
+        ]))
+        .build()
+        .expect("agent");
+    let durable = rt.block_on(async {
+        durable_core::agent::DurableAgent::builder(agent)
+            .cache(redis.server_cache())
+            .pubsub(redis.pubsub().await.expect("pubsub"))
+            .store(redis.workflow_store())
+            .log_config(config)
+            .build()
+            .expect("durable agent")
+    });
+    g.bench_function("durable_agent_10k", |b| {
+        b.to_async(&rt).iter(|| async {
+            let run = durable
+                .stream("go", durable_core::agent::StreamOptions::new())
+                .await
+                .expect("stream");
+            let n = run
+                .fold(0u64, |n, e| async move {
+                    e.expect("event");
+                    n + 1
+                })
+                .await;
+            assert!(n > N);
+        });
     });
     g.finish();
 }
