@@ -217,28 +217,92 @@ async fn live_tool_round_trip_uses_the_result() {
 async fn live_error_event_mid_stream_is_an_err_item() {
     let Some(model) = live_model() else { return };
     let _one = SERVER.lock().await;
-    let _ = model;
+    // With this template `auto` has no grammar: asked for JSON, the model writes text that
+    // llama.cpp's tool-call parser rejects mid-stream, and the server ends the stream with
+    // `data: {"error": {"code": 500, ...}}`.
+    let request = ModelRequest {
+        messages: vec![Message::user("Write a JSON object")],
+        tools: vec![weather_tool()],
+        tool_choice: ToolChoice::Auto,
+        max_tokens: Some(60),
+        temperature: Some(0.0),
+    };
+    let items = live_collect(&model, request)
+        .await
+        .expect("stream() succeeds: the error comes later");
+    let (last, before) = items.split_last().expect("items");
+    let err = last.as_ref().expect_err("the stream ends with the error");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Unavailable,
+        "a server_error (code 500): {err}"
+    );
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        before.iter().all(Result::is_ok),
+        "one error, at the end: {items:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .all(|c| !matches!(c, Ok(ModelChunk::Finish { .. }))),
+        "no Finish before the error: {items:?}"
+    );
 }
 
 #[tokio::test]
 async fn live_malformed_request_is_a_400_invalid_input() {
     let Some(url) = llm_url() else { return };
     let _one = SERVER.lock().await;
-    let _ = url;
+    // `n: 2`: llama.cpp allows one choice only and answers 400 invalid_request_error.
+    let model = live_builder(&url)
+        .body_field("n", json!(2))
+        .build()
+        .unwrap();
+    let request = ModelRequest {
+        messages: vec![Message::user("Hi")],
+        max_tokens: Some(8),
+        ..Default::default()
+    };
+    let err = match tokio::time::timeout(LIVE_DEADLINE, model.stream(request))
+        .await
+        .expect("stream() hung")
+    {
+        Ok(_) => panic!("a request with n = 2 was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.message().contains("400"),
+        "the status is in the message: {err}"
+    );
 }
 
-/// llama.cpp's `/slots`: whether slot 0 is generating and how many tokens it decoded.
-async fn slot_state(root: &str) -> Option<(bool, u64)> {
+/// llama.cpp's `/slots`, slot 0.
+#[derive(Debug)]
+struct Slot {
+    processing: bool,
+    task: u64,
+    /// Whether its task still had tokens to generate (false once it finished normally).
+    has_next_token: bool,
+    /// Tokens in the slot's context (prompt and generated).
+    context_tokens: u64,
+}
+
+async fn slot_state(root: &str) -> Option<Slot> {
     let response = reqwest::get(format!("{root}/slots")).await.ok()?;
     if !response.status().is_success() {
         return None;
     }
     let slots: Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
     let slot = &slots[0];
-    Some((
-        slot["is_processing"].as_bool()?,
-        slot["next_token"][0]["n_decoded"].as_u64().unwrap_or(0),
-    ))
+    Some(Slot {
+        processing: slot["is_processing"].as_bool()?,
+        task: slot["id_task"].as_u64()?,
+        has_next_token: slot["next_token"][0]["has_next_token"].as_bool()?,
+        context_tokens: slot["n_prompt_tokens"].as_u64()?,
+    })
 }
 
 #[tokio::test]
@@ -273,26 +337,37 @@ async fn live_dropping_the_stream_stops_generation_on_the_server() {
             other => panic!("the stream ended early: {other:?}"),
         }
     }
+    // Our task is the one generating (this test holds the server).
+    let root = server_root(&url);
+    let running = slot_state(&root).await;
     drop(stream);
 
-    let root = server_root(&url);
-    if slot_state(&root).await.is_some() {
-        // The server notices the closed connection and releases the slot well before LIMIT.
+    if let Some(running) = running {
+        assert!(
+            running.processing,
+            "the slot generates while we stream: {running:?}"
+        );
+        // The server notices the closed connection and ends the task well before LIMIT.
         let deadline = tokio::time::Instant::now() + LIVE_DEADLINE;
-        let decoded = loop {
-            let (busy, decoded) = slot_state(&root).await.expect("/slots");
-            if !busy {
-                break decoded;
+        let ended = loop {
+            let slot = slot_state(&root).await.expect("/slots");
+            if !slot.processing {
+                break slot;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the slot is still generating"
+                "the slot is still generating: {slot:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await; // polling interval, not a sync
         };
+        assert_eq!(ended.task, running.task, "no other task ran: {ended:?}");
         assert!(
-            decoded < u64::from(LIMIT),
-            "generation stopped early: {decoded} of {LIMIT} tokens"
+            ended.has_next_token,
+            "the task was stopped, not finished: {ended:?}"
+        );
+        assert!(
+            ended.context_tokens < u64::from(LIMIT),
+            "far fewer than {LIMIT} tokens were generated: {ended:?}"
         );
     } else {
         eprintln!("{root}/slots is not available: only the follow-up request is checked");

@@ -42,7 +42,9 @@ pub fn llm_url() -> Option<String> {
     None
 }
 
-/// A builder for the live server (no retries: a failure should show).
+/// A builder for the live server. Retries stay on (quick): llama-server closes idle keep-alive
+/// connections, and a request sent on one that is closing fails with `IncompleteMessage`
+/// before any byte of an answer; the provider retries exactly that case.
 pub fn live_builder(url: &str) -> OpenAiModelBuilder {
     let model = std::env::var("DURABLE_TEST_LLM_MODEL")
         .ok()
@@ -52,7 +54,8 @@ pub fn live_builder(url: &str) -> OpenAiModelBuilder {
         .base_url(url)
         .model(model)
         .parallel_tool_calls(false)
-        .max_retries(0)
+        .max_retries(2)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(200))
         .request_timeout(LIVE_DEADLINE);
     if let Ok(key) = std::env::var("DURABLE_TEST_LLM_KEY") {
         if !key.is_empty() {
