@@ -203,6 +203,30 @@ pub fn redis_ready(port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.1, `Connection: close`): the status and the body, or
+/// `None` when nothing answers within a second. Enough for health endpoints, not a client.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Whether a llama.cpp `llama-server` on `port` has loaded its model (`GET /health` answers
+/// `200 {"status":"ok"}`; it answers 503 while loading).
+pub fn llama_ready(port: u16) -> bool {
+    matches!(http_get(port, "/health"), Some((200, body)) if body.contains("ok"))
+}
+
 /// Options of [`redis`].
 #[derive(Debug, Clone, Default)]
 pub struct RedisOptions {

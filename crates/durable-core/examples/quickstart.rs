@@ -9,13 +9,16 @@
 //! Runs on embedded (in-memory) backends and a scripted model. With `DURABLE_DEMO_LLM_URL`
 //! (an OpenAI-compatible base URL such as `http://127.0.0.1:8080/v1`) or `OPENAI_API_KEY` /
 //! `OPENAI_BASE_URL` set, it uses that model instead (`OPENAI_MODEL` names it, default
-//! `gpt-4o-mini`).
+//! `gpt-4o-mini`). A `DURABLE_DEMO_LLM_URL` model is taken to be a small local one and is
+//! guided ([`durable_openai::GuidedModel`]: `required` tool choice after the user, worked
+//! examples, `temperature: 0`). `cargo xtask demo` starts llama-server with SmolLM2-135M and
+//! runs this on it.
 
 use std::time::Duration;
 
 use durable_core::agent::{
-    Agent, DurableAgent, FnTool, LanguageModel, ScriptedModel, StreamOptions, ToolContext,
-    ToolError, Turn,
+    Agent, DurableAgent, FnTool, LanguageModel, Message, ScriptedModel, StreamOptions, ToolCall,
+    ToolContext, ToolError, Turn,
 };
 use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use durable_core::{Event, EventKind, ObserveOptions};
@@ -68,10 +71,18 @@ fn model(script: Vec<Turn>) -> (Box<dyn Fn() -> std::sync::Arc<dyn LanguageModel
         if var("OPENAI_MODEL").is_none() {
             b = b.model("gpt-4o-mini");
         }
+        let local = var("DURABLE_DEMO_LLM_URL").is_some();
+        if local {
+            b = b.parallel_tool_calls(false);
+        }
         match b.build() {
             Ok(m) => {
                 let name = format!("{} at {}", m.model(), m.base_url());
-                let m: std::sync::Arc<dyn LanguageModel> = std::sync::Arc::new(m);
+                let m: std::sync::Arc<dyn LanguageModel> = if local {
+                    std::sync::Arc::new(guided(m))
+                } else {
+                    std::sync::Arc::new(m)
+                };
                 return (Box::new(move || m.clone()), name);
             }
             Err(e) => eprintln!("cannot use the configured model ({e}); using the script"),
@@ -82,6 +93,45 @@ fn model(script: Vec<Turn>) -> (Box<dyn Fn() -> std::sync::Arc<dyn LanguageModel
         Box::new(move || std::sync::Arc::new(scripted.clone())),
         "scripted model".to_owned(),
     )
+}
+
+/// A small local model (such as the SmolLM2-135M `cargo xtask demo` starts) calls tools only
+/// when told to: `required` tool choice after the user, one worked example per tool,
+/// `temperature: 0`, a short answer.
+fn guided(
+    model: durable_openai::OpenAiModel,
+) -> durable_openai::GuidedModel<durable_openai::OpenAiModel> {
+    let call = |id: &str, name: &str, args| ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args,
+    };
+    durable_openai::GuidedModel::new(model)
+        .temperature(0.0)
+        .max_tokens(160)
+        .examples(vec![
+            Message::user("What's the weather in Berlin?"),
+            Message::assistant(
+                "",
+                vec![call("ex-1", "get_weather", json!({"city": "Berlin"}))],
+            ),
+            Message::tool(
+                "ex-1",
+                r#"{"city": "Berlin", "temperature_c": 12, "sky": "cloudy"}"#,
+            ),
+            Message::assistant("It is 12 °C and cloudy in Berlin.", vec![]),
+            Message::user("Clean up records older than 7 days."),
+            Message::assistant(
+                "",
+                vec![call(
+                    "ex-2",
+                    "delete_records",
+                    json!({"older_than_days": 7}),
+                )],
+            ),
+            Message::tool("ex-2", r#"{"deleted": 3, "older_than_days": 7}"#),
+            Message::assistant("Done: 3 records older than 7 days were deleted.", vec![]),
+        ])
 }
 
 fn show(e: &Event) -> String {

@@ -18,6 +18,8 @@ use durable_core::agent::{LanguageModel, Message, ModelChunk, ModelRequest};
 use durable_core::Result;
 use durable_openai::OpenAiModel;
 
+pub mod live;
+
 /// Deadline for anything a test waits on; a hang fails instead of stalling CI.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
