@@ -45,8 +45,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Turn::new().deltas(deltas, "0123456789abcdef")
         ]))
         .build()?;
+    let mut config = durable_core::LogConfig::default();
+    config.retention = Duration::from_secs(60);
+    if let Some(b) = std::env::var("WAKE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.max_wake_bytes = b;
+    }
     let durable = DurableAgent::builder(agent.clone())
-        .retention(Duration::from_secs(60))
+        .log_config(config)
         .build()?;
     let baseline = peak_rss_kib();
     let started = Instant::now();

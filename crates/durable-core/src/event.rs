@@ -294,15 +294,19 @@ impl NewEvent {
     pub(crate) fn encode_stored(&self, at: u64) -> Bytes {
         let kind = self.kind.as_str();
         let data = self.data.as_bytes();
-        let mut buf = BytesMut::with_capacity(28 + kind.len() + data.len() + 20);
-        buf.put_slice(b"{\"kind\":\"");
-        buf.put_slice(kind.as_bytes());
-        buf.put_slice(b"\",\"at\":");
+        // Exactly sized: a `Vec` whose length equals its capacity becomes a `Bytes` without a
+        // second allocation (a stored event is one allocation for as long as it is retained).
+        let len = 25 + kind.len() + dec_len(at) + data.len();
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(b"{\"kind\":\"");
+        buf.extend_from_slice(kind.as_bytes());
+        buf.extend_from_slice(b"\",\"at\":");
         put_dec(&mut buf, at);
-        buf.put_slice(b",\"data\":");
-        buf.put_slice(data);
-        buf.put_u8(b'}');
-        buf.freeze()
+        buf.extend_from_slice(b",\"data\":");
+        buf.extend_from_slice(data);
+        buf.push(b'}');
+        debug_assert_eq!(buf.len(), len);
+        Bytes::from(buf)
     }
 }
 
@@ -413,8 +417,13 @@ impl Event {
     }
 }
 
+/// The number of decimal digits of `n`.
+fn dec_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Write `n` in decimal without allocating.
-pub(crate) fn put_dec(buf: &mut BytesMut, mut n: u64) {
+pub(crate) fn put_dec(buf: &mut impl BufMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
