@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use durable_conformance::agent::{self as support, assert_contiguous, client_view};
 use durable_core::agent::{
     Agent, DurableAgent, DurableRun, EventedAgent, FnTool, ResumeData, ScriptedModel,
     StreamOptions, ToolContext, ToolError, Turn,
@@ -91,71 +92,20 @@ fn durable(b: &Backends, agent: Agent, worker: &str) -> DurableAgent {
         .unwrap()
 }
 
-async fn collect(mut run: DurableRun) -> Vec<Event> {
-    let mut out = Vec::new();
-    while let Some(ev) = tokio::time::timeout(DEADLINE, run.next())
-        .await
-        .expect("stream stalled")
-    {
-        out.push(ev.expect("event"));
-    }
-    out
+async fn collect(run: DurableRun) -> Vec<Event> {
+    support::collect(run, DEADLINE).await
 }
 
 async fn observe_all(agent: &DurableAgent, run_id: &RunId) -> Vec<Event> {
-    collect(
-        agent
-            .observe(run_id, ObserveOptions::from(0))
-            .await
-            .unwrap(),
-    )
-    .await
+    support::observe_all(agent, run_id, DEADLINE).await
 }
 
-/// The terminal status is written right after the terminal event (a crash in between is
-/// repaired by recovery), so a client that saw the event may briefly still read `running`.
 async fn settled_status(agent: &DurableAgent, run_id: &RunId) -> RunStatus {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let status = agent.status(run_id).await.unwrap().status;
-        if status.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return status;
-        }
-        tokio::task::yield_now().await;
-    }
+    support::settled_status(agent, run_id, DEADLINE).await
 }
 
 fn kinds(events: &[Event]) -> Vec<&str> {
     events.iter().map(|e| e.kind.as_str()).collect()
-}
-
-/// What a client shows: events with `step-restart`-bracketed partial output dropped, without
-/// cursors, timestamps and run ids.
-fn as_client_sees(events: &[Event]) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = Vec::new();
-    for e in events {
-        let mut data = e.data.to_value();
-        if e.kind == EventKind::StepRestart {
-            let step = &data["step"];
-            let start = out
-                .iter()
-                .rposition(|(k, d)| k == "step-start" && &d["step"] == step)
-                .expect("step-restart names a started step");
-            out.truncate(start);
-            continue;
-        }
-        if let Value::Object(m) = &mut data {
-            m.remove("run_id");
-        }
-        out.push((e.kind.as_str().to_owned(), data));
-    }
-    out
-}
-
-fn assert_contiguous(events: &[Event]) {
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.cursor, i as u64, "cursors are contiguous from 0");
-    }
 }
 
 #[tokio::test]
@@ -402,7 +352,7 @@ fn reference() -> Vec<(String, Value)> {
             "ref",
         );
         let run = a.stream("Weather?", StreamOptions::new()).await.unwrap();
-        as_client_sees(&collect(run).await)
+        client_view(&collect(run).await)
     })
 }
 
@@ -483,7 +433,7 @@ fn crash_and_recover(
         );
         let events = observe_all(&restarted, &run_id).await;
         assert_contiguous(&events);
-        assert_eq!(as_client_sees(&events), reference, "{:?}", kinds(&events));
+        assert_eq!(client_view(&events), reference, "{:?}", kinds(&events));
         let restarts = events
             .iter()
             .filter(|e| e.kind == EventKind::StepRestart)
@@ -868,7 +818,7 @@ async fn a_live_but_superseded_owner_is_fenced_off() {
     assert_eq!(events.last().unwrap().kind, EventKind::Finish);
     let all = observe_all(&new, &run_id).await;
     assert_contiguous(&all);
-    assert_eq!(as_client_sees(&all), reference);
+    assert_eq!(client_view(&all), reference);
     assert_eq!(settled_status(&new, &run_id).await, RunStatus::Completed);
     assert!(done.lock().unwrap().values().all(|n| *n == 1));
 }

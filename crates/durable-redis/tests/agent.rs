@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use durable_conformance::agent::{self as support, assert_contiguous, client_view};
 use durable_core::agent::{
     Agent, DurableAgent, DurableRun, EventedAgent, FnTool, ScriptedModel, StreamOptions,
     ToolContext, ToolError, Turn,
@@ -16,7 +17,7 @@ use durable_core::{Event, EventKind, ObserveOptions, RunId, RunStatus};
 use durable_redis::RedisConfig;
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -109,46 +110,12 @@ fn ns() -> String {
     format!("t{}", RunId::generate().as_str().replace('-', ""))
 }
 
-async fn collect(mut run: DurableRun) -> Vec<Event> {
-    let mut out = Vec::new();
-    while let Some(ev) = tokio::time::timeout(DEADLINE, run.next())
-        .await
-        .expect("stalled")
-    {
-        out.push(ev.unwrap());
-    }
-    out
+async fn collect(run: DurableRun) -> Vec<Event> {
+    support::collect(run, DEADLINE).await
 }
 
 async fn settled(agent: &DurableAgent, run_id: &RunId) -> RunStatus {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let s = agent.status(run_id).await.unwrap().status;
-        if s.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return s;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-fn client_view(events: &[Event]) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = Vec::new();
-    for e in events {
-        let mut data = e.data.to_value();
-        if e.kind == EventKind::StepRestart {
-            let start = out
-                .iter()
-                .rposition(|(k, d)| k == "step-start" && d["step"] == data["step"])
-                .unwrap();
-            out.truncate(start);
-            continue;
-        }
-        if let Value::Object(m) = &mut data {
-            m.remove("run_id");
-        }
-        out.push((e.kind.as_str().to_owned(), data));
-    }
-    out
+    support::settled_status(agent, run_id, DEADLINE).await
 }
 
 #[tokio::test]
@@ -244,9 +211,7 @@ fn crashed_run_recovers_on_redis_without_repeating_tools() {
                 tokio::task::yield_now().await;
             }
             let events = collect(b.observe(&run_id, ObserveOptions::from(0)).await.unwrap()).await;
-            for (i, e) in events.iter().enumerate() {
-                assert_eq!(e.cursor, i as u64);
-            }
+            assert_contiguous(&events);
             assert_eq!(client_view(&events), reference);
             assert_eq!(settled(&b, &run_id).await, RunStatus::Completed);
         });
