@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     pub(crate) worker_id: String,
     pub(crate) lease_ttl: Duration,
     local: Mutex<HashMap<RunId, LocalRun>>,
+    /// This instance's one subscription to the agent's control topic (abort requests for any
+    /// run), started with the first execution: one per process, not one per run.
+    control: tokio::sync::OnceCell<()>,
 }
 
 /// A durable agent: each run executes in a task of this process, its events go to the run
@@ -321,6 +324,7 @@ impl DurableAgentBuilder {
                 worker_id,
                 lease_ttl: self.lease_ttl,
                 local: Mutex::new(HashMap::new()),
+                control: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -625,8 +629,30 @@ impl DurableAgent {
         k
     }
 
-    fn control_topic(&self, run_id: &RunId) -> String {
-        format!("{}.ctl.{run_id}", self.inner.log.config().namespace)
+    /// Abort requests for every run of this agent: the payload is the run id.
+    fn control_topic(&self) -> String {
+        format!(
+            "{}.ctl.{}",
+            self.inner.log.config().namespace,
+            self.inner.agent.id()
+        )
+    }
+
+    /// Start this instance's control listener once. If the subscription fails, the next
+    /// execution tries again; meanwhile aborts are still found by the per-step marker check.
+    async fn ensure_control(&self) {
+        let started = self
+            .inner
+            .control
+            .get_or_try_init(|| async {
+                let sub = self.inner.pubsub.subscribe(&self.control_topic()).await?;
+                tokio::spawn(control(sub, Arc::downgrade(&self.inner)));
+                Ok::<(), Error>(())
+            })
+            .await;
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no control subscription; abort is checked at each step");
+        }
     }
 
     /// Abort a run, wherever it executes. Returns the run's final status (`Aborted`, or the
@@ -685,7 +711,10 @@ impl DurableAgent {
                         .await?;
                 }
                 i.pubsub
-                    .publish(&self.control_topic(run_id), Bytes::from_static(b"abort"))
+                    .publish(
+                        &self.control_topic(),
+                        Bytes::copy_from_slice(run_id.as_str().as_bytes()),
+                    )
                     .await?;
             }
         }
@@ -921,14 +950,7 @@ impl DurableAgent {
             cancel.clone(),
             stop.clone(),
         ));
-        match i.pubsub.subscribe(&self.control_topic(run_id)).await {
-            Ok(sub) => {
-                tokio::spawn(control(sub, cancel.clone(), stop.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(run_id = %run_id, error = %e, "no control subscription; abort is checked at each step");
-            }
-        }
+        self.ensure_control().await;
         let mut journal = Journal::restore(snapshot.checkpoints);
         if i.log.is_durable() {
             match self.scan(run_id, &mut journal).await {
@@ -1036,20 +1058,21 @@ async fn heartbeat(
     }
 }
 
-async fn control(mut sub: crate::pubsub::Subscription, cancel: CancellationToken, stop: StopFlag) {
-    loop {
-        let msg = tokio::select! {
-            () = cancel.cancelled() => return,
-            m = sub.next() => m,
+/// Cancel the local runs named by abort requests, until the agent instance is dropped.
+async fn control(mut sub: crate::pubsub::Subscription, inner: std::sync::Weak<Inner>) {
+    while let Some(msg) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Delivery::Message(m) = msg else { continue };
+        let Ok(run_id) = std::str::from_utf8(&m)
+            .map_err(|_| Error::invalid_input("control message is not UTF-8"))
+            .and_then(RunId::new)
+        else {
+            continue;
         };
-        match msg {
-            Some(Delivery::Message(m)) if &m[..] == b"abort" => {
-                stop.set(StopReason::Abort);
-                cancel.cancel();
-                return;
-            }
-            Some(_) => {}
-            None => return,
+        let local = lock(&inner.local);
+        if let Some(run) = local.get(&run_id) {
+            run.stop.set(StopReason::Abort);
+            run.cancel.cancel();
         }
     }
 }
