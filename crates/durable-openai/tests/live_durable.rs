@@ -115,37 +115,16 @@ fn durable(b: &Backends, agent: Agent, worker: &str) -> DurableAgent {
         .expect("durable agent")
 }
 
-async fn collect(mut run: DurableRun) -> Vec<Event> {
-    let mut out = Vec::new();
-    while let Some(ev) = tokio::time::timeout(LIVE_DEADLINE, run.next())
-        .await
-        .expect("stream stalled")
-    {
-        out.push(ev.expect("event"));
-    }
-    out
+async fn collect(run: DurableRun) -> Vec<Event> {
+    durable_conformance::agent::collect(run, LIVE_DEADLINE).await
 }
 
 async fn observe_all(agent: &DurableAgent, run_id: &RunId) -> Vec<Event> {
-    collect(
-        agent
-            .observe(run_id, ObserveOptions::from(0))
-            .await
-            .expect("observe"),
-    )
-    .await
+    durable_conformance::agent::observe_all(agent, run_id, LIVE_DEADLINE).await
 }
 
-/// The terminal status is written right after the terminal event.
 async fn settled_status(agent: &DurableAgent, run_id: &RunId) -> RunStatus {
-    let deadline = tokio::time::Instant::now() + LIVE_DEADLINE;
-    loop {
-        let status = agent.status(run_id).await.expect("status").status;
-        if status.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return status;
-        }
-        tokio::task::yield_now().await;
-    }
+    durable_conformance::agent::settled_status(agent, run_id, LIVE_DEADLINE).await
 }
 
 fn count(events: &[Event], kind: EventKind) -> usize {
