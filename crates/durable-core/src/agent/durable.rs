@@ -27,9 +27,11 @@ use crate::memory::{lock, InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use crate::pubsub::{Delivery, PubSub};
 use crate::store::{now_ms, Lease, NewRun, RunRecord, RunSnapshot, RunStatus, WorkflowStore};
 
-/// Batches of events (each up to a few hundred) a run may queue ahead of its log appends:
-/// bounds the memory of a producer that is faster than its backend.
-const WRITER_BATCHES: usize = 8;
+/// Batches of events a run may queue ahead of its log appends. A remote cache needs room for
+/// what the model produces during one round trip (the writer sends it all in the next append);
+/// an in-process cache appends at once, so queueing there would only cost memory.
+const REMOTE_WRITER_BATCHES: usize = 8;
+const LOCAL_WRITER_BATCHES: usize = 1;
 
 /// Default lease of an executing run (renewed every third of it while the run executes).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -623,6 +625,13 @@ impl DurableAgent {
             .await
     }
 
+    fn writer_batches(&self) -> usize {
+        match &self.inner.cache {
+            Some(c) if c.capabilities().shared => REMOTE_WRITER_BATCHES,
+            _ => LOCAL_WRITER_BATCHES,
+        }
+    }
+
     fn abort_marker(&self, run_id: &RunId) -> String {
         let mut k = self.inner.log.run_prefix(run_id);
         k.push_str("abort");
@@ -984,7 +993,7 @@ impl DurableAgent {
             spec,
             sink: Sink::Log(
                 i.log
-                    .writer(run_id.clone(), Some(lease.epoch), WRITER_BATCHES),
+                    .writer(run_id.clone(), Some(lease.epoch), self.writer_batches()),
             ),
             journal,
             cancel,

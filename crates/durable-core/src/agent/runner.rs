@@ -40,7 +40,7 @@ use crate::log::{EventLog, RunWriter};
 use crate::store::{now_ms, Epoch, RunStatus, WorkflowStore};
 
 /// Events gathered from a model stream before they are handed to the sink at once.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 128;
 
 /// Why a run's cancellation token fired.
 #[derive(Debug, Clone, Default)]

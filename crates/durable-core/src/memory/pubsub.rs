@@ -15,7 +15,7 @@ use crate::pubsub::{
 };
 
 /// Default bounded buffer of one fan-out subscriber, in messages.
-pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 1024;
+pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 256;
 /// Default bound of one consumer group's queue, in messages.
 pub const DEFAULT_GROUP_CAPACITY: usize = 100_000;
 
