@@ -13,7 +13,11 @@ use crate::error::Result;
 pub type Cursor = u64;
 
 /// What a [`ServerCache`] backend supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// `Default` is "nothing": a backend starts from it (or from [`CacheCapabilities::ALL`]) and
+/// turns on what it implements with the `with_*` setters. The conformance suite runs the cases
+/// of every claimed capability and fails a backend whose claim does not hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheCapabilities {
     /// Key/value TTLs and log `expire` are honoured by the backend itself.
@@ -22,6 +26,9 @@ pub struct CacheCapabilities {
     pub list_keys: bool,
     /// Data survives a restart of the process that wrote it (false for the in-memory backend).
     pub shared: bool,
+    /// [`ServerCache::append_announce`] is implemented: the append and its wake-up frame are
+    /// one backend operation (see [`ServerCache::announce_domain`] for which PubSub hears it).
+    pub announce: bool,
 }
 
 impl CacheCapabilities {
@@ -30,7 +37,15 @@ impl CacheCapabilities {
         ttl: true,
         list_keys: true,
         shared: true,
+        announce: true,
     };
+
+    /// Set whether TTLs are honoured.
+    #[must_use]
+    pub const fn with_ttl(mut self, ttl: bool) -> Self {
+        self.ttl = ttl;
+        self
+    }
 
     /// Set whether the data is shared between processes.
     #[must_use]
@@ -45,6 +60,64 @@ impl CacheCapabilities {
         self.list_keys = list_keys;
         self
     }
+
+    /// Set whether [`ServerCache::append_announce`] is implemented.
+    #[must_use]
+    pub const fn with_announce(mut self, announce: bool) -> Self {
+        self.announce = announce;
+        self
+    }
+}
+
+/// Identifies where a cache's [`ServerCache::append_announce`] publishes and which [`PubSub`]
+/// subscribers hear it. A cache and a pubsub with equal domains are *paired*: a frame the cache
+/// publishes to topic `t` reaches every subscriber of `t` on the pubsub.
+///
+/// A backend derives it from what makes two handles talk to the same channel space (for Redis
+/// the server and key prefix; in memory the identity of the `InMemoryPubSub`).
+///
+/// [`PubSub`]: crate::PubSub
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AnnounceDomain(Arc<str>);
+
+impl AnnounceDomain {
+    /// A domain named `id`.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The domain's id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Debug for AnnounceDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids may embed a server address; never credentials (backends strip them).
+        write!(f, "AnnounceDomain({:?})", &*self.0)
+    }
+}
+
+/// Where [`ServerCache::append_announce`] publishes the wake-up frame of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Announce<'a> {
+    /// The logical topic (validated like every name).
+    pub topic: &'a str,
+    /// The frame carries the events when their encoded size is at most this many bytes
+    /// ([`frame::body_len`](crate::frame::body_len)); otherwise only the range.
+    pub max_frame_bytes: usize,
+}
+
+impl<'a> Announce<'a> {
+    /// Announce on `topic`, carrying events up to `max_frame_bytes`.
+    pub const fn new(topic: &'a str, max_frame_bytes: usize) -> Self {
+        Self {
+            topic,
+            max_frame_bytes,
+        }
+    }
 }
 
 /// Options of one [`ServerCache::append_many`].
@@ -53,9 +126,19 @@ impl CacheCapabilities {
 pub struct AppendOptions {
     /// Reject the append (and store nothing) if the log would hold more than this many entries.
     pub max_len: Option<u64>,
-    /// The writer's epoch. The log remembers the highest fence it has seen; an append carrying a
-    /// lower fence is rejected with `Fenced` and stores nothing. `None` skips the check.
+    /// The writer's epoch. The log remembers the highest fence of its *accepted* appends; an
+    /// append carrying a lower fence is rejected with `Fenced` and stores nothing. `None` skips
+    /// the check.
+    ///
+    /// A rejected append (for any reason: fence, `max_len`, a missing log) has no effect at
+    /// all — in particular it does not raise the fence. The fence is checked before `max_len`.
     pub fence: Option<u64>,
+    /// Reject the append with `NotFound` (storing nothing, creating nothing) when the log does
+    /// not exist. The event log sets it on every append after [`EventLog::create`], so a
+    /// deleted or expired log is never silently recreated from cursor 0 by a late producer.
+    ///
+    /// [`EventLog::create`]: crate::EventLog::create
+    pub must_exist: bool,
 }
 
 impl AppendOptions {
@@ -65,7 +148,15 @@ impl AppendOptions {
         Self {
             max_len: None,
             fence: Some(fence),
+            must_exist: false,
         }
+    }
+
+    /// Fail with `NotFound` instead of creating a missing log.
+    #[must_use]
+    pub const fn with_must_exist(mut self) -> Self {
+        self.must_exist = true;
+        self
     }
 
     /// Set the maximum number of entries.
@@ -91,7 +182,11 @@ pub struct LogSlice {
 /// every event of every run.
 ///
 /// Keys and logs are logical names validated by [`validate_name`](crate::validate_name); a
-/// backend maps them into its own namespace. A log and a key may not share a name.
+/// backend maps them into its own namespace. A log and a key may not share a name: a key
+/// operation on a log's name, or a log operation on a key's name, fails with `Conflict` and
+/// changes nothing (`key_and_log_cannot_share_a_name`). Names follow the grammar of
+/// [`names`](crate::names), whose [`locality`](crate::names::locality) tells a sharded backend
+/// which names must live together.
 ///
 /// A log *exists* from its first `append_many` (even one of zero entries) until it is deleted or
 /// expires. Its length is its next cursor.
@@ -142,6 +237,11 @@ pub trait ServerCache: Send + Sync + Debug + 'static {
     ///   (`stale_fence_is_rejected`).
     /// - Exceeding `max_len` is rejected with `LimitExceeded`, storing nothing
     ///   (`log_max_len_is_enforced`).
+    /// - With `must_exist`, a missing log is `NotFound` and is not created
+    ///   (`append_must_exist_never_recreates_a_log`).
+    /// - A rejected append does not raise the fence: after an over-`max_len` append at epoch 5,
+    ///   an append at epoch 3 succeeds if the log had seen no epoch above 3
+    ///   (`rejected_append_does_not_raise_fence`).
     async fn append_many(
         &self,
         log: &str,
@@ -178,7 +278,50 @@ pub trait ServerCache: Send + Sync + Debug + 'static {
     /// # Behavior
     /// - Lists both keys and logs, including backend-internal companions of a log under the log's
     ///   own name (`keys_lists_everything_under_prefix`).
+    /// - Sorted ascending by byte order, each name once (`keys_are_sorted_and_unique`).
+    /// - `prefix` is empty or a valid name prefix (the characters of
+    ///   [`validate_name`](crate::validate_name)); anything else is `InvalidInput`
+    ///   (`keys_prefix_is_validated`).
     async fn keys(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Where [`append_announce`](Self::append_announce) publishes, or `None` (the default) when
+    /// the cache cannot announce. The event log uses `append_announce` only when this equals
+    /// the PubSub's [`announce_domain`](crate::PubSub::announce_domain).
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        None
+    }
+
+    /// [`append_many`](Self::append_many), and publish the batch's wake-up frame
+    /// ([`frame::encode`](crate::frame::encode) of the first cursor and `payloads`) to
+    /// `announce.topic` in the same backend operation: one round trip, and no subscriber can
+    /// see the frame before the events are readable (persist, then announce, by construction).
+    /// Only when [`CacheCapabilities::announce`]; the default returns `Unsupported`.
+    ///
+    /// An empty batch announces nothing.
+    ///
+    /// # Behavior
+    /// - A subscriber of the topic on the paired PubSub receives exactly one frame per
+    ///   non-empty batch, naming its cursors, and can read the events when it arrives
+    ///   (`append_announce_wakes_paired_subscribers`).
+    /// - Frames arrive in cursor order for one log (`append_announce_frames_follow_cursor_order`).
+    /// - A rejected append (fence, `max_len`) announces nothing
+    ///   (`rejected_append_announces_nothing`).
+    /// - Events with any bytes (newlines, `\r`, NUL, 1 MB strings) are carried or announced
+    ///   exactly (`announced_frames_are_injective`).
+    async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        let _ = (log, payloads, options, announce);
+        Err(crate::Error::unsupported(
+            "this cache cannot announce appends; the event log publishes separately",
+        )
+        .with_backend(self.backend())
+        .with_operation("append_announce"))
+    }
 }
 
 /// Convenience methods on every [`ServerCache`].
@@ -236,5 +379,19 @@ impl<T: ServerCache + ?Sized> ServerCache for Arc<T> {
     }
     async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         (**self).keys(prefix).await
+    }
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        (**self).announce_domain()
+    }
+    async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        (**self)
+            .append_announce(log, payloads, options, announce)
+            .await
     }
 }

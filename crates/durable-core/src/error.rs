@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// Boxed source error carried by [`Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -83,13 +84,17 @@ impl fmt::Display for ErrorKind {
 ///
 /// Carries a [`ErrorKind`], the backend and operation that failed, whether a retry may help,
 /// a human-readable message and an optional source.
+///
+/// Cloning is cheap (the source is shared), so an error that several waiters must see (a failed
+/// batch append reported to every pending flush) keeps every field for each of them.
+#[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     backend: &'static str,
     operation: &'static str,
     retryable: bool,
-    source: Option<BoxError>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
@@ -144,7 +149,7 @@ impl Error {
     /// Attach the underlying cause.
     #[must_use]
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.source = Some(Arc::from(source.into()));
         self
     }
 
@@ -213,7 +218,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source
             .as_ref()
-            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+            .map(|s| &**s as &(dyn std::error::Error + 'static))
     }
 }
 

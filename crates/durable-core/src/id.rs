@@ -131,6 +131,35 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Validate a name prefix (of [`ServerCache::keys`](crate::ServerCache::keys)): empty, or the
+/// characters of [`validate_name`], at most [`MAX_NAME_LEN`] bytes, not starting with `.` and
+/// without `..` (a prefix may end with a separator).
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) naming `what` and the problem.
+pub fn validate_prefix(what: &'static str, prefix: &str) -> Result<()> {
+    if prefix.len() > MAX_NAME_LEN {
+        return Err(Error::invalid_input(format!(
+            "{what} may be at most {MAX_NAME_LEN} bytes, got {}",
+            prefix.len()
+        )));
+    }
+    if let Some(bad) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')))
+    {
+        return Err(Error::invalid_input(format!(
+            "{what} may only contain [A-Za-z0-9_-.:/], found {bad:?}"
+        )));
+    }
+    if prefix.starts_with('.') || prefix.contains("..") {
+        return Err(Error::invalid_input(format!(
+            "{what} may not start with '.' or contain '..'"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

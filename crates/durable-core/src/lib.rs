@@ -7,14 +7,18 @@ mod event;
 mod id;
 mod log;
 pub mod memory;
+pub mod names;
 mod pubsub;
 mod store;
 
-pub use cache::{AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache, ServerCacheExt};
+pub use cache::{
+    Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache,
+    ServerCacheExt,
+};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use event::{Event, EventKind, Json, NewEvent};
-pub use id::{validate_name, RunId, MAX_NAME_LEN, MAX_RUN_ID_LEN};
-pub use log::{EventLog, EventStream, LogConfig, ObserveOptions, OnSuspend, RunWriter};
+pub use id::{validate_name, validate_prefix, RunId, MAX_NAME_LEN, MAX_RUN_ID_LEN};
+pub use log::{frame, EventLog, EventStream, LogConfig, ObserveOptions, OnSuspend, RunWriter};
 pub use pubsub::{
     Delivery, GroupSubscription, Job, JobAcker, PubSub, PubSubCapabilities, Subscription,
 };

@@ -10,10 +10,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::Stream;
 
+use crate::cache::AnnounceDomain;
 use crate::error::Result;
 
 /// What a [`PubSub`] backend supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// `Default` is "nothing"; backends turn on what they implement with the `with_*` setters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PubSubCapabilities {
     /// [`PubSub::subscribe_group`] is implemented.
@@ -36,6 +39,20 @@ impl PubSubCapabilities {
     #[must_use]
     pub const fn with_shared(mut self, shared: bool) -> Self {
         self.shared = shared;
+        self
+    }
+
+    /// Set whether consumer groups are implemented.
+    #[must_use]
+    pub const fn with_groups(mut self, groups: bool) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Set whether groups keep messages published while no consumer is attached.
+    #[must_use]
+    pub const fn with_durable_groups(mut self, durable_groups: bool) -> Self {
+        self.durable_groups = durable_groups;
         self
     }
 }
@@ -231,6 +248,15 @@ pub trait PubSub: Send + Sync + Debug + 'static {
 
     /// Wait until everything published so far has been handed to the backend.
     async fn flush(&self) -> Result<()>;
+
+    /// The channel space this pubsub's subscribers listen in, for pairing with a cache that
+    /// announces its appends ([`ServerCache::announce_domain`]). `None` (the default): no cache
+    /// announces into it.
+    ///
+    /// [`ServerCache::announce_domain`]: crate::ServerCache::announce_domain
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        None
+    }
 }
 
 #[async_trait]
@@ -252,5 +278,8 @@ impl<T: PubSub + ?Sized> PubSub for Arc<T> {
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await
+    }
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        (**self).announce_domain()
     }
 }

@@ -166,7 +166,9 @@ impl RunSnapshot {
 }
 
 /// What a [`WorkflowStore`] backend supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// `Default` is "nothing"; backends turn on what they implement with the `with_*` setters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreCapabilities {
     /// Records survive the process and are visible to other processes.
@@ -186,6 +188,13 @@ impl StoreCapabilities {
     #[must_use]
     pub const fn with_shared(mut self, shared: bool) -> Self {
         self.shared = shared;
+        self
+    }
+
+    /// Set whether [`WorkflowStore::expire_run`] is honoured.
+    #[must_use]
+    pub const fn with_ttl(mut self, ttl: bool) -> Self {
+        self.ttl = ttl;
         self
     }
 }

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{lock, BACKEND};
-use crate::cache::{AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache};
+use super::{lock, InMemoryPubSub, BACKEND};
+use crate::cache::{
+    Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::validate_name;
 
@@ -20,9 +22,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// There is no global key cap: a log lives until it is deleted or its own TTL elapses, so one
 /// busy run can never evict another (Mastra's 1000-key LRU did). Expired entries are removed on
 /// access and by a sweep of each shard at most once a second, driven by writes.
+///
+/// Paired with an [`InMemoryPubSub`] ([`InMemoryCache::with_pubsub`]) it announces each append
+/// itself, publishing the wake-up frame under the log's lock: one operation, frames in cursor
+/// order, and no frame before its events are readable.
 #[derive(Clone, Debug)]
 pub struct InMemoryCache {
     shards: Arc<[Mutex<Shard>]>,
+    announcer: Option<InMemoryPubSub>,
 }
 
 #[derive(Debug)]
@@ -70,7 +77,16 @@ impl InMemoryCache {
             .collect();
         Self {
             shards: shards.into(),
+            announcer: None,
         }
+    }
+
+    /// Announce appends on `pubsub` (see [`ServerCache::append_announce`]). Observers of an
+    /// event log over this cache and `pubsub` are then woken by the append itself.
+    #[must_use]
+    pub fn with_pubsub(mut self, pubsub: &InMemoryPubSub) -> Self {
+        self.announcer = Some(pubsub.clone());
+        self
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
@@ -112,12 +128,86 @@ fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
     validate_name(what, name).map_err(|e| e.with_backend(BACKEND).with_operation(op))
 }
 
+/// A key operation on a log's name, or a log operation on a key's name.
 fn wrong_type(op: &'static str, key: &str) -> Error {
     err(
-        ErrorKind::InvalidInput,
+        ErrorKind::Conflict,
         op,
-        format!("{key:?} holds another type"),
+        format!("{key:?} is a log and a key at once: a key and a log may not share a name"),
     )
+}
+
+impl InMemoryCache {
+    /// The append itself, under the shard lock; `announce` runs under the same lock after a
+    /// successful append.
+    fn append_locked(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Option<(&InMemoryPubSub, Announce<'_>)>,
+    ) -> Result<Cursor> {
+        self.with_entry(log, true, |s, _| {
+            if !s.map.contains_key(log) {
+                if options.must_exist {
+                    return Err(err(
+                        ErrorKind::NotFound,
+                        "append",
+                        format!("no log {log} (it was never created, or it was deleted or expired)"),
+                    ));
+                }
+                s.map.insert(
+                    log.to_owned(),
+                    Entry {
+                        value: Value::Log {
+                            entries: Vec::new(),
+                            fence: 0,
+                        },
+                        expires_at: None,
+                    },
+                );
+            }
+            let Some(entry) = s.map.get_mut(log) else {
+                return Err(wrong_type("append", log));
+            };
+            let Value::Log { entries, fence } = &mut entry.value else {
+                return Err(wrong_type("append", log));
+            };
+            if let Some(f) = options.fence {
+                if f < *fence {
+                    return Err(err(
+                        ErrorKind::Fenced,
+                        "append",
+                        format!("epoch {f} is older than the log's fence {fence}"),
+                    ));
+                }
+            }
+            let first = entries.len() as u64;
+            if let Some(max) = options.max_len {
+                if first + payloads.len() as u64 > max {
+                    return Err(err(
+                        ErrorKind::LimitExceeded,
+                        "append",
+                        format!("log {log} would exceed {max} entries"),
+                    ));
+                }
+            }
+            // Accepted: only now does the fence move (a rejected append has no effect).
+            if let Some(f) = options.fence {
+                *fence = f;
+            }
+            entries.extend_from_slice(payloads);
+            if let Some((pubsub, a)) = announce {
+                if !payloads.is_empty() {
+                    let frame = crate::frame::encode(first, payloads, a.max_frame_bytes);
+                    if let Err(e) = pubsub.publish_now(a.topic, frame) {
+                        tracing::warn!(log, error = %e, "wake-up not published; observers catch up on their next read");
+                    }
+                }
+            }
+            Ok(first)
+        })
+    }
 }
 
 #[async_trait]
@@ -127,7 +217,9 @@ impl ServerCache for InMemoryCache {
     }
 
     fn capabilities(&self) -> CacheCapabilities {
-        CacheCapabilities::ALL.with_shared(false)
+        CacheCapabilities::ALL
+            .with_shared(false)
+            .with_announce(self.announcer.is_some())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -149,6 +241,15 @@ impl ServerCache for InMemoryCache {
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         check("set", "key", key)?;
         self.with_entry(key, true, |s, now| {
+            if matches!(
+                s.map.get(key),
+                Some(Entry {
+                    value: Value::Log { .. },
+                    ..
+                })
+            ) {
+                return Err(wrong_type("set", key));
+            }
             s.map.insert(
                 key.to_owned(),
                 Entry {
@@ -156,8 +257,8 @@ impl ServerCache for InMemoryCache {
                     expires_at: ttl.map(|t| now + t),
                 },
             );
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -195,48 +296,7 @@ impl ServerCache for InMemoryCache {
         options: AppendOptions,
     ) -> Result<Cursor> {
         check("append", "log", log)?;
-        self.with_entry(log, true, |s, _| {
-            if !s.map.contains_key(log) {
-                s.map.insert(
-                    log.to_owned(),
-                    Entry {
-                        value: Value::Log {
-                            entries: Vec::new(),
-                            fence: 0,
-                        },
-                        expires_at: None,
-                    },
-                );
-            }
-            let Some(entry) = s.map.get_mut(log) else {
-                return Err(wrong_type("append", log));
-            };
-            let Value::Log { entries, fence } = &mut entry.value else {
-                return Err(wrong_type("append", log));
-            };
-            if let Some(f) = options.fence {
-                if f < *fence {
-                    return Err(err(
-                        ErrorKind::Fenced,
-                        "append",
-                        format!("epoch {f} is older than the log's fence {fence}"),
-                    ));
-                }
-                *fence = f;
-            }
-            let first = entries.len() as u64;
-            if let Some(max) = options.max_len {
-                if first + payloads.len() as u64 > max {
-                    return Err(err(
-                        ErrorKind::LimitExceeded,
-                        "append",
-                        format!("log {log} would exceed {max} entries"),
-                    ));
-                }
-            }
-            entries.extend_from_slice(payloads);
-            Ok(first)
-        })
+        self.append_locked(log, payloads, options, None)
     }
 
     async fn read(&self, log: &str, from: Cursor, limit: usize) -> Result<LogSlice> {
@@ -283,19 +343,24 @@ impl ServerCache for InMemoryCache {
         check("expire", "log", log)?;
         Ok(
             self.with_entry(log, true, |s, now| match s.map.get_mut(log) {
-                Some(e) => {
+                Some(
+                    e @ Entry {
+                        value: Value::Log { .. },
+                        ..
+                    },
+                ) => {
                     e.expires_at = Some(now + ttl);
-                    true
+                    Ok(true)
                 }
-                None => false,
-            }),
+                Some(_) => Err(wrong_type("expire", log)),
+                None => Ok(false),
+            })?,
         )
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        if !prefix.is_empty() {
-            check("keys", "prefix", prefix)?;
-        }
+        crate::id::validate_prefix("keys", prefix)
+            .map_err(|e| e.with_backend(BACKEND).with_operation("keys"))?;
         let now = Instant::now();
         let mut out: Vec<String> = self
             .shards
@@ -309,7 +374,32 @@ impl ServerCache for InMemoryCache {
                     .collect::<Vec<_>>()
             })
             .collect();
-        out.sort();
+        // Shards are disjoint, so a name appears once; sorted as the trait promises.
+        out.sort_unstable();
+        out.dedup();
         Ok(out)
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        self.announcer.as_ref().map(|p| p.domain().clone())
+    }
+
+    async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        check("append", "log", log)?;
+        check("append", "topic", announce.topic)?;
+        let Some(pubsub) = &self.announcer else {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "append_announce",
+                "this InMemoryCache has no pubsub to announce on (see InMemoryCache::with_pubsub)",
+            ));
+        };
+        self.append_locked(log, payloads, options, Some((pubsub, announce)))
     }
 }

@@ -1,4 +1,5 @@
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -8,11 +9,14 @@ use futures::FutureExt;
 use tokio::sync::{broadcast, Notify};
 
 use super::{lock, BACKEND};
+use crate::cache::AnnounceDomain;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::validate_name;
 use crate::pubsub::{
     Delivery, GroupSubscription, Job, JobAcker, PubSub, PubSubCapabilities, Subscription,
 };
+
+static NEXT_DOMAIN: AtomicU64 = AtomicU64::new(0);
 
 /// Default bounded buffer of one fan-out subscriber, in messages.
 pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 256;
@@ -36,6 +40,8 @@ struct Inner {
     groups: Mutex<HashMap<String, HashMap<String, Arc<GroupQueue>>>>,
     subscriber_capacity: usize,
     group_capacity: usize,
+    /// Pairs an announcing [`InMemoryCache`](super::InMemoryCache) with this pubsub.
+    domain: AnnounceDomain,
 }
 
 #[derive(Debug)]
@@ -78,8 +84,44 @@ impl InMemoryPubSub {
                 groups: Mutex::new(HashMap::new()),
                 subscriber_capacity: subscriber.max(1),
                 group_capacity: group.max(1),
+                domain: AnnounceDomain::new(format!(
+                    "memory:{}",
+                    NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed)
+                )),
             }),
         }
+    }
+
+    /// Publish synchronously (what [`PubSub::publish`] does): an announcing cache calls it
+    /// while it holds the log's lock, so frames leave in cursor order.
+    pub(crate) fn publish_now(&self, topic: &str, payload: Bytes) -> Result<()> {
+        check("publish", "topic", topic)?;
+        let groups: Vec<Arc<GroupQueue>> = match lock(&self.inner.groups).get(topic) {
+            Some(g) => g.values().cloned().collect(),
+            None => Vec::new(),
+        };
+        if groups
+            .iter()
+            .any(|g| lock(&g.items).len() >= self.inner.group_capacity)
+        {
+            return Err(
+                Error::new(ErrorKind::Unavailable, "consumer group queue is full")
+                    .with_backend(BACKEND)
+                    .with_operation("publish"),
+            );
+        }
+        for g in &groups {
+            g.push((payload.clone(), 1), false);
+        }
+        if let Some(tx) = lock(&self.inner.topics).get(topic) {
+            // No receiver left is not an error: nobody is listening.
+            let _ = tx.send(payload);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn domain(&self) -> &AnnounceDomain {
+        &self.inner.domain
     }
 
     /// The number of topics with at least one subscriber (for leak tests).
@@ -139,29 +181,11 @@ impl PubSub for InMemoryPubSub {
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
-        check("publish", "topic", topic)?;
-        let groups: Vec<Arc<GroupQueue>> = match lock(&self.inner.groups).get(topic) {
-            Some(g) => g.values().cloned().collect(),
-            None => Vec::new(),
-        };
-        if groups
-            .iter()
-            .any(|g| lock(&g.items).len() >= self.inner.group_capacity)
-        {
-            return Err(
-                Error::new(ErrorKind::Unavailable, "consumer group queue is full")
-                    .with_backend(BACKEND)
-                    .with_operation("publish"),
-            );
-        }
-        for g in &groups {
-            g.push((payload.clone(), 1), false);
-        }
-        if let Some(tx) = lock(&self.inner.topics).get(topic) {
-            // No receiver left is not an error: nobody is listening.
-            let _ = tx.send(payload);
-        }
-        Ok(())
+        self.publish_now(topic, payload)
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        Some(self.inner.domain.clone())
     }
 
     async fn subscribe(&self, topic: &str) -> Result<Subscription> {
