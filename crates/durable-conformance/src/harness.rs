@@ -47,9 +47,10 @@ impl Backend {
 
     /// The in-memory reference backends.
     pub fn memory() -> Self {
+        let pubsub = InMemoryPubSub::new();
         Self::new("memory")
-            .cache(InMemoryCache::new())
-            .pubsub(InMemoryPubSub::new())
+            .cache(InMemoryCache::new().with_pubsub(&pubsub))
+            .pubsub(pubsub)
             .store(InMemoryWorkflowStore::new())
     }
 

@@ -4,12 +4,14 @@
 //! assumes an empty server, and bounds every backend call with a timeout.
 
 mod cache;
+mod contract;
 mod log;
 mod pubsub;
 mod store;
 mod support;
 
 pub use cache::*;
+pub use contract::*;
 pub use log::*;
 pub use pubsub::*;
 pub use store::*;
@@ -53,6 +55,15 @@ registry!(
     log_max_len_is_enforced,
     log_expire_removes_everything,
     keys_lists_everything_under_prefix,
+    rejected_append_does_not_raise_fence,
+    append_must_exist_never_recreates_a_log,
+    keys_are_sorted_and_unique,
+    keys_prefix_is_validated,
+    key_and_log_cannot_share_a_name,
+    append_announce_wakes_paired_subscribers,
+    append_announce_frames_follow_cursor_order,
+    rejected_append_announces_nothing,
+    announced_frames_are_injective,
     // PubSub
     subscribers_receive_in_order,
     topics_are_isolated,
@@ -78,6 +89,8 @@ registry!(
     observe_from_every_offset_is_exact,
     observe_racing_live_producer_is_exact,
     late_observer_gets_replay_then_live,
+    event_data_with_control_bytes_is_delivered_exactly,
+    deleting_a_live_run_fences_its_producer,
     slow_observer_gets_every_event_with_bounded_memory,
     live_event_is_pushed_without_polling,
     unknown_run_is_not_found,
