@@ -2,14 +2,32 @@
 //! other exactly, so the docs are the test spec and the spec has a test.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `dir`, recursively, in a stable order.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
 
 /// Case names quoted in `` (`name`) `` form inside `# Behavior` sections of core's sources.
 fn documented_cases() -> BTreeSet<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../durable-core/src");
     let mut names = BTreeSet::new();
-    for file in ["cache.rs", "pubsub.rs", "store.rs", "log.rs", "id.rs"] {
-        let text = std::fs::read_to_string(src.join(file)).expect("read core source");
+    for file in rust_files(&src) {
+        let text = std::fs::read_to_string(&file).expect("read core source");
         let mut in_behavior = false;
         for line in text.lines().map(str::trim) {
             if line == "/// # Behavior" {
