@@ -56,6 +56,11 @@ pub struct LogConfig {
     /// A running run whose lease expired this long ago is reported as `ProducerLost`
     /// (default 30 s).
     pub producer_grace: Duration,
+    /// How long a run's writer and its observers retry a *retryable* backend error (a dropped
+    /// connection, a restarting server) with bounded exponential backoff before they give up
+    /// and report it (default 15 s). A writer's retry never duplicates a batch: before it
+    /// appends again it checks, by cursor, whether the failed append landed.
+    pub retry_for: Duration,
 }
 
 impl LogConfig {
@@ -91,6 +96,7 @@ impl Default for LogConfig {
             max_wake_bytes: 64 * 1024,
             idle_check: Duration::from_secs(5),
             producer_grace: Duration::from_secs(30),
+            retry_for: Duration::from_secs(15),
         }
     }
 }
@@ -343,7 +349,19 @@ impl EventLog {
     /// - Order is preserved; a failed append surfaces on the next call
     ///   (`writer_batches_and_preserves_order`).
     pub fn writer(&self, run_id: RunId, fence: Option<Epoch>, capacity: usize) -> RunWriter {
-        RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1))
+        RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1), None)
+    }
+
+    /// [`EventLog::writer`] for a run whose next cursor the caller knows (it just created or
+    /// read the log), which saves the writer a length query before its first retried append.
+    pub(crate) fn writer_at(
+        &self,
+        run_id: RunId,
+        fence: Option<Epoch>,
+        capacity: usize,
+        next: Cursor,
+    ) -> RunWriter {
+        RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1), Some(next))
     }
 
     /// The run's length (next cursor), or `None` if it has no log.

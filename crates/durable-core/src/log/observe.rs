@@ -282,7 +282,25 @@ impl Observer {
         e
     }
 
+    /// [`Observer::read_batch_once`], retrying a retryable backend error (a dropped connection,
+    /// a restarting server) with bounded backoff for up to `LogConfig::retry_for`: an outage
+    /// shorter than that is invisible to the client, a longer one is reported, never a hang.
     async fn read_batch(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.log.inner.config.retry_for;
+        let mut delay = RESUBSCRIBE_MIN;
+        loop {
+            match self.read_batch_once().await {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::debug!(run_id = %self.run_id, error = %e, retry_in = ?delay, "observer read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn read_batch_once(&mut self) -> Result<()> {
         let cache = self.log.cache("observe")?;
         let limit = self.log.inner.config.read_batch;
         let slice = match cache.read(&self.log_name, self.next, limit).await {
@@ -378,8 +396,12 @@ impl Observer {
         let Some(store) = &self.log.inner.store else {
             return Ok(());
         };
-        let Some(record) = store.get_run(&self.run_id).await? else {
-            return Ok(());
+        let record = match store.get_run(&self.run_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            // The store is unreachable right now: no verdict; the next idle check asks again.
+            Err(e) if e.is_retryable() => return Ok(()),
+            Err(e) => return Err(e),
         };
         let now = now_ms();
         let grace = crate::store::ttl_ms(self.log.inner.config.producer_grace);

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +45,7 @@ impl RunWriter {
         run_id: RunId,
         fence: Option<Epoch>,
         capacity: usize,
+        start: Option<Cursor>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<WriterCmd>(capacity);
         let failed: Arc<Mutex<Option<Error>>> = Arc::default();
@@ -52,7 +54,7 @@ impl RunWriter {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(64);
             let mut flushes = Vec::new();
-            let mut next: Option<Cursor> = None;
+            let mut next: Option<Cursor> = start;
             while let Some(cmd) = rx.recv().await {
                 let mut cmd = Some(cmd);
                 while let Some(c) = cmd.take() {
@@ -72,17 +74,19 @@ impl RunWriter {
                         Some(n) => Ok(n),
                         None => log.next_cursor(&task_run).await,
                     },
-                    None => match log.append(&task_run, &batch, fence).await {
-                        Ok(first) => {
-                            let n = first + batch.len() as u64;
-                            next = Some(n);
-                            Ok(n)
+                    None => {
+                        match append_retrying(&log, &task_run, &batch, fence, &mut next).await {
+                            Ok(first) => {
+                                let n = first + batch.len() as u64;
+                                next = Some(n);
+                                Ok(n)
+                            }
+                            Err(e) => {
+                                *lock(&task_failed) = Some(e.clone());
+                                Err(e)
+                            }
                         }
-                        Err(e) => {
-                            *lock(&task_failed) = Some(e.clone());
-                            Err(e)
-                        }
-                    },
+                    }
                 };
                 batch.clear();
                 for reply in flushes.drain(..) {
@@ -141,6 +145,92 @@ impl RunWriter {
             .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))?;
         rx.await
             .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))?
+    }
+}
+
+/// First and longest pause between retries of a failed append.
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Append `batch`, retrying a retryable failure for up to [`LogConfig::retry_for`] without ever
+/// storing the batch twice: the writer is the run's only producer (its epoch fences every
+/// other), so after a failure the log's length tells whether the append landed (`next + n`),
+/// did not (`next`), or something else wrote to the log (an error, never a guess).
+///
+/// `next` is the log's next cursor as the writer knows it; when unknown it is read before the
+/// first append, so every append has a known place.
+///
+/// [`LogConfig::retry_for`]: super::LogConfig::retry_for
+async fn append_retrying(
+    log: &EventLog,
+    run_id: &RunId,
+    batch: &[crate::event::NewEvent],
+    fence: Option<Epoch>,
+    next: &mut Option<Cursor>,
+) -> Result<Cursor> {
+    let retry_for = log.config().retry_for;
+    let deadline = Instant::now() + retry_for;
+    let mut delay = RETRY_MIN;
+    let mut expected = *next;
+    loop {
+        let err = match expected {
+            None => match log.next_cursor(run_id).await {
+                Ok(n) => {
+                    expected = Some(n);
+                    continue;
+                }
+                Err(e) => e,
+            },
+            Some(at) => match log.append(run_id, batch, fence).await {
+                Ok(first) => return Ok(first),
+                Err(e) => {
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    // Did it land? Ask until the backend answers (or the budget is spent).
+                    loop {
+                        if Instant::now() + delay > deadline {
+                            return Err(e);
+                        }
+                        tracing::debug!(run_id = %run_id, error = %e, retry_in = ?delay, "append failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RETRY_MAX);
+                        match log.len(run_id).await {
+                            Ok(Some(len)) if len == at + batch.len() as u64 => {
+                                *next = Some(len);
+                                return Ok(at);
+                            }
+                            Ok(Some(len)) if len == at => break,
+                            Ok(Some(len)) => {
+                                return Err(Error::new(
+                                    ErrorKind::Conflict,
+                                    format!(
+                                        "run {run_id}'s log is at cursor {len} while its writer expected {at}: another producer appended"
+                                    ),
+                                )
+                                .with_operation("append")
+                                .with_source(e))
+                            }
+                            Ok(None) => {
+                                return Err(Error::not_found(format!(
+                                    "run {run_id}'s log was deleted while its writer retried"
+                                ))
+                                .with_operation("append"))
+                            }
+                            Err(again) if again.is_retryable() => continue,
+                            Err(again) => return Err(again),
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        // Reading the start cursor failed.
+        if !err.is_retryable() || Instant::now() + delay > deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
