@@ -33,6 +33,10 @@ use crate::store::{now_ms, Lease, NewRun, RunRecord, RunSnapshot, RunStatus, Wor
 const REMOTE_WRITER_BATCHES: usize = 8;
 const LOCAL_WRITER_BATCHES: usize = 1;
 
+/// First and longest pause before an interrupted run is claimed again (see `spawn`).
+const RESTART_MIN: Duration = Duration::from_millis(50);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+
 /// Default lease of an executing run (renewed every third of it while the run executes).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
@@ -133,6 +137,18 @@ impl Stream for DurableRun {
     }
 }
 
+/// What [`DurableAgent::create`] found or made.
+pub(crate) enum Created {
+    /// A new run, its log ready (and leased to this instance when claimed).
+    New {
+        run_id: RunId,
+        snapshot: RunSnapshot,
+        lease: Option<Lease>,
+    },
+    /// The caller's run id names a run with the same input: a retried `stream`.
+    Existing(RunRecord),
+}
+
 struct LocalRun {
     cancel: CancellationToken,
     stop: StopFlag,
@@ -149,8 +165,17 @@ pub(crate) struct Inner {
     pub(crate) lease_ttl: Duration,
     local: Mutex<HashMap<RunId, LocalRun>>,
     /// This instance's one subscription to the agent's control topic (abort requests for any
-    /// run), started with the first execution: one per process, not one per run.
-    control: tokio::sync::OnceCell<()>,
+    /// run), started with the first execution: one per process, not one per run. The token
+    /// stops the listener; it is cancelled by `shutdown` and when the instance is dropped.
+    control: tokio::sync::Mutex<Option<CancellationToken>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.control.get_mut() {
+            stop.cancel();
+        }
+    }
 }
 
 /// A durable agent: each run executes in a task of this process, its events go to the run
@@ -296,6 +321,7 @@ impl DurableAgentBuilder {
         if self.lease_ttl < Duration::from_millis(10) {
             return Err(Error::invalid_input("lease_ttl must be at least 10 ms"));
         }
+        self.config.validate()?;
         let pubsub = self
             .pubsub
             .unwrap_or_else(|| Arc::new(InMemoryPubSub::new()));
@@ -326,7 +352,7 @@ impl DurableAgentBuilder {
                 worker_id,
                 lease_ttl: self.lease_ttl,
                 local: Mutex::new(HashMap::new()),
-                control: tokio::sync::OnceCell::new(),
+                control: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -387,13 +413,27 @@ impl DurableAgent {
         input: impl Into<AgentInput>,
         options: StreamOptions,
     ) -> Result<DurableRun> {
-        let (run_id, snapshot, lease) = self.create(input.into(), &options, true).await?;
+        let (run_id, snapshot, lease) = match self.create(input.into(), &options, true).await? {
+            Created::New {
+                run_id,
+                snapshot,
+                lease,
+            } => (run_id, snapshot, lease),
+            Created::Existing(record) => return self.adopt(record).await,
+        };
         let lease = lease.ok_or_else(|| Error::new(ErrorKind::Unexpected, "no lease"))?;
-        let output = self
+        let output = match self
             .inner
             .log
             .observe(&run_id, ObserveOptions::from(0).on_suspend(OnSuspend::Wait))
-            .await?;
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.discard(&run_id).await;
+                return Err(e);
+            }
+        };
         self.spawn(run_id.clone(), lease, snapshot);
         Ok(DurableRun {
             run_id,
@@ -403,13 +443,51 @@ impl DurableAgent {
         })
     }
 
-    /// Create the run record (and, when `claim`, take its lease), with the log ready.
+    /// `stream` again with the run id of a run that exists with the same input: the caller
+    /// retries a `stream` whose answer it did not get. Continue the run here if no executor
+    /// holds it, and stream it from cursor 0.
+    async fn adopt(&self, record: RunRecord) -> Result<DurableRun> {
+        let run_id = record.run_id.clone();
+        let executing_here = lock(&self.inner.local).contains_key(&run_id);
+        let orphaned = matches!(record.status, RunStatus::Running | RunStatus::Pending)
+            && (!record.lease_live(now_ms())
+                || record.owner.as_deref() == Some(self.inner.worker_id.as_str()));
+        if orphaned && !executing_here {
+            // Its log may never have been created: taking it over creates it (from cursor 0
+            // the observer below misses nothing the execution appends meanwhile).
+            self.take_over(&run_id).await?;
+        }
+        let output = self
+            .inner
+            .log
+            .observe(&run_id, ObserveOptions::from(0).on_suspend(OnSuspend::Wait))
+            .await?;
+        Ok(DurableRun {
+            run_id,
+            output,
+            end_on_suspend: true,
+            done: false,
+        })
+    }
+
+    /// Remove what a failed `stream` created (record, log), so a caller told "it failed" is
+    /// never surprised by the run executing later. Best effort: if the backend fails here too,
+    /// a retry of `stream` with the same run id adopts the run instead of running it twice.
+    pub(crate) async fn discard(&self, run_id: &RunId) {
+        if let Err(e) = self.inner.log.delete(run_id).await {
+            tracing::warn!(run_id = %run_id, error = %e, "a failed stream left its run behind; retry stream with the same run id to continue it");
+        }
+    }
+
+    /// Create the run record (and, when `claim`, take its lease), with the log ready. A run id
+    /// given by the caller that names a run with the same input is [`Created::Existing`]: a
+    /// retried `stream` returns the run it already started.
     pub(crate) async fn create(
         &self,
         mut input: AgentInput,
         options: &StreamOptions,
         claim: bool,
-    ) -> Result<(RunId, RunSnapshot, Option<Lease>)> {
+    ) -> Result<Created> {
         let i = &self.inner;
         if let Some(thread) = &options.thread_id {
             let mut prior = i.memory.load(thread).await?;
@@ -429,23 +507,48 @@ impl DurableAgent {
         if let Some(r) = &options.resource_id {
             new = new.resource_id(r.clone());
         }
-        let record = i.store.create_run(new).await?;
-        let lease = if claim {
-            Some(i.store.claim(&run_id, &i.worker_id, i.lease_ttl).await?)
-        } else {
-            None
+        let record = match i.store.create_run(new).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::Conflict && options.run_id.is_some() => {
+                return match i.store.get_run(&run_id).await? {
+                    Some(existing)
+                        if self.spec_of(&existing).is_ok_and(|mut s| {
+                            s.suspension = None;
+                            s == spec
+                        }) =>
+                    {
+                        Ok(Created::Existing(existing))
+                    }
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
         };
-        i.log
-            .create(&run_id, lease.as_ref().map(|l| l.epoch))
-            .await?;
-        Ok((
-            run_id,
-            RunSnapshot {
-                record,
-                checkpoints: Vec::new(),
-            },
-            lease,
-        ))
+        let ready = async {
+            let lease = if claim {
+                Some(i.store.claim(&run_id, &i.worker_id, i.lease_ttl).await?)
+            } else {
+                None
+            };
+            i.log
+                .create(&run_id, lease.as_ref().map(|l| l.epoch))
+                .await?;
+            Ok::<_, Error>(lease)
+        };
+        match ready.await {
+            Ok(lease) => Ok(Created::New {
+                run_id,
+                snapshot: RunSnapshot {
+                    record,
+                    checkpoints: Vec::new(),
+                },
+                lease,
+            }),
+            Err(e) => {
+                self.discard(&run_id).await;
+                Err(e)
+            }
+        }
     }
 
     /// Run to the end and return the final answer. A run that suspends returns with
@@ -522,6 +625,28 @@ impl DurableAgent {
     /// `data.tool_call_id` names another call or the run belongs to another agent, `Conflict`
     /// if another instance is resuming it right now.
     pub async fn resume(&self, run_id: &RunId, data: ResumeData) -> Result<DurableRun> {
+        let (lease, output) = self
+            .prepare_resume(run_id, data, RunStatus::Running)
+            .await?;
+        let snapshot = self
+            .inner
+            .store
+            .load(run_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("run {run_id} does not exist")))?;
+        self.spawn(run_id.clone(), lease, snapshot);
+        Ok(output)
+    }
+
+    /// Check and record the answer to a suspended call: the decision is checkpointed and the
+    /// run set to `status` (`Running` to execute it here, `Pending` to queue it), under a
+    /// fresh lease. Returns the lease and the caller's stream from after `suspended`.
+    pub(crate) async fn prepare_resume(
+        &self,
+        run_id: &RunId,
+        data: ResumeData,
+        status: RunStatus,
+    ) -> Result<(Lease, DurableRun)> {
         let i = &self.inner;
         let record = self.status(run_id).await?;
         let mut spec = self.spec_of(&record)?;
@@ -568,7 +693,7 @@ impl DurableAgent {
             .set_status(
                 run_id,
                 Some(lease.epoch),
-                RunStatus::Running,
+                status,
                 Some(serde_json::to_value(&spec)?),
             )
             .await?;
@@ -584,18 +709,15 @@ impl DurableAgent {
                 ObserveOptions::from(from).on_suspend(OnSuspend::Wait),
             )
             .await?;
-        let snapshot = i
-            .store
-            .load(run_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("run {run_id} does not exist")))?;
-        self.spawn(run_id.clone(), lease, snapshot);
-        Ok(DurableRun {
-            run_id: run_id.clone(),
-            output,
-            end_on_suspend: true,
-            done: false,
-        })
+        Ok((
+            lease,
+            DurableRun {
+                run_id: run_id.clone(),
+                output,
+                end_on_suspend: true,
+                done: false,
+            },
+        ))
     }
 
     /// Approve the suspended call `tool_call_id` (see [`DurableAgent::resume`]).
@@ -650,17 +772,23 @@ impl DurableAgent {
     /// Start this instance's control listener once. If the subscription fails, the next
     /// execution tries again; meanwhile aborts are still found by the per-step marker check.
     async fn ensure_control(&self) {
-        let started = self
-            .inner
-            .control
-            .get_or_try_init(|| async {
-                let sub = self.inner.pubsub.subscribe(&self.control_topic()).await?;
-                tokio::spawn(control(sub, Arc::downgrade(&self.inner)));
-                Ok::<(), Error>(())
-            })
-            .await;
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "no control subscription; abort is checked at each step");
+        let mut control = self.inner.control.lock().await;
+        if control.as_ref().is_some_and(|t| !t.is_cancelled()) {
+            return;
+        }
+        match self.inner.pubsub.subscribe(&self.control_topic()).await {
+            Ok(sub) => {
+                let stop = CancellationToken::new();
+                tokio::spawn(listen_control(
+                    sub,
+                    Arc::downgrade(&self.inner),
+                    stop.clone(),
+                ));
+                *control = Some(stop);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no control subscription; abort is checked at each step");
+            }
         }
     }
 
@@ -796,10 +924,18 @@ impl DurableAgent {
     /// Stop every run executing in this process, leaving each as it is (resumable from its last
     /// checkpoint by [`recover`](DurableAgent::recover) here or on another instance). For a
     /// graceful process exit.
+    ///
+    /// Also ends this instance's control subscription (it is started again by the next run
+    /// this instance executes).
     pub fn shutdown(&self) {
         for run in lock(&self.inner.local).values() {
             run.stop.set(StopReason::Shutdown);
             run.cancel.cancel();
+        }
+        if let Ok(control) = self.inner.control.try_lock() {
+            if let Some(stop) = control.as_ref() {
+                stop.cancel();
+            }
         }
     }
 
@@ -921,13 +1057,67 @@ impl DurableAgent {
         );
         let agent = self.clone();
         tokio::spawn(async move {
-            let outcome = agent
-                .execute(&run_id, lease, snapshot, cancel.clone(), stop)
-                .await;
+            let (mut lease, mut snapshot) = (lease, snapshot);
+            let mut delay = RESTART_MIN;
+            let outcome = loop {
+                let outcome = agent
+                    .execute(&run_id, lease, snapshot, cancel.clone(), stop.clone())
+                    .await;
+                if outcome != Outcome::Interrupted {
+                    break outcome;
+                }
+                // Supervision: a backend outage outlasted the writer's retries. Restart from the
+                // last checkpoint as soon as the backend answers, without waiting for anyone
+                // to call `recover`.
+                match agent.reacquire(&run_id, &cancel, &mut delay).await {
+                    Some((l, s)) => (lease, snapshot) = (l, s),
+                    None => break Outcome::Stopped,
+                }
+            };
             lock(&agent.inner.local).remove(&run_id);
             cancel.cancel();
             outcome
         })
+    }
+
+    /// Claim `run_id` again after an interrupted execution, retrying retryable errors with
+    /// backoff until it succeeds, the run is cancelled (abort, shutdown), or the run is no
+    /// longer ours to execute (another owner took it, it ended, it was deleted).
+    async fn reacquire(
+        &self,
+        run_id: &RunId,
+        cancel: &CancellationToken,
+        delay: &mut Duration,
+    ) -> Option<(Lease, RunSnapshot)> {
+        let i = &self.inner;
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(*delay) => {}
+            }
+            *delay = (*delay * 2).min(RESTART_MAX);
+            let attempt = async {
+                let lease = i.store.claim(run_id, &i.worker_id, i.lease_ttl).await?;
+                i.log.create(run_id, Some(lease.epoch)).await?;
+                let snapshot = i.store.load(run_id).await?;
+                Ok::<_, Error>(snapshot.map(|s| (lease, s)))
+            };
+            match attempt.await {
+                Ok(Some(found)) => {
+                    tracing::info!(run_id = %run_id, "backend is back; restarting the run from its last checkpoint");
+                    return Some(found);
+                }
+                Ok(None) => return None,
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(run_id = %run_id, error = %e, retry_in = ?delay, "backend still unavailable");
+                }
+                Err(e) => {
+                    tracing::info!(run_id = %run_id, error = %e, "not restarting the run");
+                    return None;
+                }
+            }
+        }
     }
 
     async fn execute(
@@ -961,9 +1151,11 @@ impl DurableAgent {
         ));
         self.ensure_control().await;
         let mut journal = Journal::restore(snapshot.checkpoints);
+        let mut end = None;
         if i.log.is_durable() {
             match self.scan(run_id, &mut journal).await {
-                Ok(Some(ended)) => {
+                Ok(Err(next)) => end = Some(next),
+                Ok(Ok(ended)) => {
                     let outcome = match ended {
                         RunStatus::Completed => Outcome::Finished,
                         RunStatus::Aborted => Outcome::Aborted,
@@ -979,8 +1171,12 @@ impl DurableAgent {
                     }
                     return outcome;
                 }
-                Ok(None) => {}
                 Err(e) => {
+                    *lease_active.lock().await = false;
+                    if e.is_retryable() {
+                        tracing::warn!(run_id = %run_id, error = %e, "cannot read the run log; retrying");
+                        return Outcome::Interrupted;
+                    }
                     tracing::warn!(run_id = %run_id, error = %e, "cannot read the run log; leaving the run to recovery");
                     return Outcome::Stopped;
                 }
@@ -991,10 +1187,17 @@ impl DurableAgent {
             def: i.agent.def.clone(),
             run_id: run_id.clone(),
             spec,
-            sink: Sink::Log(
-                i.log
+            sink: Sink::Log(match end {
+                Some(next) => i.log.writer_at(
+                    run_id.clone(),
+                    Some(lease.epoch),
+                    self.writer_batches(),
+                    next,
+                ),
+                None => i
+                    .log
                     .writer(run_id.clone(), Some(lease.epoch), self.writer_batches()),
-            ),
+            }),
             journal,
             cancel,
             stop,
@@ -1002,32 +1205,40 @@ impl DurableAgent {
                 store: i.store.clone(),
                 log: i.log.clone(),
                 epoch: lease.epoch,
-                lease_active,
+                lease_active: lease_active.clone(),
                 abort_marker: i.cache.clone().map(|c| (c, self.abort_marker(run_id))),
                 memory,
             }),
             background: tokio::task::JoinSet::new(),
         };
-        runner.run().await
+        let outcome = runner.run().await;
+        // This execution's heartbeat must not renew (or report a fence) once it is over: the
+        // run may be claimed again at once by a restart.
+        *lease_active.lock().await = false;
+        outcome
     }
 
     /// Read the log from the journal's scan point; returns the terminal status if the log
-    /// already ends the run.
-    async fn scan(&self, run_id: &RunId, journal: &mut Journal) -> Result<Option<RunStatus>> {
+    /// already ends the run, else (`Err`) the log's next cursor.
+    async fn scan(
+        &self,
+        run_id: &RunId,
+        journal: &mut Journal,
+    ) -> Result<std::result::Result<RunStatus, u64>> {
         let log = &self.inner.log;
         let mut from = journal.scan_from();
         let batch = log.config().read_batch.max(1);
         loop {
             let events = log.read(run_id, from, batch).await?;
             if events.is_empty() {
-                return Ok(None);
+                return Ok(Err(from));
             }
             from += events.len() as u64;
             for ev in &events {
                 match ev.kind {
-                    EventKind::Finish => return Ok(Some(RunStatus::Completed)),
-                    EventKind::Error => return Ok(Some(RunStatus::Failed)),
-                    EventKind::Abort => return Ok(Some(RunStatus::Aborted)),
+                    EventKind::Finish => return Ok(Ok(RunStatus::Completed)),
+                    EventKind::Error => return Ok(Ok(RunStatus::Failed)),
+                    EventKind::Abort => return Ok(Ok(RunStatus::Aborted)),
                     _ => journal.observe(ev),
                 }
             }
@@ -1067,9 +1278,22 @@ async fn heartbeat(
     }
 }
 
-/// Cancel the local runs named by abort requests, until the agent instance is dropped.
-async fn control(mut sub: crate::pubsub::Subscription, inner: std::sync::Weak<Inner>) {
-    while let Some(msg) = sub.next().await {
+/// Cancel the local runs named by abort requests, until the agent instance is dropped or
+/// shut down (`stop`). Dropping `sub` on return unsubscribes.
+async fn listen_control(
+    mut sub: crate::pubsub::Subscription,
+    inner: std::sync::Weak<Inner>,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+        };
         let Some(inner) = inner.upgrade() else { return };
         let Delivery::Message(m) = msg else { continue };
         let Ok(run_id) = std::str::from_utf8(&m)

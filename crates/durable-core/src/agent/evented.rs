@@ -10,12 +10,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::definition::{AgentInput, StreamOptions};
-use super::durable::{DurableAgent, DurableRun};
+use super::durable::{Created, DurableAgent, DurableRun, ResumeData};
 use crate::error::{Error, Result};
 use crate::id::RunId;
 use crate::log::{ObserveOptions, OnSuspend};
 use crate::memory::lock;
 use crate::pubsub::Job;
+use crate::store::RunStatus;
 
 /// The consumer group every worker of an agent joins.
 const GROUP: &str = "workers";
@@ -138,11 +139,29 @@ impl EventedAgent {
         input: impl Into<AgentInput>,
         options: StreamOptions,
     ) -> Result<DurableRun> {
-        let (run_id, _, _) = self.durable.create(input.into(), &options, false).await?;
-        let stream = self
+        let (run_id, queue) = match self.durable.create(input.into(), &options, false).await? {
+            Created::New { run_id, .. } => (run_id, true),
+            // A retried `stream`: queue it again only if no worker has taken it.
+            Created::Existing(record) => (record.run_id, record.status == RunStatus::Pending),
+        };
+        let stream = match self
             .durable
             .observe(&run_id, ObserveOptions::from(0).on_suspend(OnSuspend::End))
-            .await?;
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.durable.discard(&run_id).await;
+                return Err(e);
+            }
+        };
+        if queue {
+            self.enqueue(&run_id).await?;
+        }
+        Ok(stream)
+    }
+
+    async fn enqueue(&self, run_id: &RunId) -> Result<()> {
         self.durable
             .inner
             .pubsub
@@ -150,8 +169,7 @@ impl EventedAgent {
                 &self.queue,
                 Bytes::copy_from_slice(run_id.as_str().as_bytes()),
             )
-            .await?;
-        Ok(stream)
+            .await
     }
 
     /// Observe a run (see [`DurableAgent::observe`]).
@@ -160,6 +178,61 @@ impl EventedAgent {
     /// As [`DurableAgent::observe`].
     pub async fn observe(&self, run_id: &RunId, options: ObserveOptions) -> Result<DurableRun> {
         self.durable.observe(run_id, options).await
+    }
+
+    /// Answer the suspended tool call of `run_id` and queue the run to the workers (this
+    /// instance's or any other's): the caller never executes it. The returned stream starts
+    /// after the `suspended` event.
+    ///
+    /// # Errors
+    /// As [`DurableAgent::resume`]; the PubSub's error if the run cannot be queued (it then
+    /// stays `pending` and a worker's sweep picks it up).
+    pub async fn resume(&self, run_id: &RunId, data: ResumeData) -> Result<DurableRun> {
+        let (lease, output) = self
+            .durable
+            .prepare_resume(run_id, data, RunStatus::Pending)
+            .await?;
+        // Let any worker claim it at once, not after this lease expires.
+        self.durable.inner.store.release(&lease).await?;
+        self.enqueue(run_id).await?;
+        Ok(output)
+    }
+
+    /// Approve the suspended call `tool_call_id` and queue the run (see
+    /// [`EventedAgent::resume`]).
+    ///
+    /// # Errors
+    /// As [`EventedAgent::resume`].
+    pub async fn approve_tool_call(
+        &self,
+        run_id: &RunId,
+        tool_call_id: &str,
+    ) -> Result<DurableRun> {
+        self.resume(run_id, ResumeData::approve().for_call(tool_call_id))
+            .await
+    }
+
+    /// Decline the suspended call `tool_call_id` and queue the run (see
+    /// [`EventedAgent::resume`]).
+    ///
+    /// # Errors
+    /// As [`EventedAgent::resume`].
+    pub async fn decline_tool_call(
+        &self,
+        run_id: &RunId,
+        tool_call_id: &str,
+        reason: Option<String>,
+    ) -> Result<DurableRun> {
+        self.resume(run_id, ResumeData::decline(reason).for_call(tool_call_id))
+            .await
+    }
+
+    /// Abort a run wherever it executes (see [`DurableAgent::abort`]).
+    ///
+    /// # Errors
+    /// As [`DurableAgent::abort`].
+    pub async fn abort(&self, run_id: &RunId) -> Result<crate::store::RunStatus> {
+        self.durable.abort(run_id).await
     }
 
     /// Stop this instance's workers. Runs they execute stop where they are and are continued

@@ -84,9 +84,12 @@ pub(crate) enum Outcome {
     Suspended,
     Failed,
     Aborted,
-    /// Execution stopped without a terminal state (fenced by a newer owner, shut down, or the
-    /// backend failed): the run stays resumable by recovery.
+    /// Execution stopped without a terminal state (fenced by a newer owner, shut down, the log
+    /// deleted): the run stays resumable by recovery, if anything is left of it.
     Stopped,
+    /// A backend failed with a retryable error past the writer's retries: the executing
+    /// instance restarts the run from its last checkpoint once the backend answers again.
+    Interrupted,
 }
 
 enum Halt {
@@ -240,6 +243,12 @@ pub(crate) fn approval_key(step: u32, index: u32) -> String {
     format!("s{step}-approval-{index}")
 }
 
+/// Written before attempt `attempt` of a tool call starts executing, so the next attempt after
+/// a crash knows its number.
+pub(crate) fn tool_start_key(step: u32, index: u32, attempt: u32) -> String {
+    format!("s{step}-tool-{index}-start-{attempt}")
+}
+
 /// Checkpoints of the run so far, and which events of the current step the log already holds.
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
@@ -288,6 +297,18 @@ impl Journal {
 
     fn tool(&self, step: u32, index: u32) -> Option<ToolOutcome> {
         serde_json::from_value(self.checkpoints.get(&tool_key(step, index))?.clone()).ok()
+    }
+
+    /// Attempts of a tool call started so far.
+    fn attempts(&self, step: u32, index: u32) -> u32 {
+        let mut n = 0;
+        while self
+            .checkpoints
+            .contains_key(&tool_start_key(step, index, n + 1))
+        {
+            n += 1;
+        }
+        n
     }
 
     fn decision(&self, step: u32, index: u32) -> Option<Decision> {
@@ -362,10 +383,16 @@ impl Runner {
             Err(Halt::Fatal(e)) => {
                 if e.kind() == ErrorKind::Fenced {
                     tracing::info!(run_id = %self.run_id, "fenced off by a newer owner; stopping");
-                } else if !matches!(self.sink, Sink::Local { .. }) {
+                    Outcome::Stopped
+                } else if matches!(self.sink, Sink::Local { .. }) {
+                    Outcome::Stopped
+                } else if e.is_retryable() && !self.cancel.is_cancelled() {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "backend unavailable; the run restarts from its last checkpoint when it is back");
+                    Outcome::Interrupted
+                } else {
                     tracing::warn!(run_id = %self.run_id, error = %e, "run stopped; recovery continues it from its last checkpoint");
+                    Outcome::Stopped
                 }
-                Outcome::Stopped
             }
             Err(_) => Outcome::Stopped,
         }
@@ -407,6 +434,24 @@ impl Runner {
         Ok(stored)
     }
 
+    /// Record that a tool call is about to start and build its context (with its attempt
+    /// number, see [`ToolContext::attempt`]).
+    async fn begin_call(&mut self, step: u32, index: u32, call: &ToolCall) -> Step<ToolContext> {
+        let attempt = self.journal.attempts(step, index) + 1;
+        if self.durable.is_some() {
+            self.checkpoint(tool_start_key(step, index, attempt), json!(now_ms()))
+                .await?;
+        }
+        Ok(ToolContext {
+            run_id: self.run_id.clone(),
+            step,
+            index,
+            tool_call_id: call.id.clone(),
+            attempt,
+            cancel: self.cancel.child_token(),
+        })
+    }
+
     async fn check_abort(&mut self) -> Step<()> {
         if let Some(d) = &self.durable {
             if let Some((cache, key)) = &d.abort_marker {
@@ -444,7 +489,7 @@ impl Runner {
         let mut usage = Usage::default();
         let mut step = 0u32;
         let mut turn_start = 0u32;
-        let mut pending = self.restore_background();
+        let mut pending = self.restore_background().await?;
         let (reason, text) = loop {
             self.check_abort().await?;
             let replay = self.replaying(step);
@@ -648,7 +693,7 @@ impl Runner {
             }
             for (i, call) in calls.iter().enumerate() {
                 if outcomes[i].is_none() && self.is_background(call) {
-                    let outcome = self.start_background(step, i as u32, call);
+                    let outcome = self.start_background(step, i as u32, call).await?;
                     outcomes[i] = Some(self.record_outcome(step, i as u32, outcome).await?);
                     if !replay {
                         self.emit_result(step, i as u32, call, outcomes[i].as_ref())
@@ -662,17 +707,15 @@ impl Runner {
                 .filter(|(i, _)| outcomes[*i].is_none())
                 .map(|(i, c)| (i, c.clone()))
                 .collect();
+            let mut started = Vec::with_capacity(pending.len());
+            for (i, call) in pending {
+                let ctx = self.begin_call(step, i as u32, &call).await?;
+                started.push((i, call, ctx));
+            }
             let cancel = self.cancel.clone();
             let def = self.def.clone();
-            let run_id = self.run_id.clone();
-            let mut running = futures::stream::iter(pending.into_iter().map(|(i, call)| {
+            let mut running = futures::stream::iter(started.into_iter().map(|(i, call, ctx)| {
                 let def = def.clone();
-                let ctx = ToolContext {
-                    run_id: run_id.clone(),
-                    step,
-                    tool_call_id: call.id.clone(),
-                    cancel: cancel.child_token(),
-                };
                 async move {
                     let outcome = execute(&def, &call, ctx).await;
                     (i, call, outcome)
@@ -719,20 +762,20 @@ impl Runner {
     /// Run a call in the foreground, or start it as a background task.
     async fn run_call(&mut self, step: u32, index: u32, call: &ToolCall) -> Step<ToolOutcome> {
         if self.is_background(call) {
-            return Ok(self.start_background(step, index, call));
+            return self.start_background(step, index, call).await;
         }
-        self.execute_one(step, call).await
+        self.execute_one(step, index, call).await
     }
 
-    fn start_background(&mut self, step: u32, index: u32, call: &ToolCall) -> ToolOutcome {
+    async fn start_background(
+        &mut self,
+        step: u32,
+        index: u32,
+        call: &ToolCall,
+    ) -> Step<ToolOutcome> {
+        let ctx = self.begin_call(step, index, call).await?;
         let def = self.def.clone();
         let call = call.clone();
-        let ctx = ToolContext {
-            run_id: self.run_id.clone(),
-            step,
-            tool_call_id: call.id.clone(),
-            cancel: self.cancel.child_token(),
-        };
         self.background.spawn(async move {
             let outcome = execute(&def, &call, ctx).await;
             BgDone {
@@ -742,17 +785,17 @@ impl Runner {
                 outcome,
             }
         });
-        ToolOutcome::Started(format!("s{step}-{index}"))
+        Ok(ToolOutcome::Started(format!("s{step}-{index}")))
     }
 
     /// After a restart: restart background tasks that had not completed, and return the
     /// completions not yet given to the model.
-    fn restore_background(&mut self) -> Vec<Injection> {
+    async fn restore_background(&mut self) -> Step<Vec<Injection>> {
         if self.spec.until_idle_ms.is_none() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let Some(last) = self.journal.resume_step() else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut injected = HashSet::new();
         let mut started = Vec::new();
@@ -784,11 +827,11 @@ impl Runner {
             match done {
                 Some(outcome) => pending.push(injection(&task, &call, &outcome)),
                 None => {
-                    self.start_background(step, index, &call);
+                    self.start_background(step, index, &call).await?;
                 }
             }
         }
-        pending
+        Ok(pending)
     }
 
     /// Between turns (until idle): wait for background completions. `Turn` when there is
@@ -864,13 +907,8 @@ impl Runner {
         ))
     }
 
-    async fn execute_one(&mut self, step: u32, call: &ToolCall) -> Step<ToolOutcome> {
-        let ctx = ToolContext {
-            run_id: self.run_id.clone(),
-            step,
-            tool_call_id: call.id.clone(),
-            cancel: self.cancel.child_token(),
-        };
+    async fn execute_one(&mut self, step: u32, index: u32, call: &ToolCall) -> Step<ToolOutcome> {
+        let ctx = self.begin_call(step, index, call).await?;
         let cancel = self.cancel.clone();
         tokio::select! {
             biased;

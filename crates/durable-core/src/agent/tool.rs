@@ -16,6 +16,13 @@ use tokio_util::sync::CancellationToken;
 use crate::id::RunId;
 
 /// What a tool execution knows about its call.
+///
+/// **Delivery semantics.** A tool call whose result was checkpointed is never executed again,
+/// whatever crashes later. A call interrupted *while it executes* (its process dies, or a newer
+/// owner takes the run over) is started again after recovery: tools are executed
+/// **at least once**, exactly once when nothing crashes. A tool with an external side effect
+/// de-duplicates it with [`ToolContext::idempotency_key`] (stable across attempts, unique per
+/// call) and may look at [`ToolContext::attempt`] (1 on the first start).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ToolContext {
@@ -23,12 +30,30 @@ pub struct ToolContext {
     pub run_id: RunId,
     /// The model step (0-based) that made the call.
     pub step: u32,
+    /// The call's position among the step's tool calls (0-based).
+    pub index: u32,
     /// The provider's id of the call.
     pub tool_call_id: String,
+    /// How many times this call has been started, this one included (1 the first time; more
+    /// after a crash interrupted an earlier attempt). Always 1 for a non-durable run.
+    pub attempt: u32,
     /// Cancelled when the run is aborted, fenced off by a newer owner, or shut down. The
     /// tool's future is then dropped; work it handed elsewhere (a spawned task, a subprocess, a
     /// remote job) should watch this token and stop.
     pub cancel: CancellationToken,
+}
+
+impl ToolContext {
+    /// A key that identifies this tool call across every attempt and every process:
+    /// `<run id>/<step>/<index>/<tool call id>`. Pass it to an external API as its idempotency
+    /// key (or store it beside the side effect) so a call restarted after a crash does not do
+    /// its work twice.
+    pub fn idempotency_key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.run_id, self.step, self.index, self.tool_call_id
+        )
+    }
 }
 
 /// A tool failed. The message is given to the model as the tool's result, and published as a
