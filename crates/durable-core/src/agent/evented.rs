@@ -9,8 +9,8 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::definition::{AgentInput, StreamOptions};
 use super::durable::{Created, DurableAgent, DurableRun, ResumeData};
+use super::spec::{AgentInput, StreamOptions};
 use crate::error::{Error, Result};
 use crate::id::RunId;
 use crate::log::{ObserveOptions, OnSuspend};

@@ -15,6 +15,7 @@ mod memory;
 pub mod model;
 mod runner;
 mod scripted;
+mod spec;
 mod tool;
 
 pub use definition::{
