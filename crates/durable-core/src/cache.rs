@@ -202,6 +202,8 @@ pub trait ServerCache: Send + Sync + Debug + 'static {
     ///
     /// # Behavior
     /// - Returns `None` for a missing or expired key (`cache_set_get_delete`, `cache_ttl_expires`).
+    /// - A key operation on a log's name, or a log operation on a key's name, is `Conflict` and
+    ///   changes nothing (`key_and_log_cannot_share_a_name`).
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 
     /// Write a key, replacing any value, with an optional TTL.

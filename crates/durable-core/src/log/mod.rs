@@ -493,6 +493,9 @@ impl EventLog {
     /// - A running run whose lease expired is reported as `ProducerLost`
     ///   (`dead_producer_is_reported`).
     /// - Dropping one observer never affects another (`cleanup_of_one_observer_keeps_others`).
+    /// - Event data with any bytes (newlines, `\r`, NUL, megabyte strings) arrives exactly, on
+    ///   durable and live-only logs: nothing is dropped silently
+    ///   (`event_data_with_control_bytes_is_delivered_exactly`).
     ///
     /// # Errors
     /// As above, or the backend's error.

@@ -81,7 +81,8 @@ pub struct EventStream {
 
 impl EventStream {
     /// How many events this observer holds in memory right now (read-ahead and announced
-    /// events not yet yielded). Bounded by [`LogConfig::read_batch`] plus one wake-up's events.
+    /// events not yet yielded). Bounded by [`LogConfig::read_batch`](crate::LogConfig::read_batch)
+    /// plus one wake-up's events.
     pub fn buffered_events(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
     }
