@@ -226,7 +226,7 @@ pub(crate) fn demo(ctx: &Ctx) -> Result<()> {
         "cargo run --example quickstart (real model)",
         cargo()
             .current_dir(&ctx.root)
-            .args(["run", "-q", "-p", "durable-core", "--example", "quickstart"])
+            .args(["run", "-q", "-p", "durable", "--example", "quickstart"])
             .env("DURABLE_DEMO_LLM_URL", &url)
             .env("OPENAI_MODEL", "smollm2"),
     );
