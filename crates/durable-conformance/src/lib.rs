@@ -3,7 +3,7 @@
 pub mod agent;
 pub mod cases;
 pub mod harness;
-pub mod services;
+pub use durable_services as services;
 
 pub use harness::{Backend, Case, CaseResult, Outcome, Stop};
 

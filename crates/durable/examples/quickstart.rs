@@ -10,18 +10,18 @@
 //! (an OpenAI-compatible base URL such as `http://127.0.0.1:8080/v1`) or `OPENAI_API_KEY` /
 //! `OPENAI_BASE_URL` set, it uses that model instead (`OPENAI_MODEL` names it, default
 //! `gpt-4o-mini`). A `DURABLE_DEMO_LLM_URL` model is taken to be a small local one and is
-//! guided ([`durable_openai::GuidedModel`]: `required` tool choice after the user, worked
+//! guided ([`durable::openai::GuidedModel`]: `required` tool choice after the user, worked
 //! examples, `temperature: 0`). `cargo xtask demo` starts llama-server with SmolLM2-135M and
 //! runs this on it.
 
 use std::time::Duration;
 
-use durable_core::agent::{
+use durable::agent::{
     Agent, DurableAgent, FnTool, LanguageModel, Message, ScriptedModel, StreamOptions, ToolCall,
     ToolContext, ToolError, Turn,
 };
-use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
-use durable_core::{Event, EventKind, ObserveOptions};
+use durable::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
+use durable::{Event, EventKind, ObserveOptions};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -64,7 +64,7 @@ fn model(script: Vec<Turn>) -> (Box<dyn Fn() -> std::sync::Arc<dyn LanguageModel
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
     let base = var("DURABLE_DEMO_LLM_URL").or_else(|| var("OPENAI_BASE_URL"));
     if base.is_some() || var("OPENAI_API_KEY").is_some() {
-        let mut b = durable_openai::OpenAiModelBuilder::from_env();
+        let mut b = durable::openai::OpenAiModelBuilder::from_env();
         if let Some(base) = base {
             b = b.base_url(base);
         }
@@ -99,14 +99,14 @@ fn model(script: Vec<Turn>) -> (Box<dyn Fn() -> std::sync::Arc<dyn LanguageModel
 /// when told to: `required` tool choice after the user, one worked example per tool,
 /// `temperature: 0`, a short answer.
 fn guided(
-    model: durable_openai::OpenAiModel,
-) -> durable_openai::GuidedModel<durable_openai::OpenAiModel> {
+    model: durable::openai::OpenAiModel,
+) -> durable::openai::GuidedModel<durable::openai::OpenAiModel> {
     let call = |id: &str, name: &str, args| ToolCall {
         id: id.into(),
         name: name.into(),
         arguments: args,
     };
-    durable_openai::GuidedModel::new(model)
+    durable::openai::GuidedModel::new(model)
         .temperature(0.0)
         .max_tokens(160)
         .examples(vec![

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use durable_core::agent::{Agent, DurableAgent, ScriptedModel, StreamOptions, Turn};
+use durable::agent::{Agent, DurableAgent, ScriptedModel, StreamOptions, Turn};
 use futures::StreamExt;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Turn::new().deltas(deltas, "0123456789abcdef")
         ]))
         .build()?;
-    let mut config = durable_core::LogConfig::default();
+    let mut config = durable::LogConfig::default();
     config.retention = Duration::from_secs(60);
     if let Some(b) = std::env::var("WAKE_BYTES")
         .ok()
@@ -58,32 +58,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let baseline = peak_rss_kib();
     let started = Instant::now();
-    let events: u64 =
-        rt.block_on(async {
-            let tasks: Vec<_> = (0..runs)
+    let events: u64 = rt.block_on(async {
+        let tasks: Vec<_> = (0..runs)
             .map(|_| {
                 let (agent, durable) = (agent.clone(), durable.clone());
                 tokio::spawn(async move {
-                    let count = |n: u64, e: durable_core::Result<durable_core::Event>| async move {
+                    let count = |n: u64, e: durable::Result<durable::Event>| async move {
                         e.expect("event");
                         n + 1
                     };
                     if plain {
-                        let s = agent.stream("go", StreamOptions::new()).await.expect("stream");
+                        let s = agent
+                            .stream("go", StreamOptions::new())
+                            .await
+                            .expect("stream");
                         s.fold(0u64, count).await
                     } else {
-                        let s = durable.stream("go", StreamOptions::new()).await.expect("stream");
+                        let s = durable
+                            .stream("go", StreamOptions::new())
+                            .await
+                            .expect("stream");
                         s.fold(0u64, count).await
                     }
                 })
             })
             .collect();
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.expect("run");
-            }
-            total
-        });
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("run");
+        }
+        total
+    });
     let elapsed = started.elapsed();
     let total_deltas = (runs * deltas) as f64;
     println!(

