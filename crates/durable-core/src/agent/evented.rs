@@ -75,11 +75,7 @@ impl EventedAgentBuilder {
     /// groups.
     pub async fn start(self) -> Result<EventedAgent> {
         let durable = self.durable;
-        let queue = format!(
-            "{}.queue.{}",
-            durable.log().config().namespace,
-            durable.agent().id()
-        );
+        let queue = durable.log().names().queue_topic(durable.agent().id());
         let pubsub = durable.inner.pubsub.clone();
         if self.workers > 0 && !pubsub.capabilities().groups {
             return Err(Error::unsupported(format!(

@@ -1,6 +1,5 @@
 //! [`DurableAgentBuilder`]: backends and options of a [`DurableAgent`].
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Builds a [`DurableAgent`]; every backend defaults to its in-memory implementation.

@@ -1,23 +1,16 @@
 //! Abort from any instance: the control topic (one subscription per instance), the abort
 //! marker checked at every step, and forced aborts of runs with no live executor.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl DurableAgent {
     pub(super) fn abort_marker(&self, run_id: &RunId) -> String {
-        let mut k = self.inner.log.run_prefix(run_id);
-        k.push_str("abort");
-        k
+        self.inner.log.names().run_key(run_id, "abort")
     }
 
     /// Abort requests for every run of this agent: the payload is the run id.
     pub(super) fn control_topic(&self) -> String {
-        format!(
-            "{}.ctl.{}",
-            self.inner.log.config().namespace,
-            self.inner.agent.id()
-        )
+        self.inner.log.names().control_topic(self.inner.agent.id())
     }
 
     /// Start this instance's control listener once. If the subscription fails, the next

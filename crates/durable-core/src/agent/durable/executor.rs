@@ -2,7 +2,6 @@
 //! from its last checkpoint by itself), the heartbeat that keeps the lease, recovery and
 //! take-over of runs whose executor is gone.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl DurableAgent {

@@ -1,7 +1,6 @@
 //! The run handle a caller streams ([`DurableRun`]) and the answer to a suspension
 //! ([`ResumeData`]).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The answer to a suspended tool call.
