@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cases;
+pub mod completeness;
 pub mod harness;
 pub mod services;
 mod timeout;
