@@ -94,3 +94,52 @@ macro_rules! __suite_tests {
         }
     };
 }
+
+/// Expand the durable-agent scenarios ([`agent::scenarios`]) into one `#[test]` each, plus
+/// `agent_declarations_are_valid`. Same factory and declarations as [`suite!`]; parts the
+/// backend lacks are filled with in-memory ones that every instance of a scenario shares.
+///
+/// ```ignore
+/// durable_conformance::agent_suite!(backend);
+/// ```
+#[macro_export]
+macro_rules! agent_suite {
+    ($factory:path $(, $($declarations:tt)*)?) => {
+        $crate::__parse_declarations!(
+            $crate::__agent_suite_emit, $factory, [], [] $(, $($declarations)*)?
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __agent_suite_emit {
+    ($args:tt) => {
+        $crate::__for_each_scenario!($crate::__agent_suite_tests, $args);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __agent_suite_tests {
+    (($factory:path, $xfs:tt, $sks:tt) [$($scenario:ident),* $(,)?]) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $crate::agent::run_scenario_test(
+                    stringify!($scenario),
+                    || $factory(),
+                    &$crate::__declared!($xfs, $sks),
+                );
+            }
+        )*
+
+        #[test]
+        fn agent_declarations_are_valid() {
+            $crate::harness::check_declarations(
+                &[$(stringify!($scenario)),*],
+                &$crate::__declared!($xfs, $sks),
+            );
+        }
+    };
+}

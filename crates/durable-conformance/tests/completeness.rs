@@ -129,6 +129,24 @@ fn every_case_function_is_in_the_registry() {
 }
 
 #[test]
+fn every_agent_scenario_is_in_its_registry_and_no_name_is_also_a_case() {
+    let src = read(&here().join("src/agent/scenarios.rs"));
+    let scenarios: Vec<&str> = durable_conformance::agent::scenarios::ALL
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    let problems = registry_mismatches(&[&src], "pub fn", &scenarios);
+    assert!(problems.is_empty(), "{problems:#?}");
+    // suite! and agent_suite! expand into one module: a shared name would not compile.
+    let cases = registry();
+    let clash: Vec<&&str> = scenarios.iter().filter(|s| cases.contains(s)).collect();
+    assert!(
+        clash.is_empty(),
+        "scenario names that are also cases: {clash:?}"
+    );
+}
+
+#[test]
 fn a_case_function_missing_from_the_registry_is_caught() {
     let src = "/// doc\npub async fn observe_is_exact(b: Backend) -> CaseResult {}\n\
                pub(crate) async fn helper_not_a_case() {}\n\
