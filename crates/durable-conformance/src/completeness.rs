@@ -23,6 +23,8 @@ pub struct CrateSources {
     pub src: Vec<String>,
     /// The text of its `tests/conformance.rs`, if it has one.
     pub conformance_test: Option<String>,
+    /// The text of its `tests/agent.rs`, if it has one.
+    pub agent_test: Option<String>,
 }
 
 /// Lines that are code, not comments.
@@ -76,10 +78,11 @@ pub fn implements_a_backend_trait(text: &str) -> bool {
     BACKEND_TRAITS.iter().any(|t| traits.contains(*t))
 }
 
-/// Whether `text` invokes `suite!` (not merely `agent_suite!`), outside comments.
-pub fn invokes_suite(text: &str) -> bool {
+/// Whether `text` invokes the macro `name!` (`suite` is not `agent_suite`), outside comments.
+fn invokes(text: &str, name: &str) -> bool {
+    let call = format!("{name}!");
     code_lines(text).any(|line| {
-        line.match_indices("suite!").any(|(i, _)| {
+        line.match_indices(&call).any(|(i, _)| {
             !line[..i]
                 .chars()
                 .next_back()
@@ -88,16 +91,25 @@ pub fn invokes_suite(text: &str) -> bool {
     })
 }
 
+/// Whether `text` invokes `suite!` (not merely `agent_suite!`), outside comments.
+pub fn invokes_suite(text: &str) -> bool {
+    invokes(text, "suite")
+}
+
+/// Whether `text` invokes `agent_suite!`, outside comments.
+pub fn invokes_agent_suite(text: &str) -> bool {
+    invokes(text, "agent_suite")
+}
+
+fn is_backend(c: &CrateSources) -> bool {
+    !NOT_BACKENDS.contains(&c.name.as_str()) && c.src.iter().any(|t| implements_a_backend_trait(t))
+}
+
 /// (a) Crates that implement a backend trait in `src` but have no `tests/conformance.rs`
 /// invoking `suite!`, with what is missing. [`NOT_BACKENDS`] are exempt.
 pub fn backends_without_conformance(crates: &[CrateSources]) -> Vec<String> {
     let mut out = Vec::new();
-    for c in crates {
-        if NOT_BACKENDS.contains(&c.name.as_str())
-            || !c.src.iter().any(|t| implements_a_backend_trait(t))
-        {
-            continue;
-        }
+    for c in crates.iter().filter(|c| is_backend(c)) {
         match &c.conformance_test {
             None => out.push(format!(
                 "{} implements a backend trait but has no tests/conformance.rs",
@@ -111,6 +123,26 @@ pub fn backends_without_conformance(crates: &[CrateSources]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Crates that implement a backend trait in `src` but whose `tests/agent.rs` does not invoke
+/// `agent_suite!` (the durable-agent scenarios), with what is missing.
+pub fn backends_without_agent_scenarios(crates: &[CrateSources]) -> Vec<String> {
+    crates
+        .iter()
+        .filter(|c| is_backend(c))
+        .filter_map(|c| match &c.agent_test {
+            None => Some(format!(
+                "{} implements a backend trait but has no tests/agent.rs",
+                c.name
+            )),
+            Some(t) if !invokes_agent_suite(t) => Some(format!(
+                "{}'s tests/agent.rs does not invoke durable_conformance::agent_suite!",
+                c.name
+            )),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 /// Names of the functions declared at the start of a line with `prefix` (`"pub async fn"`).

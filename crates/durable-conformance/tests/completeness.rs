@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use durable_conformance::completeness::{
-    backends_without_conformance, behavior_names_without_case, implements_a_backend_trait,
-    invokes_suite, registry_mismatches, undelegated_methods, CrateSources,
+    backends_without_agent_scenarios, backends_without_conformance, behavior_names_without_case,
+    implements_a_backend_trait, invokes_suite, registry_mismatches, undelegated_methods,
+    CrateSources,
 };
 
 /// Every `.rs` file under `dir`, recursively, in a stable order.
@@ -62,10 +63,12 @@ fn every_backend_crate_has_a_conformance_test() {
     entries.sort();
     for dir in entries {
         let test = dir.join("tests/conformance.rs");
+        let agent = dir.join("tests/agent.rs");
         crates.push(CrateSources {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
             src: texts(&dir.join("src")),
             conformance_test: test.is_file().then(|| read(&test)),
+            agent_test: agent.is_file().then(|| read(&agent)),
         });
     }
     assert!(
@@ -85,6 +88,8 @@ fn every_backend_crate_has_a_conformance_test() {
     }
     let missing = backends_without_conformance(&crates);
     assert!(missing.is_empty(), "{missing:#?}");
+    let missing = backends_without_agent_scenarios(&crates);
+    assert!(missing.is_empty(), "{missing:#?}");
 }
 
 #[test]
@@ -96,6 +101,7 @@ fn a_backend_crate_without_a_conformance_test_is_caught() {
         name: name.into(),
         src: vec![src.into()],
         conformance_test: test.map(str::to_owned),
+        agent_test: None,
     };
     let missing = backends_without_conformance(&[
         krate("durable-nats", backend, None),
@@ -116,6 +122,31 @@ fn a_backend_crate_without_a_conformance_test_is_caught() {
     assert!(missing[0].starts_with("durable-nats"), "{missing:#?}");
     assert!(missing[1].starts_with("durable-boxed"), "{missing:#?}");
     assert!(!invokes_suite("// durable_conformance::suite!(backend);"));
+}
+
+#[test]
+fn a_backend_crate_without_agent_scenarios_is_caught() {
+    let backend = "impl ServerCache for PgCache {\n}\n";
+    let krate = |name: &str, agent: Option<&str>| CrateSources {
+        name: name.into(),
+        src: vec![backend.into()],
+        conformance_test: Some("durable_conformance::suite!(backend);".into()),
+        agent_test: agent.map(str::to_owned),
+    };
+    let missing = backends_without_agent_scenarios(&[
+        krate("durable-postgres", None),
+        krate(
+            "durable-kafka",
+            Some("durable_conformance::suite!(backend);"),
+        ),
+        krate(
+            "durable-sqlite",
+            Some("durable_conformance::agent_suite!(b);"),
+        ),
+    ]);
+    assert_eq!(missing.len(), 2, "{missing:#?}");
+    assert!(missing[0].starts_with("durable-postgres"), "{missing:#?}");
+    assert!(missing[1].starts_with("durable-kafka"), "{missing:#?}");
 }
 
 // (b) every case function is in the registry.
