@@ -443,6 +443,17 @@ pub fn verdict(
     let xf = declared.expected_failures.iter().find(|(n, _)| *n == name);
     let sk = declared.skips.iter().find(|(n, _)| *n == name);
     match outcome {
+        // An unreachable backend proves nothing, whatever was declared.
+        Outcome::Skipped(s) if s.cause == SkipCause::Unavailable => {
+            if require {
+                Err(format!(
+                    "conformance case {name}: {} and DURABLE_TEST_REQUIRE=1",
+                    s.why
+                ))
+            } else {
+                Ok(Some(format!("conformance case {name} SKIPPED: {}", s.why)))
+            }
+        }
         Outcome::Skipped(s) => {
             let declared_by = match (sk, s.cause.is_declared_by_backend()) {
                 (Some((_, reason)), _) => Some(format!("declared: {reason}")),
@@ -454,10 +465,6 @@ pub fn verdict(
                     "conformance case {name} SKIPPED ({d}): {}",
                     s.why
                 ))),
-                None if require && s.cause == SkipCause::Unavailable => Err(format!(
-                    "conformance case {name}: {} and DURABLE_TEST_REQUIRE=1",
-                    s.why
-                )),
                 None if require => Err(format!(
                     "conformance case {name} SKIPPED undeclared ({}) and DURABLE_TEST_REQUIRE=1: \
                      declare it in `skips = {{ {name}: \"why\" }}` or make it run",

@@ -27,6 +27,12 @@ fn an_undeclared_skip_is_reported_and_fails_under_require() {
     assert!(err.contains("undeclared"), "{err}");
     let err = verdict("c", &skipped(SkipCause::Unavailable), &NONE, true).unwrap_err();
     assert!(err.contains("DURABLE_TEST_REQUIRE=1"), "{err}");
+    // A declaration never excuses an unreachable backend.
+    let declared = Declarations {
+        expected_failures: &[],
+        skips: &[("c", "no clock on this backend")],
+    };
+    assert!(verdict("c", &skipped(SkipCause::Unavailable), &declared, true).is_err());
 }
 
 #[test]
