@@ -127,3 +127,55 @@ fn the_suite_syntax_reaches_the_harness_in_any_order() {
     );
     let _ = factory;
 }
+
+mod scenario_runner {
+    use std::time::{Duration, Instant};
+
+    use durable_conformance::agent::{run_scenario, Rig, Scenario};
+    use durable_conformance::{Backend, Outcome, SkipCause};
+
+    async fn memory() -> Result<Backend, String> {
+        Ok(Backend::memory())
+    }
+
+    async fn unreachable() -> Result<Backend, String> {
+        Err("connection refused".into())
+    }
+
+    static PANICS: Scenario = Scenario {
+        name: "scenario_that_panics",
+        run: |_: &Rig| panic!("boom"),
+    };
+
+    static HANGS: Scenario = Scenario {
+        name: "scenario_that_hangs",
+        run: |rig: &Rig| rig.block_on(futures::future::pending()),
+    };
+
+    #[test]
+    fn a_panicking_scenario_fails_with_its_message() {
+        match run_scenario(&PANICS, memory, Duration::from_secs(60)) {
+            Outcome::Failed(why) => assert!(why.contains("boom"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hanging_scenario_fails_instead_of_stalling() {
+        let started = Instant::now();
+        let outcome = run_scenario(&HANGS, memory, Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            matches!(&outcome, Outcome::Failed(why) if why.contains("did not finish")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_backend_skips_as_unavailable() {
+        match run_scenario(&PANICS, unreachable, Duration::from_secs(60)) {
+            Outcome::Skipped(s) => assert_eq!(s.cause, SkipCause::Unavailable),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -20,7 +20,7 @@ use crate::Backend;
 mod rig;
 pub mod scenarios;
 
-pub use rig::{process_runtime, run_scenario_test, Rig, Scenario};
+pub use rig::{process_runtime, run_scenario, run_scenario_test, Rig, Scenario};
 
 /// Drain `run` to its end; panics if the stream errs or stalls for `stall` between events.
 pub async fn collect(mut run: DurableRun, stall: Duration) -> Vec<Event> {
