@@ -104,7 +104,9 @@ fn each_call_completed_once(done: &Completions, calls: usize) -> CaseResult {
 
 /// G5 across a crash, for the three calls of [`script`] (call `i` is the only call of step
 /// `i`, checkpointed as `s{i}-tool-0`): a call whose result was checkpointed when the process
-/// died never ran again; any other ran exactly once after the restart.
+/// died never runs again; one the dead process completed without a visible checkpoint may run
+/// once more (its checkpoint may also land late, from a write still in flight, and then it does
+/// not); every call ends up completed.
 fn no_checkpointed_call_ran_again(
     at_crash: &HashMap<String, u32>,
     after: &HashMap<String, u32>,
@@ -116,15 +118,14 @@ fn no_checkpointed_call_ran_again(
             at_crash.get(&call).copied().unwrap_or(0),
             after.get(&call).copied().unwrap_or(0),
         );
-        if checkpointed.contains(&format!("s{i}-tool-0")) {
-            ensure(before == 1 && now == 1, || {
-                format!("{call}: checkpointed after {before} runs, {now} runs in the end")
-            })?;
+        let ok = if checkpointed.contains(&format!("s{i}-tool-0")) {
+            before == 1 && now == 1
         } else {
-            ensure(before <= 1 && now == before + 1, || {
-                format!("{call}: not checkpointed after {before} runs, {now} runs in the end")
-            })?;
-        }
+            now == 1 || (before == 1 && now == 2)
+        };
+        ensure(ok, || {
+            format!("{call}: {before} runs at the crash, {now} in the end (checkpointed: {checkpointed:?})")
+        })?;
     }
     ensure(after.len() == 3, || {
         format!("unexpected tool calls {after:?}")
