@@ -132,15 +132,6 @@ impl Backend {
         self
     }
 
-    /// Whether the backend has `part`.
-    pub fn has(&self, part: Part) -> bool {
-        match part {
-            Part::Cache => self.cache.is_some(),
-            Part::PubSub => self.pubsub.is_some(),
-            Part::Store => self.store.is_some(),
-        }
-    }
-
     /// The cache under test, bounded by the timeout decorator; `None` if the backend has none.
     pub fn cache_under_test(&self) -> Option<Arc<dyn ServerCache>> {
         self.cache.clone().map(|c| self.timed_cache(c))
