@@ -11,8 +11,8 @@ use bytes::Bytes;
 use durable_conformance::{cases, Backend, Outcome};
 use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use durable_core::{
-    AppendOptions, CacheCapabilities, Cursor, GroupSubscription, LogSlice, PubSub,
-    PubSubCapabilities, Result, ServerCache, Subscription,
+    AppendOptions, CacheCapabilities, Cursor, ErrorKind, GroupSubscription, LogSlice, PubSub,
+    PubSubCapabilities, Result, ServerCache, Subscription, WorkflowStore,
 };
 
 /// Delegates everything to the in-memory cache except what a variant breaks.
@@ -24,6 +24,8 @@ enum CacheBug {
     IgnoresFence,
     /// Reads by a position that is off by one for non-zero offsets.
     ShiftedRead,
+    /// `get` never completes (a stuck connection).
+    HangingGet,
 }
 
 #[derive(Debug)]
@@ -41,6 +43,9 @@ impl ServerCache for BrokenCache {
         self.inner.capabilities()
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        if self.bug == CacheBug::HangingGet {
+            futures::future::pending::<()>().await;
+        }
         self.inner.get(key).await
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
@@ -70,7 +75,9 @@ impl ServerCache for BrokenCache {
                 opts.fence = None;
                 self.inner.append_many(log, payloads, opts).await
             }
-            CacheBug::ShiftedRead => self.inner.append_many(log, payloads, options).await,
+            CacheBug::ShiftedRead | CacheBug::HangingGet => {
+                self.inner.append_many(log, payloads, options).await
+            }
         }
     }
     async fn read(&self, log: &str, from: Cursor, limit: usize) -> Result<LogSlice> {
@@ -183,7 +190,7 @@ async fn assert_fails(name: &str, make: impl Fn() -> Backend) {
     assert!(
         matches!(outcome, Outcome::Failed(_)),
         "{name} did not catch {:?}: {outcome:?}",
-        make().name
+        make().name()
     );
     // The same case passes on the correct reference backend, so the failure is the bug's.
     let reference = run(name, Backend::memory()).await;
@@ -233,4 +240,52 @@ async fn late_subscription_breaks_the_replay_live_hand_off() {
     let make = || with_pubsub(PubSubBug::LateSubscribe);
     assert_fails("subscribers_receive_in_order", make).await;
     assert_fails("live_event_is_pushed_without_polling", make).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_call_fails_the_case_with_a_timeout_naming_the_operation() {
+    let limit = Duration::from_millis(200);
+    let backend = with_cache(CacheBug::HangingGet).op_timeout(limit);
+    let started = tokio::time::Instant::now();
+    let outcome = run("cache_set_get_delete", backend.clone()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the case waited {:?} for a hanging call",
+        started.elapsed()
+    );
+    match outcome {
+        Outcome::Failed(why) => assert!(
+            why.contains("timeout (broken get)"),
+            "the failure does not name the timed-out operation: {why}"
+        ),
+        other => panic!("a hanging get did not fail the case: {other:?}"),
+    }
+    let e = backend
+        .cache_under_test()
+        .unwrap()
+        .get("k")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.backend(), e.operation()),
+        (ErrorKind::Timeout, "broken", "get")
+    );
+}
+
+#[tokio::test]
+async fn decorators_keep_capabilities_and_announce_pairing() {
+    let backend = Backend::memory();
+    let (cache, pubsub) = (
+        backend.cache_under_test().unwrap(),
+        backend.pubsub_under_test().unwrap(),
+    );
+    let paired = InMemoryCache::new().with_pubsub(&InMemoryPubSub::new());
+    assert_eq!(cache.capabilities(), paired.capabilities());
+    assert_eq!(pubsub.capabilities(), InMemoryPubSub::new().capabilities());
+    assert!(cache.announce_domain().is_some());
+    assert_eq!(cache.announce_domain(), pubsub.announce_domain());
+    assert_eq!(
+        backend.store_under_test().unwrap().capabilities(),
+        InMemoryWorkflowStore::new().capabilities()
+    );
 }

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use durable_conformance::completeness::behavior_names;
+
 /// Every `.rs` file under `dir`, recursively, in a stable order.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -25,34 +27,13 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// Case names quoted in `` (`name`) `` form inside `# Behavior` sections of core's sources.
 fn documented_cases() -> BTreeSet<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../durable-core/src");
-    let mut names = BTreeSet::new();
-    for file in rust_files(&src) {
-        let text = std::fs::read_to_string(&file).expect("read core source");
-        let mut in_behavior = false;
-        for line in text.lines().map(str::trim) {
-            if line == "/// # Behavior" {
-                in_behavior = true;
-                continue;
-            }
-            if !line.starts_with("///") || line.starts_with("/// #") {
-                in_behavior = false;
-                continue;
-            }
-            if in_behavior {
-                for part in line.split('`').skip(1).step_by(2) {
-                    if !part.is_empty()
-                        && part
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                        && part.matches('_').count() >= 2
-                    {
-                        names.insert(part.to_owned());
-                    }
-                }
-            }
-        }
-    }
-    names
+    rust_files(&src)
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(file).expect("read core source");
+            behavior_names(&text)
+        })
+        .collect()
 }
 
 #[test]

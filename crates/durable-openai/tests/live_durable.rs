@@ -12,24 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use durable_conformance::agent::{assert_contiguous, SharedBackends};
 use durable_core::agent::{
     Agent, DurableAgent, DurableRun, LanguageModel, ModelChunk, ModelRequest, ModelStream, Role,
     StreamOptions, Tool, ToolContext, ToolError,
 };
-use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use durable_core::{Event, EventKind, ObserveOptions, RunId, RunStatus};
 use durable_openai::GuidedModel;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use support::live::{example_turn, live_builder, llm_url, weather_tool, LIVE_DEADLINE, SERVER};
-
-/// Shared backends: agents built over clones behave like processes sharing servers.
-#[derive(Clone, Default)]
-struct Backends {
-    cache: InMemoryCache,
-    pubsub: InMemoryPubSub,
-    store: InMemoryWorkflowStore,
-}
 
 /// `get_weather`, counting its completed executions (shared by every instance of a test).
 struct Weather(Arc<AtomicU32>);
@@ -104,11 +96,9 @@ fn agent(model: impl LanguageModel, executions: &Arc<AtomicU32>) -> Agent {
         .expect("agent")
 }
 
-fn durable(b: &Backends, agent: Agent, worker: &str) -> DurableAgent {
-    DurableAgent::builder(agent)
-        .cache(b.cache.clone())
-        .pubsub(b.pubsub.clone())
-        .store(b.store.clone())
+/// An instance ("process") over backends shared with the test's other instances.
+fn durable(b: &SharedBackends, agent: Agent, worker: &str) -> DurableAgent {
+    b.builder(agent)
         .worker_id(worker)
         .lease_ttl(Duration::from_millis(300))
         .build()
@@ -141,9 +131,7 @@ fn answer_text(events: &[Event]) -> String {
 
 /// What every finished run of the weather question looks like, whatever the prose.
 fn assert_weather_run(events: &[Event]) {
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.cursor, i as u64, "cursors are contiguous from 0");
-    }
+    assert_contiguous(events);
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     let calls: Vec<Value> = events
         .iter()
@@ -166,7 +154,7 @@ fn assert_weather_run(events: &[Event]) {
 async fn live_durable_disconnect_then_observe_from_offset_is_exact() {
     let Some(url) = llm_url() else { return };
     let _one = SERVER.lock().await;
-    let b = Backends::default();
+    let b = SharedBackends::memory();
     let executions = Arc::new(AtomicU32::new(0));
     let a = durable(&b, agent(guided(&url), &executions), "node-1");
     let mut run = a
@@ -210,7 +198,7 @@ async fn live_durable_disconnect_then_observe_from_offset_is_exact() {
 fn live_durable_crash_mid_step_then_recover_does_not_repeat_the_tool() {
     let Some(url) = llm_url() else { return };
     let _one = SERVER.blocking_lock();
-    let b = Backends::default();
+    let b = SharedBackends::memory();
     let executions = Arc::new(AtomicU32::new(0));
     let main = tokio::runtime::Runtime::new().expect("runtime");
     let doomed = tokio::runtime::Runtime::new().expect("runtime");

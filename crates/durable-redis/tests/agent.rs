@@ -1,23 +1,42 @@
-//! Durable agents on Redis only (run log, wake-ups, work queue and run records), each
-//! "process" with its own connections: reconnect from an offset, approval on another instance,
-//! crash and recovery, an evented run taken over from a dead worker.
+//! Durable agents on Redis only (run log, wake-ups, work queue and run records): every
+//! durable-agent scenario of the conformance suite via `agent_suite!`, plus a crash in which the
+//! dying process takes its own Redis connections with it.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use durable_conformance::agent::{self as support, assert_contiguous, client_view};
 use durable_core::agent::{
-    Agent, DurableAgent, DurableRun, EventedAgent, FnTool, ScriptedModel, StreamOptions,
-    ToolContext, ToolError, Turn,
+    Agent, DurableAgent, DurableRun, FnTool, ScriptedModel, StreamOptions, ToolContext, ToolError,
+    Turn,
 };
 use durable_core::{Event, EventKind, ObserveOptions, RunId, RunStatus};
 use durable_redis::RedisConfig;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+
+/// Cache, pubsub and store all on the Redis at `DURABLE_TEST_REDIS_URL`.
+async fn redis() -> Result<durable_conformance::Backend, String> {
+    let url = durable_conformance::services::env_url("redis")
+        .ok_or("DURABLE_TEST_REDIS_URL is not set")?;
+    let redis = RedisConfig::new(url)
+        .key_prefix("durable-agent-test:")
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let pubsub = redis.pubsub().await.map_err(|e| e.to_string())?;
+    Ok(durable_conformance::Backend::new("redis")
+        .cache(redis.server_cache())
+        .pubsub(pubsub)
+        .store(redis.workflow_store()))
+}
+
+durable_conformance::agent_suite!(redis);
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -35,7 +54,11 @@ fn url() -> Option<String> {
             !durable_conformance::harness::require_backends(),
             "DURABLE_TEST_REDIS_URL is not set and DURABLE_TEST_REQUIRE=1"
         );
-        eprintln!("skipped: DURABLE_TEST_REDIS_URL is not set");
+        // Past the test harness' capture: a skip must show.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: DURABLE_TEST_REDIS_URL is not set"
+        );
     }
     url
 }
@@ -76,17 +99,13 @@ async fn instance(
     worker: &str,
     done: &Completions,
     hang_on: Option<&str>,
-    require_approval: bool,
 ) -> DurableAgent {
     let redis = RedisConfig::new(url)
         .key_prefix("durable-agent-test:")
         .connect()
         .await
         .unwrap();
-    let mut tool = weather(done.clone(), hang_on);
-    if require_approval {
-        tool = tool.require_approval();
-    }
+    let tool = weather(done.clone(), hang_on);
     let agent = Agent::builder()
         .id("forecaster")
         .model(ScriptedModel::new(script()).with_delay(Duration::from_micros(200)))
@@ -118,68 +137,13 @@ async fn settled(agent: &DurableAgent, run_id: &RunId) -> RunStatus {
     support::settled_status(agent, run_id, DEADLINE).await
 }
 
-#[tokio::test]
-async fn reconnect_and_approval_across_instances() {
-    let Some(url) = url() else { return };
-    let ns = ns();
-    let done = Completions::default();
-    let a = instance(&url, &ns, "a", &done, None, false).await;
-    let mut run = a.stream("Weather?", StreamOptions::new()).await.unwrap();
-    let run_id = run.run_id().clone();
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        seen.push(run.next().await.unwrap().unwrap());
-    }
-    drop(run);
-    let b = instance(&url, &ns, "b", &done, None, false).await;
-    let offset = seen.last().unwrap().cursor + 1;
-    seen.extend(
-        collect(
-            b.observe(&run_id, ObserveOptions::from(offset))
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
-    let full = collect(b.observe(&run_id, ObserveOptions::from(0)).await.unwrap()).await;
-    assert_eq!(seen, full);
-    assert_eq!(full.last().unwrap().kind, EventKind::Finish);
-    assert_eq!(settled(&b, &run_id).await, RunStatus::Completed);
-
-    assert!(done.lock().unwrap().values().all(|n| *n == 1));
-
-    // Approval: suspended on A, approved on C (a third process).
-    let done = Completions::default();
-    let a = instance(&url, &ns, "a2", &done, None, true).await;
-    let run = a.stream("Weather?", StreamOptions::new()).await.unwrap();
-    let run_id = run.run_id().clone();
-    let first = collect(run).await;
-    assert_eq!(first.last().unwrap().kind, EventKind::Suspended);
-    assert_eq!(
-        a.status(&run_id).await.unwrap().status,
-        RunStatus::Suspended
-    );
-    assert!(
-        done.lock().unwrap().is_empty(),
-        "nothing runs before approval"
-    );
-    let c = instance(&url, &ns, "c", &done, None, true).await;
-    let resumed = collect(c.approve_tool_call(&run_id, "call-0").await.unwrap()).await;
-    assert_eq!(resumed.first().unwrap().cursor, first.len() as u64);
-    // The second call needs approval too.
-    assert_eq!(resumed.last().unwrap().kind, EventKind::Suspended);
-    let end = collect(c.approve_tool_call(&run_id, "call-1").await.unwrap()).await;
-    assert_eq!(end.last().unwrap().kind, EventKind::Finish);
-    assert!(done.lock().unwrap().values().all(|n| *n == 1));
-}
-
 #[test]
-fn crashed_run_recovers_on_redis_without_repeating_tools() {
+fn a_crashed_process_takes_its_connections_along_and_recovery_repeats_no_tool() {
     let Some(url) = url() else { return };
     let reference = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let a = instance(&url, &ns(), "ref", &Completions::default(), None, false).await;
+            let a = instance(&url, &ns(), "ref", &Completions::default(), None).await;
             client_view(&collect(a.stream("Weather?", StreamOptions::new()).await.unwrap()).await)
         })
     };
@@ -189,7 +153,7 @@ fn crashed_run_recovers_on_redis_without_repeating_tools() {
         let main = tokio::runtime::Runtime::new().unwrap();
         let doomed = tokio::runtime::Runtime::new().unwrap();
         let run_id = doomed.block_on(async {
-            let a = instance(&url, &ns, "node-1", &done, Some(hang), false).await;
+            let a = instance(&url, &ns, "node-1", &done, Some(hang)).await;
             let mut run = a.stream("Weather?", StreamOptions::new()).await.unwrap();
             loop {
                 let ev = tokio::time::timeout(DEADLINE, run.next())
@@ -204,7 +168,7 @@ fn crashed_run_recovers_on_redis_without_repeating_tools() {
         });
         drop(doomed); // the process dies inside the tool call
         main.block_on(async {
-            let b = instance(&url, &ns, "node-1", &done, None, false).await;
+            let b = instance(&url, &ns, "node-1", &done, None).await;
             let deadline = tokio::time::Instant::now() + DEADLINE;
             while !b.recover().await.unwrap().contains(&run_id) {
                 assert!(tokio::time::Instant::now() < deadline, "never recovered");
@@ -219,56 +183,4 @@ fn crashed_run_recovers_on_redis_without_repeating_tools() {
         assert_eq!(done.len(), 2, "{done:?}");
         assert!(done.values().all(|n| *n == 1), "{done:?}");
     }
-}
-
-#[test]
-fn evented_run_on_redis_streams_survives_its_worker() {
-    let Some(url) = url() else { return };
-    let ns = ns();
-    let done = Completions::default();
-    let main = tokio::runtime::Runtime::new().unwrap();
-    let doomed = tokio::runtime::Runtime::new().unwrap();
-    let api = main.block_on(async {
-        let d = instance(&url, &ns, "api", &done, None, false).await;
-        EventedAgent::builder(d).workers(0).start().await.unwrap()
-    });
-    let w1 = doomed.block_on(async {
-        let d = instance(&url, &ns, "worker-1", &done, Some("call-1"), false).await;
-        EventedAgent::builder(d).workers(1).start().await.unwrap()
-    });
-    let run = main
-        .block_on(api.stream("Weather?", StreamOptions::new()))
-        .unwrap();
-    let run_id = run.run_id().clone();
-    main.block_on(async {
-        let mut s = api.observe(&run_id, ObserveOptions::from(0)).await.unwrap();
-        loop {
-            let ev = tokio::time::timeout(DEADLINE, s.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if ev.kind == EventKind::ToolCall && ev.data.to_value()["tool_call_id"] == "call-1" {
-                break;
-            }
-        }
-    });
-    drop(w1);
-    drop(doomed);
-    let w2 = main.block_on(async {
-        let d = instance(&url, &ns, "worker-2", &done, None, false).await;
-        EventedAgent::builder(d)
-            .workers(1)
-            .sweep_every(Duration::from_millis(100))
-            .start()
-            .await
-            .unwrap()
-    });
-    main.block_on(async {
-        let events = collect(run).await;
-        assert_eq!(events.last().unwrap().kind, EventKind::Finish);
-        assert_eq!(settled(api.durable(), &run_id).await, RunStatus::Completed);
-    });
-    assert!(done.lock().unwrap().values().all(|n| *n == 1));
-    w2.shutdown();
 }

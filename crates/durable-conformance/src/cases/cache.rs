@@ -8,12 +8,11 @@ use bytes::Bytes;
 use durable_core::{AppendOptions, ErrorKind, ServerCache, ServerCacheExt};
 
 use super::support::{eventually, expect_kind, unique};
-use crate::harness::{ensure, skip, within, Backend, CaseResult};
+use crate::harness::{ensure, skip_capability, within, Backend, CaseResult};
 
 fn cache(b: &Backend) -> Result<Arc<dyn ServerCache>, crate::Stop> {
-    b.cache
-        .clone()
-        .ok_or_else(|| crate::Stop::Skip("backend has no ServerCache".into()))
+    b.cache_under_test()
+        .ok_or_else(|| crate::Stop::missing(crate::Part::Cache))
 }
 
 fn payload(i: u64) -> Bytes {
@@ -24,23 +23,23 @@ fn payload(i: u64) -> Bytes {
 pub async fn cache_set_get_delete(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let k = unique("kv");
-    within("set", c.set(&k, Bytes::from_static(b"v1"), None)).await??;
-    let got = within("get", c.get(&k)).await??;
+    c.set(&k, Bytes::from_static(b"v1"), None).await?;
+    let got = c.get(&k).await?;
     ensure(got.as_deref() == Some(&b"v1"[..]), || {
         format!("get after set: {got:?}")
     })?;
-    within("set", c.set(&k, Bytes::from_static(b"v2"), None)).await??;
-    let got = within("get", c.get(&k)).await??;
+    c.set(&k, Bytes::from_static(b"v2"), None).await?;
+    let got = c.get(&k).await?;
     ensure(got.as_deref() == Some(&b"v2"[..]), || {
         format!("set did not replace: {got:?}")
     })?;
-    ensure(within("delete", c.delete(&k)).await??, || {
+    ensure(c.delete(&k).await?, || {
         "delete of an existing key returned false".into()
     })?;
-    ensure(within("get", c.get(&k)).await??.is_none(), || {
+    ensure(c.get(&k).await?.is_none(), || {
         "key still there after delete".into()
     })?;
-    ensure(!within("delete", c.delete(&k)).await??, || {
+    ensure(!c.delete(&k).await?, || {
         "delete of a missing key returned true".into()
     })
 }
@@ -49,27 +48,24 @@ pub async fn cache_set_get_delete(b: Backend) -> CaseResult {
 pub async fn cache_ttl_expires(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let (short, long) = (unique("ttl"), unique("ttl"));
-    within(
-        "set",
-        c.set(
-            &short,
-            Bytes::from_static(b"x"),
-            Some(Duration::from_millis(300)),
-        ),
+    c.set(
+        &short,
+        Bytes::from_static(b"x"),
+        Some(Duration::from_millis(300)),
     )
-    .await??;
-    within("set", c.set(&long, Bytes::from_static(b"y"), None)).await??;
-    ensure(within("get", c.get(&short)).await??.is_some(), || {
+    .await?;
+    c.set(&long, Bytes::from_static(b"y"), None).await?;
+    ensure(c.get(&short).await?.is_some(), || {
         "value gone before its TTL".into()
     })?;
     eventually("ttl key expires", Duration::from_secs(10), || async {
-        Ok(within("get", c.get(&short)).await??.is_none())
+        Ok(c.get(&short).await?.is_none())
     })
     .await?;
-    ensure(within("get", c.get(&long)).await??.is_some(), || {
+    ensure(c.get(&long).await?.is_some(), || {
         "key without TTL expired".into()
     })?;
-    within("delete", c.delete(&long)).await??;
+    c.delete(&long).await?;
     Ok(())
 }
 
@@ -79,7 +75,7 @@ pub async fn cache_rejects_invalid_names(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let base = unique("names");
     let good = format!("{base}/good");
-    within("set", c.set(&good, Bytes::from_static(b"keep"), None)).await??;
+    c.set(&good, Bytes::from_static(b"keep"), None).await?;
     for bad in [
         format!("{base}/a b"),
         format!("{base}/*"),
@@ -94,41 +90,29 @@ pub async fn cache_rejects_invalid_names(b: Backend) -> CaseResult {
     ] {
         expect_kind(
             "set",
-            within("set", c.set(&bad, Bytes::new(), None)).await?,
+            c.set(&bad, Bytes::new(), None).await,
             ErrorKind::InvalidInput,
         )?;
-        expect_kind(
-            "get",
-            within("get", c.get(&bad)).await?,
-            ErrorKind::InvalidInput,
-        )?;
+        expect_kind("get", c.get(&bad).await, ErrorKind::InvalidInput)?;
         expect_kind(
             "append",
-            within("append", c.append(&bad, Bytes::new())).await?,
+            c.append(&bad, Bytes::new()).await,
             ErrorKind::InvalidInput,
         )?;
-        expect_kind(
-            "read",
-            within("read", c.read(&bad, 0, 1)).await?,
-            ErrorKind::InvalidInput,
-        )?;
-        expect_kind(
-            "delete",
-            within("delete", c.delete(&bad)).await?,
-            ErrorKind::InvalidInput,
-        )?;
+        expect_kind("read", c.read(&bad, 0, 1).await, ErrorKind::InvalidInput)?;
+        expect_kind("delete", c.delete(&bad).await, ErrorKind::InvalidInput)?;
     }
-    let got = within("get", c.get(&good)).await??;
+    let got = c.get(&good).await?;
     ensure(got.as_deref() == Some(&b"keep"[..]), || {
         format!("stored value changed: {got:?}")
     })?;
     if c.capabilities().list_keys {
-        let keys = within("keys", c.keys(&base)).await??;
+        let keys = c.keys(&base).await?;
         ensure(keys == vec![good.clone()], || {
             format!("unexpected keys written: {keys:?}")
         })?;
     }
-    within("delete", c.delete(&good)).await??;
+    c.delete(&good).await?;
     Ok(())
 }
 
@@ -163,9 +147,9 @@ pub async fn cache_increment_is_atomic(b: Backend) -> CaseResult {
             )
         },
     )?;
-    let last = within("increment", c.increment(&k, -800, None)).await??;
+    let last = c.increment(&k, -800, None).await?;
     ensure(last == 0, || format!("final value {last}, want 0"))?;
-    within("delete", c.delete(&k)).await??;
+    c.delete(&k).await?;
     Ok(())
 }
 
@@ -173,20 +157,18 @@ pub async fn cache_increment_is_atomic(b: Backend) -> CaseResult {
 pub async fn empty_append_creates_log(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let log = unique("log");
-    ensure(within("len", c.len(&log)).await??.is_none(), || {
-        "fresh log exists".into()
-    })?;
-    let first = within("append", c.append_many(&log, &[], AppendOptions::default())).await??;
+    ensure(c.len(&log).await?.is_none(), || "fresh log exists".into())?;
+    let first = c.append_many(&log, &[], AppendOptions::default()).await?;
     ensure(first == 0, || format!("empty append returned {first}"))?;
-    ensure(within("len", c.len(&log)).await?? == Some(0), || {
+    ensure(c.len(&log).await? == Some(0), || {
         "log not created by empty append".into()
     })?;
-    let slice = within("read", c.read(&log, 0, 10)).await??;
+    let slice = c.read(&log, 0, 10).await?;
     ensure(slice.entries.is_empty() && slice.next == 0, || {
         format!("read of empty log: {slice:?}")
     })?;
-    within("delete", c.delete(&log)).await??;
-    ensure(within("len", c.len(&log)).await??.is_none(), || {
+    c.delete(&log).await?;
+    ensure(c.len(&log).await?.is_none(), || {
         "log survives delete".into()
     })
 }
@@ -197,26 +179,22 @@ pub async fn append_many_is_contiguous(b: Backend) -> CaseResult {
     let log = unique("log");
     let batch1: Vec<Bytes> = (0..3).map(payload).collect();
     let batch2: Vec<Bytes> = (3..5).map(payload).collect();
-    let f1 = within(
-        "append",
-        c.append_many(&log, &batch1, AppendOptions::default()),
-    )
-    .await??;
-    let f2 = within(
-        "append",
-        c.append_many(&log, &batch2, AppendOptions::default()),
-    )
-    .await??;
-    let f3 = within("append", c.append(&log, payload(5))).await??;
+    let f1 = c
+        .append_many(&log, &batch1, AppendOptions::default())
+        .await?;
+    let f2 = c
+        .append_many(&log, &batch2, AppendOptions::default())
+        .await?;
+    let f3 = c.append(&log, payload(5)).await?;
     ensure((f1, f2, f3) == (0, 3, 5), || {
         format!("first cursors {f1}, {f2}, {f3}; want 0, 3, 5")
     })?;
-    let slice = within("read", c.read(&log, 0, 100)).await??;
+    let slice = c.read(&log, 0, 100).await?;
     let want: Vec<Bytes> = (0..6).map(payload).collect();
     ensure(slice.entries == want && slice.next == 6, || {
         format!("read back {slice:?}")
     })?;
-    within("delete", c.delete(&log)).await??;
+    c.delete(&log).await?;
     Ok(())
 }
 
@@ -253,7 +231,7 @@ pub async fn concurrent_appends_get_contiguous_cursors(b: Backend) -> CaseResult
     })?;
     let mut from = 0;
     while from < 4000 {
-        let slice = within("read", c.read(&log, from, 1000)).await??;
+        let slice = c.read(&log, from, 1000).await?;
         for (i, e) in slice.entries.iter().enumerate() {
             let cursor = from + i as u64;
             ensure(by_cursor.get(&cursor) == Some(e), || {
@@ -265,7 +243,7 @@ pub async fn concurrent_appends_get_contiguous_cursors(b: Backend) -> CaseResult
         })?;
         from += slice.entries.len() as u64;
     }
-    within("delete", c.delete(&log)).await??;
+    c.delete(&log).await?;
     Ok(())
 }
 
@@ -274,25 +252,21 @@ pub async fn read_returns_entries_by_cursor(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let log = unique("log");
     let all: Vec<Bytes> = (0..10).map(payload).collect();
-    within(
-        "append",
-        c.append_many(&log, &all, AppendOptions::default()),
-    )
-    .await??;
-    let s = within("read", c.read(&log, 3, 4)).await??;
+    c.append_many(&log, &all, AppendOptions::default()).await?;
+    let s = c.read(&log, 3, 4).await?;
     ensure(
         s.first == 3 && s.entries == all[3..7] && s.next == 10,
         || format!("read(3,4) = {s:?}"),
     )?;
-    let s = within("read", c.read(&log, 8, 100)).await??;
+    let s = c.read(&log, 8, 100).await?;
     ensure(s.entries == all[8..] && s.next == 10, || {
         format!("read(8,100) = {s:?}")
     })?;
-    let s = within("read", c.read(&log, 0, 0)).await??;
+    let s = c.read(&log, 0, 0).await?;
     ensure(s.entries.is_empty() && s.next == 10, || {
         format!("read(0,0) = {s:?}")
     })?;
-    within("delete", c.delete(&log)).await??;
+    c.delete(&log).await?;
     Ok(())
 }
 
@@ -301,21 +275,17 @@ pub async fn read_past_end_is_offset_ahead(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let log = unique("log");
     let all: Vec<Bytes> = (0..3).map(payload).collect();
-    within(
-        "append",
-        c.append_many(&log, &all, AppendOptions::default()),
-    )
-    .await??;
-    let s = within("read", c.read(&log, 3, 10)).await??;
+    c.append_many(&log, &all, AppendOptions::default()).await?;
+    let s = c.read(&log, 3, 10).await?;
     ensure(s.entries.is_empty() && s.next == 3, || {
         format!("read at end = {s:?}")
     })?;
     expect_kind(
         "read past end",
-        within("read", c.read(&log, 4, 10)).await?,
+        c.read(&log, 4, 10).await,
         ErrorKind::OffsetAhead,
     )?;
-    within("delete", c.delete(&log)).await??;
+    c.delete(&log).await?;
     Ok(())
 }
 
@@ -323,12 +293,8 @@ pub async fn read_past_end_is_offset_ahead(b: Backend) -> CaseResult {
 pub async fn read_missing_log_is_not_found(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let log = unique("log");
-    expect_kind(
-        "read",
-        within("read", c.read(&log, 0, 10)).await?,
-        ErrorKind::NotFound,
-    )?;
-    ensure(within("len", c.len(&log)).await??.is_none(), || {
+    expect_kind("read", c.read(&log, 0, 10).await, ErrorKind::NotFound)?;
+    ensure(c.len(&log).await?.is_none(), || {
         "len of a missing log is not None".into()
     })
 }
@@ -337,45 +303,34 @@ pub async fn read_missing_log_is_not_found(b: Backend) -> CaseResult {
 pub async fn stale_fence_is_rejected(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let log = unique("log");
-    within(
-        "append",
-        c.append_many(&log, &[payload(0)], AppendOptions::fenced(2)),
-    )
-    .await??;
+    c.append_many(&log, &[payload(0)], AppendOptions::fenced(2))
+        .await?;
     expect_kind(
         "stale append",
-        within(
-            "append",
-            c.append_many(&log, &[payload(1)], AppendOptions::fenced(1)),
-        )
-        .await?,
+        c.append_many(&log, &[payload(1)], AppendOptions::fenced(1))
+            .await,
         ErrorKind::Fenced,
     )?;
     expect_kind(
         "stale empty append",
-        within("append", c.append_many(&log, &[], AppendOptions::fenced(1))).await?,
+        c.append_many(&log, &[], AppendOptions::fenced(1)).await,
         ErrorKind::Fenced,
     )?;
-    ensure(within("len", c.len(&log)).await?? == Some(1), || {
+    ensure(c.len(&log).await? == Some(1), || {
         "fenced append stored something".into()
     })?;
-    within("append", c.append_many(&log, &[], AppendOptions::fenced(3))).await??;
+    c.append_many(&log, &[], AppendOptions::fenced(3)).await?;
     expect_kind(
         "append after fence raised",
-        within(
-            "append",
-            c.append_many(&log, &[payload(1)], AppendOptions::fenced(2)),
-        )
-        .await?,
+        c.append_many(&log, &[payload(1)], AppendOptions::fenced(2))
+            .await,
         ErrorKind::Fenced,
     )?;
-    let f = within(
-        "append",
-        c.append_many(&log, &[payload(1)], AppendOptions::fenced(3)),
-    )
-    .await??;
+    let f = c
+        .append_many(&log, &[payload(1)], AppendOptions::fenced(3))
+        .await?;
     ensure(f == 1, || format!("current owner's append got cursor {f}"))?;
-    within("delete", c.delete(&log)).await??;
+    c.delete(&log).await?;
     Ok(())
 }
 
@@ -385,18 +340,18 @@ pub async fn log_max_len_is_enforced(b: Backend) -> CaseResult {
     let log = unique("log");
     let opts = AppendOptions::default().with_max_len(5);
     let three: Vec<Bytes> = (0..3).map(payload).collect();
-    within("append", c.append_many(&log, &three, opts)).await??;
+    c.append_many(&log, &three, opts).await?;
     expect_kind(
         "append over max",
-        within("append", c.append_many(&log, &three, opts)).await?,
+        c.append_many(&log, &three, opts).await,
         ErrorKind::LimitExceeded,
     )?;
-    ensure(within("len", c.len(&log)).await?? == Some(3), || {
+    ensure(c.len(&log).await? == Some(3), || {
         "rejected append stored something".into()
     })?;
-    let f = within("append", c.append_many(&log, &three[..2], opts)).await??;
+    let f = c.append_many(&log, &three[..2], opts).await?;
     ensure(f == 3, || format!("append up to max got cursor {f}"))?;
-    within("delete", c.delete(&log)).await??;
+    c.delete(&log).await?;
     Ok(())
 }
 
@@ -405,36 +360,31 @@ pub async fn log_expire_removes_everything(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     let prefix = unique("exp");
     let log = format!("{prefix}/log");
-    within(
-        "append",
-        c.append_many(&log, &[payload(0), payload(1)], AppendOptions::fenced(1)),
-    )
-    .await??;
-    ensure(
-        within("expire", c.expire(&log, Duration::from_millis(300))).await??,
-        || "expire said the log is missing".into(),
-    )?;
+    c.append_many(&log, &[payload(0), payload(1)], AppendOptions::fenced(1))
+        .await?;
+    ensure(c.expire(&log, Duration::from_millis(300)).await?, || {
+        "expire said the log is missing".into()
+    })?;
     eventually("log expires", Duration::from_secs(10), || async {
-        Ok(within("len", c.len(&log)).await??.is_none())
+        Ok(c.len(&log).await?.is_none())
     })
     .await?;
     if c.capabilities().list_keys {
-        let keys = within("keys", c.keys(&prefix)).await??;
+        let keys = c.keys(&prefix).await?;
         ensure(keys.is_empty(), || {
             format!("keys left after expiry: {keys:?}")
         })?;
     }
-    ensure(
-        !within("expire", c.expire(&log, Duration::from_secs(1))).await??,
-        || "expire of a missing log returned true".into(),
-    )
+    ensure(!c.expire(&log, Duration::from_secs(1)).await?, || {
+        "expire of a missing log returned true".into()
+    })
 }
 
 /// `keys(prefix)` lists keys and logs under the prefix, and nothing else.
 pub async fn keys_lists_everything_under_prefix(b: Backend) -> CaseResult {
     let c = cache(&b)?;
     if !c.capabilities().list_keys {
-        return skip("capability list_keys is off");
+        return skip_capability("capability list_keys is off");
     }
     let prefix = unique("keys");
     let (k, log, other) = (
@@ -442,20 +392,17 @@ pub async fn keys_lists_everything_under_prefix(b: Backend) -> CaseResult {
         format!("{prefix}/b"),
         format!("{prefix}x/c"),
     );
-    within("set", c.set(&k, Bytes::from_static(b"1"), None)).await??;
-    within(
-        "append",
-        c.append_many(&log, &[payload(0)], AppendOptions::fenced(1)),
-    )
-    .await??;
-    within("set", c.set(&other, Bytes::from_static(b"1"), None)).await??;
-    let keys = within("keys", c.keys(&format!("{prefix}/"))).await??;
+    c.set(&k, Bytes::from_static(b"1"), None).await?;
+    c.append_many(&log, &[payload(0)], AppendOptions::fenced(1))
+        .await?;
+    c.set(&other, Bytes::from_static(b"1"), None).await?;
+    let keys = c.keys(&format!("{prefix}/")).await?;
     ensure(keys == vec![k.clone(), log.clone()], || {
         format!("keys = {keys:?}")
     })?;
     for key in [&k, &log, &other] {
-        within("delete", c.delete(key)).await??;
+        c.delete(key).await?;
     }
-    let keys = within("keys", c.keys(&prefix)).await??;
+    let keys = c.keys(&prefix).await?;
     ensure(keys.is_empty(), || format!("keys after delete = {keys:?}"))
 }

@@ -15,19 +15,19 @@ use serde_json::json;
 use super::support::{
     collect, delta, event, eventually, expect_kind, next_event, run_id, same_events, test_config,
 };
-use crate::harness::{ensure, within, within_for, Backend, CaseResult, Stop};
+use crate::harness::{ensure, within_for, Backend, CaseResult, Stop};
 
 const LONG: Duration = Duration::from_secs(60);
 
 /// A run with `n` deltas and, if `finish`, a `finish` event; returns its full event list.
 async fn seeded_run(log: &EventLog, id: &RunId, n: u64, finish: bool) -> Result<Vec<Event>, Stop> {
-    within("create", log.create(id, None)).await??;
+    log.create(id, None).await?;
     let mut batch: Vec<_> = (0..n).map(delta).collect();
     if finish {
         batch.push(event(EventKind::Finish));
     }
     for chunk in batch.chunks(500) {
-        within("append", log.append(id, chunk, None)).await??;
+        log.append(id, chunk, None).await?;
     }
     read_all(log, id).await
 }
@@ -35,7 +35,7 @@ async fn seeded_run(log: &EventLog, id: &RunId, n: u64, finish: bool) -> Result<
 async fn read_all(log: &EventLog, id: &RunId) -> Result<Vec<Event>, Stop> {
     let mut out: Vec<Event> = Vec::new();
     loop {
-        let got = within("read", log.read(id, out.len() as u64, 1000)).await??;
+        let got = log.read(id, out.len() as u64, 1000).await?;
         if got.is_empty() {
             return Ok(out);
         }
@@ -48,7 +48,7 @@ async fn read_all(log: &EventLog, id: &RunId) -> Result<Vec<Event>, Stop> {
 pub async fn log_cursors_are_contiguous_under_concurrent_appenders(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("g1");
-    within("create", log.create(&id, None)).await??;
+    log.create(&id, None).await?;
     let mut tasks = Vec::new();
     for t in 0..8u64 {
         let (log, id) = (log.clone(), id.clone());
@@ -95,7 +95,7 @@ pub async fn log_cursors_are_contiguous_under_concurrent_appenders(b: Backend) -
             )
         })?;
     }
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -106,7 +106,7 @@ pub async fn observe_from_zero_replays_everything_then_ends(b: Backend) -> CaseR
     let full = seeded_run(&log, &id, 10, true).await?;
     let got = collect(
         "observe",
-        within("observe", log.observe(&id, ObserveOptions::from(0))).await??,
+        log.observe(&id, ObserveOptions::from(0)).await?,
         LONG,
     )
     .await?;
@@ -114,7 +114,7 @@ pub async fn observe_from_zero_replays_everything_then_ends(b: Backend) -> CaseR
     ensure(full.iter().map(|e| e.cursor).eq(0..11), || {
         "cursors are not 0..11".into()
     })?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -126,14 +126,14 @@ pub async fn observe_from_end_of_finished_run_ends_at_once(b: Backend) -> CaseRe
     let n = full.len() as u64;
     let got = collect(
         "observe",
-        within("observe", log.observe(&id, ObserveOptions::from(n))).await??,
+        log.observe(&id, ObserveOptions::from(n)).await?,
         Duration::from_secs(5),
     )
     .await?;
     ensure(got.is_empty(), || {
         format!("observe(n) of a finished run yielded {got:?}")
     })?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -142,16 +142,14 @@ pub async fn observe_from_end_of_live_run_waits_for_next_event(b: Backend) -> Ca
     let log = b.event_log(test_config());
     let id = run_id("tail");
     let full = seeded_run(&log, &id, 5, false).await?;
-    let mut stream = within(
-        "observe",
-        log.observe(&id, ObserveOptions::from(full.len() as u64)),
-    )
-    .await??;
+    let mut stream = log
+        .observe(&id, ObserveOptions::from(full.len() as u64))
+        .await?;
     let early = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
     ensure(early.is_err(), || {
         format!("observe(n) of a live run yielded {early:?} before any append")
     })?;
-    within("append", log.append(&id, &[delta(99)], None)).await??;
+    log.append(&id, &[delta(99)], None).await?;
     let e = next_event("observe", &mut stream)
         .await?
         .ok_or_else(|| Stop::Fail("stream ended".into()))?;
@@ -159,7 +157,7 @@ pub async fn observe_from_end_of_live_run_waits_for_next_event(b: Backend) -> Ca
         e.cursor == 5 && e.data.to_value() == json!({"i": 99}),
         || format!("next event {e:?}"),
     )?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -171,13 +169,13 @@ pub async fn observe_from_every_offset_is_exact(b: Backend) -> CaseResult {
     for k in 0..=full.len() {
         let got = collect(
             "observe",
-            within("observe", log.observe(&id, ObserveOptions::from(k as u64))).await??,
+            log.observe(&id, ObserveOptions::from(k as u64)).await?,
             LONG,
         )
         .await?;
         same_events(&format!("observe({k})"), &got, &full[k..])?;
     }
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -220,7 +218,7 @@ async fn race_once(log: &EventLog, seed: u64) -> CaseResult {
     let id = run_id("race");
     let n = rng.u64(1..60);
     let k = rng.u64(0..=n);
-    within("create", log.create(&id, None)).await??;
+    log.create(&id, None).await?;
     let producer = {
         let (log, id, mut rng) = (log.clone(), id.clone(), rng.fork());
         tokio::spawn(async move {
@@ -241,12 +239,12 @@ async fn race_once(log: &EventLog, seed: u64) -> CaseResult {
     };
     // Observe once the log has reached k (observe(k) beyond the end is OffsetAhead by design).
     eventually("log reaches k", LONG, || async {
-        Ok(within("len", log.len(&id)).await??.unwrap_or(0) >= k)
+        Ok(log.len(&id).await?.unwrap_or(0) >= k)
     })
     .await?;
     let got = collect(
         "observe",
-        within("observe", log.observe(&id, ObserveOptions::from(k))).await??,
+        log.observe(&id, ObserveOptions::from(k)).await?,
         LONG,
     )
     .await?;
@@ -258,7 +256,7 @@ async fn race_once(log: &EventLog, seed: u64) -> CaseResult {
         format!("log has {} events, want {}", full.len(), n + 1)
     })?;
     same_events(&format!("n={n} k={k}"), &got, &full[k as usize..])?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -267,7 +265,7 @@ pub async fn late_observer_gets_replay_then_live(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("late");
     seeded_run(&log, &id, 10, false).await?;
-    let mut stream = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
+    let mut stream = log.observe(&id, ObserveOptions::from(0)).await?;
     let mut got = Vec::new();
     for _ in 0..10 {
         got.push(
@@ -277,13 +275,13 @@ pub async fn late_observer_gets_replay_then_live(b: Backend) -> CaseResult {
         );
     }
     for i in 10..20 {
-        within("append", log.append(&id, &[delta(i)], None)).await??;
+        log.append(&id, &[delta(i)], None).await?;
     }
-    within("append", log.append(&id, &[event(EventKind::Finish)], None)).await??;
+    log.append(&id, &[event(EventKind::Finish)], None).await?;
     got.extend(collect("live", stream, LONG).await?);
     let full = read_all(&log, &id).await?;
     same_events("replay then live", &got, &full)?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -296,8 +294,8 @@ pub async fn slow_observer_gets_every_event_with_bounded_memory(b: Backend) -> C
     let bound = config.read_batch + 1024;
     let log = b.event_log(config);
     let id = run_id("slow");
-    within("create", log.create(&id, None)).await??;
-    let mut stream = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
+    log.create(&id, None).await?;
+    let mut stream = log.observe(&id, ObserveOptions::from(0)).await?;
     let total = 50_000u64;
     let producer = {
         let (log, id) = (log.clone(), id.clone());
@@ -337,7 +335,7 @@ pub async fn slow_observer_gets_every_event_with_bounded_memory(b: Backend) -> C
     within_for(LONG, "producer", producer)
         .await?
         .map_err(|e| Stop::Fail(e.to_string()))??;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -349,12 +347,12 @@ pub async fn live_event_is_pushed_without_polling(b: Backend) -> CaseResult {
     let log = b.event_log(config);
     let id = run_id("push");
     seeded_run(&log, &id, 3, false).await?;
-    let mut stream = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
+    let mut stream = log.observe(&id, ObserveOptions::from(0)).await?;
     for _ in 0..3 {
         next_event("replay", &mut stream).await?;
     }
     for i in 0..5 {
-        within("append", log.append(&id, &[delta(100 + i)], None)).await??;
+        log.append(&id, &[delta(100 + i)], None).await?;
         let e = next_event("pushed event", &mut stream)
             .await?
             .ok_or_else(|| Stop::Fail("ended".into()))?;
@@ -362,18 +360,16 @@ pub async fn live_event_is_pushed_without_polling(b: Backend) -> CaseResult {
             format!("pushed cursor {} want {}", e.cursor, 3 + i)
         })?;
     }
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
 /// G4: observing an unknown run fails with `NotFound` at once.
 pub async fn unknown_run_is_not_found(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
-    let r = within(
-        "observe",
-        log.observe(&run_id("nobody"), ObserveOptions::from(0)),
-    )
-    .await?;
+    let r = log
+        .observe(&run_id("nobody"), ObserveOptions::from(0))
+        .await;
     expect_kind("observe unknown", r.map(|_| ()), ErrorKind::NotFound)
 }
 
@@ -384,14 +380,14 @@ pub async fn expired_run_is_gone(b: Backend) -> CaseResult {
     let log = b.event_log(config);
     let id = run_id("gone");
     seeded_run(&log, &id, 3, true).await?;
-    within("retire", log.retire(&id)).await??;
+    log.retire(&id).await?;
     eventually("log expires", Duration::from_secs(10), || async {
-        Ok(within("len", log.len(&id)).await??.is_none())
+        Ok(log.len(&id).await?.is_none())
     })
     .await?;
-    let r = within("observe", log.observe(&id, ObserveOptions::from(0))).await?;
+    let r = log.observe(&id, ObserveOptions::from(0)).await;
     expect_kind("observe expired", r.map(|_| ()), ErrorKind::Gone)?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -400,14 +396,14 @@ pub async fn offset_ahead_is_rejected(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("ahead");
     seeded_run(&log, &id, 3, false).await?;
-    let r = within("observe", log.observe(&id, ObserveOptions::from(4))).await?;
+    let r = log.observe(&id, ObserveOptions::from(4)).await;
     expect_kind(
         "observe(4) of 3 events",
         r.map(|_| ()),
         ErrorKind::OffsetAhead,
     )?;
-    within("observe", log.observe(&id, ObserveOptions::from(3))).await??;
-    within("delete", log.delete(&id)).await??;
+    log.observe(&id, ObserveOptions::from(3)).await?;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -419,19 +415,16 @@ pub async fn terminal_event_ends_every_observer(b: Backend) -> CaseResult {
         seeded_run(&log, &id, 2, false).await?;
         let mut observers = Vec::new();
         for k in [0, 1, 2] {
-            observers.push(within("observe", log.observe(&id, ObserveOptions::from(k))).await??);
+            observers.push(log.observe(&id, ObserveOptions::from(k)).await?);
         }
-        within(
-            "append",
-            log.append(&id, &[delta(2), event(kind.clone())], None),
-        )
-        .await??;
+        log.append(&id, &[delta(2), event(kind.clone())], None)
+            .await?;
         let full = read_all(&log, &id).await?;
         for (k, o) in observers.into_iter().enumerate() {
             let got = collect("observe", o, LONG).await?;
             same_events(&format!("{kind} observer from {k}"), &got, &full[k..])?;
         }
-        within("delete", log.delete(&id)).await??;
+        log.delete(&id).await?;
     }
     Ok(())
 }
@@ -442,14 +435,11 @@ pub async fn suspended_run_ends_observe_by_default(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("susp");
     seeded_run(&log, &id, 3, false).await?;
-    within(
-        "append",
-        log.append(&id, &[event(EventKind::Suspended)], None),
-    )
-    .await??;
+    log.append(&id, &[event(EventKind::Suspended)], None)
+        .await?;
     let got = collect(
         "observe",
-        within("observe", log.observe(&id, ObserveOptions::from(0))).await??,
+        log.observe(&id, ObserveOptions::from(0)).await?,
         Duration::from_secs(5),
     )
     .await?;
@@ -459,7 +449,7 @@ pub async fn suspended_run_ends_observe_by_default(b: Backend) -> CaseResult {
     )?;
     let got = collect(
         "observe",
-        within("observe", log.observe(&id, ObserveOptions::from(4))).await??,
+        log.observe(&id, ObserveOptions::from(4)).await?,
         Duration::from_secs(5),
     )
     .await?;
@@ -467,21 +457,18 @@ pub async fn suspended_run_ends_observe_by_default(b: Backend) -> CaseResult {
         format!("observe(end) of suspended run: {got:?}")
     })?;
     // Resumed: the suspension is history, observers go on to the end of the run.
-    within(
-        "append",
-        log.append(&id, &[delta(4), event(EventKind::Finish)], None),
-    )
-    .await??;
+    log.append(&id, &[delta(4), event(EventKind::Finish)], None)
+        .await?;
     let got = collect(
         "observe",
-        within("observe", log.observe(&id, ObserveOptions::from(0))).await??,
+        log.observe(&id, ObserveOptions::from(0)).await?,
         LONG,
     )
     .await?;
     ensure(got.len() == 6 && got[5].kind == EventKind::Finish, || {
         format!("observe of resumed run: {got:?}")
     })?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -490,13 +477,10 @@ pub async fn suspended_run_waits_for_resume_when_asked(b: Backend) -> CaseResult
     let log = b.event_log(test_config());
     let id = run_id("wait");
     seeded_run(&log, &id, 1, false).await?;
-    within(
-        "append",
-        log.append(&id, &[event(EventKind::Suspended)], None),
-    )
-    .await??;
+    log.append(&id, &[event(EventKind::Suspended)], None)
+        .await?;
     let opts = ObserveOptions::from(0).on_suspend(OnSuspend::Wait);
-    let mut stream = within("observe", log.observe(&id, opts)).await??;
+    let mut stream = log.observe(&id, opts).await?;
     for _ in 0..2 {
         next_event("replay", &mut stream).await?;
     }
@@ -504,16 +488,13 @@ pub async fn suspended_run_waits_for_resume_when_asked(b: Backend) -> CaseResult
     ensure(early.is_err(), || {
         format!("waiting observer yielded {early:?} while suspended")
     })?;
-    within(
-        "append",
-        log.append(&id, &[delta(1), event(EventKind::Finish)], None),
-    )
-    .await??;
+    log.append(&id, &[delta(1), event(EventKind::Finish)], None)
+        .await?;
     let rest = collect("resumed", stream, LONG).await?;
     ensure(rest.len() == 2 && rest[1].kind == EventKind::Finish, || {
         format!("after resume: {rest:?}")
     })?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -528,23 +509,16 @@ pub async fn dead_producer_is_reported(b: Backend) -> CaseResult {
         .with_store(store.clone())
         .with_config(config);
     let id = run_id("dead");
-    within(
-        "create_run",
-        store.create_run(NewRun::new(id.clone()).status(RunStatus::Running)),
-    )
-    .await??;
-    let lease = within(
-        "claim",
-        store.claim(&id, "doomed", Duration::from_millis(200)),
-    )
-    .await??;
-    within("create", log.create(&id, Some(lease.epoch))).await??;
-    within(
-        "append",
-        log.append(&id, &[delta(0), delta(1)], Some(lease.epoch)),
-    )
-    .await??;
-    let stream = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
+    store
+        .create_run(NewRun::new(id.clone()).status(RunStatus::Running))
+        .await?;
+    let lease = store
+        .claim(&id, "doomed", Duration::from_millis(200))
+        .await?;
+    log.create(&id, Some(lease.epoch)).await?;
+    log.append(&id, &[delta(0), delta(1)], Some(lease.epoch))
+        .await?;
+    let stream = log.observe(&id, ObserveOptions::from(0)).await?;
     let items: Vec<_> = within_for(
         Duration::from_secs(20),
         "observe of a dead run",
@@ -565,7 +539,7 @@ pub async fn dead_producer_is_reported(b: Backend) -> CaseResult {
             )))
         }
     }
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -573,17 +547,17 @@ pub async fn dead_producer_is_reported(b: Backend) -> CaseResult {
 pub async fn fenced_writer_cannot_append(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("fenced");
-    within("create", log.create(&id, Some(1))).await??;
-    within("append", log.append(&id, &[delta(0)], Some(1))).await??;
-    within("takeover", log.create(&id, Some(2))).await??;
-    let r = within("stale append", log.append(&id, &[delta(1)], Some(1))).await?;
+    log.create(&id, Some(1)).await?;
+    log.append(&id, &[delta(0)], Some(1)).await?;
+    log.create(&id, Some(2)).await?;
+    let r = log.append(&id, &[delta(1)], Some(1)).await;
     expect_kind("old owner append", r, ErrorKind::Fenced)?;
-    ensure(within("len", log.len(&id)).await?? == Some(1), || {
+    ensure(log.len(&id).await? == Some(1), || {
         "fenced append stored something".into()
     })?;
-    let c = within("append", log.append(&id, &[delta(2)], Some(2))).await??;
+    let c = log.append(&id, &[delta(2)], Some(2)).await?;
     ensure(c == 1, || format!("new owner's append got cursor {c}"))?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -592,28 +566,25 @@ pub async fn cleanup_of_one_observer_keeps_others(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("detach");
     seeded_run(&log, &id, 3, false).await?;
-    let mut first = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
-    let second = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
+    let mut first = log.observe(&id, ObserveOptions::from(0)).await?;
+    let second = log.observe(&id, ObserveOptions::from(0)).await?;
     next_event("first", &mut first).await?;
     drop(first);
-    within(
-        "append",
-        log.append(&id, &[delta(3), event(EventKind::Finish)], None),
-    )
-    .await??;
+    log.append(&id, &[delta(3), event(EventKind::Finish)], None)
+        .await?;
     let full = read_all(&log, &id).await?;
     same_events(
         "remaining observer",
         &collect("second", second, LONG).await?,
         &full,
     )?;
-    let later = within("observe", log.observe(&id, ObserveOptions::from(0))).await??;
+    let later = log.observe(&id, ObserveOptions::from(0)).await?;
     same_events(
         "later observer",
         &collect("later", later, LONG).await?,
         &full,
     )?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -629,28 +600,26 @@ pub async fn retention_removes_log_and_record(b: Backend) -> CaseResult {
         .with_store(store.clone())
         .with_config(config);
     let id = run_id("retain");
-    within("create_run", store.create_run(NewRun::new(id.clone()))).await??;
+    store.create_run(NewRun::new(id.clone())).await?;
     seeded_run(&log, &id, 3, true).await?;
-    within(
-        "set_status",
-        store.set_status(&id, None, RunStatus::Completed, None),
-    )
-    .await??;
-    within("retire", log.retire(&id)).await??;
+    store
+        .set_status(&id, None, RunStatus::Completed, None)
+        .await?;
+    log.retire(&id).await?;
     let prefix = log.run_prefix(&id);
     eventually(
         "everything of the run expires",
         Duration::from_secs(15),
         || async {
-            let log_gone = within("len", log.len(&id)).await??.is_none();
-            let record_gone = within("get_run", store.get_run(&id)).await??.is_none();
-            let keys_gone = !cache.capabilities().list_keys
-                || within("keys", cache.keys(&prefix)).await??.is_empty();
+            let log_gone = log.len(&id).await?.is_none();
+            let record_gone = store.get_run(&id).await?.is_none();
+            let keys_gone =
+                !cache.capabilities().list_keys || cache.keys(&prefix).await?.is_empty();
             Ok(log_gone && record_gone && keys_gone)
         },
     )
     .await?;
-    let r = within("observe", log.observe(&id, ObserveOptions::from(0))).await?;
+    let r = log.observe(&id, ObserveOptions::from(0)).await;
     expect_kind(
         "observe after retention and tombstone",
         r.map(|_| ()),
@@ -694,32 +663,28 @@ pub async fn invalid_run_ids_are_rejected_and_nothing_is_written(b: Backend) -> 
         }
         expect_kind(
             &format!("append to {name:?}"),
-            within(
-                "append",
-                cache.append_many(&name, &[Bytes::from_static(b"x")], AppendOptions::default()),
-            )
-            .await?,
+            cache
+                .append_many(&name, &[Bytes::from_static(b"x")], AppendOptions::default())
+                .await,
             ErrorKind::InvalidInput,
         )?;
         expect_kind(
             &format!("publish to {bad:?}"),
-            within(
-                "publish",
-                pubsub.publish(&format!("{ns}.run.{bad}"), Bytes::from_static(b"x")),
-            )
-            .await?,
+            pubsub
+                .publish(&format!("{ns}.run.{bad}"), Bytes::from_static(b"x"))
+                .await,
             ErrorKind::InvalidInput,
         )?;
     }
     if cache.capabilities().list_keys {
-        let keys = within("keys", cache.keys(&ns)).await??;
+        let keys = cache.keys(&ns).await?;
         ensure(keys.is_empty(), || {
             format!("rejected input wrote keys: {keys:?}")
         })?;
     }
     let ok = RunId::new("x".repeat(128))?;
-    within("create", log.create(&ok, None)).await??;
-    within("delete", log.delete(&ok)).await??;
+    log.create(&ok, None).await?;
+    log.delete(&ok).await?;
     Ok(())
 }
 
@@ -730,12 +695,12 @@ pub async fn max_events_per_run_is_enforced(b: Backend) -> CaseResult {
     let log = b.event_log(config);
     let id = run_id("max");
     seeded_run(&log, &id, 5, false).await?;
-    let r = within("append", log.append(&id, &[delta(5)], None)).await?;
+    let r = log.append(&id, &[delta(5)], None).await;
     expect_kind("append past max_events", r, ErrorKind::LimitExceeded)?;
-    ensure(within("len", log.len(&id)).await?? == Some(5), || {
+    ensure(log.len(&id).await? == Some(5), || {
         "rejected append stored something".into()
     })?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }
 
@@ -744,10 +709,10 @@ pub async fn max_events_per_run_is_enforced(b: Backend) -> CaseResult {
 pub async fn writer_batches_and_preserves_order(b: Backend) -> CaseResult {
     let log = b.event_log(test_config());
     let id = run_id("writer");
-    within("create", log.create(&id, Some(1))).await??;
+    log.create(&id, Some(1)).await?;
     let writer = log.writer(id.clone(), Some(1), 256);
     for i in 0..2000 {
-        within("send", writer.send(delta(i))).await??;
+        writer.send(delta(i)).await?;
     }
     let next = within_for(LONG, "flush", writer.flush()).await??;
     ensure(next == 2000, || format!("flush returned {next}"))?;
@@ -758,15 +723,15 @@ pub async fn writer_batches_and_preserves_order(b: Backend) -> CaseResult {
             .all(|(i, e)| e.cursor == i as u64 && e.data.to_value() == json!({"i": i})),
         || "writer reordered events".into(),
     )?;
-    within("takeover", log.create(&id, Some(2))).await??;
-    within("send", writer.send(delta(2000))).await??;
-    let r = within("flush", writer.flush()).await?;
+    log.create(&id, Some(2)).await?;
+    writer.send(delta(2000)).await?;
+    let r = writer.flush().await;
     expect_kind("flush of fenced writer", r, ErrorKind::Fenced)?;
-    let r = within("send", writer.send(delta(2001))).await?;
+    let r = writer.send(delta(2001)).await;
     expect_kind("send after failure", r, ErrorKind::Fenced)?;
-    ensure(within("len", log.len(&id)).await?? == Some(2000), || {
+    ensure(log.len(&id).await? == Some(2000), || {
         "fenced writer stored events".into()
     })?;
-    within("delete", log.delete(&id)).await??;
+    log.delete(&id).await?;
     Ok(())
 }

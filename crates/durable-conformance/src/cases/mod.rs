@@ -1,7 +1,8 @@
 //! The conformance cases: plain public async functions, one per guaranteed behaviour.
 //!
-//! Every case takes a [`Backend`](crate::Backend), uses run ids and names unique to itself, never
-//! assumes an empty server, and bounds every backend call with a timeout.
+//! Every case takes a [`Backend`](crate::Backend), uses run ids and names unique to itself and
+//! never assumes an empty server. The backend's parts come bounded by the timeout decorators,
+//! so a case bounds only its waits for a condition (the next event, a TTL elapsing).
 
 mod cache;
 mod contract;

@@ -9,12 +9,11 @@ use durable_core::{Delivery, ErrorKind, PubSub, Subscription};
 use futures::StreamExt;
 
 use super::support::{expect_kind, unique};
-use crate::harness::{ensure, skip, within, Backend, CaseResult, Stop};
+use crate::harness::{ensure, skip_capability, within, Backend, CaseResult, Stop};
 
 fn pubsub(b: &Backend) -> Result<Arc<dyn PubSub>, Stop> {
-    b.pubsub
-        .clone()
-        .ok_or_else(|| Stop::Skip("backend has no PubSub".into()))
+    b.pubsub_under_test()
+        .ok_or_else(|| Stop::missing(crate::Part::PubSub))
 }
 
 fn topic() -> String {
@@ -43,12 +42,12 @@ async fn next_message(sub: &mut Subscription) -> Result<Bytes, Stop> {
 pub async fn subscribers_receive_in_order(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     let t = topic();
-    let mut s1 = within("subscribe", p.subscribe(&t)).await??;
-    let mut s2 = within("subscribe", p.subscribe(&t)).await??;
+    let mut s1 = p.subscribe(&t).await?;
+    let mut s2 = p.subscribe(&t).await?;
     for i in 0..100 {
-        within("publish", p.publish(&t, msg(i))).await??;
+        p.publish(&t, msg(i)).await?;
     }
-    within("flush", p.flush()).await??;
+    p.flush().await?;
     for sub in [&mut s1, &mut s2] {
         for i in 0..100 {
             let m = next_message(sub).await?;
@@ -64,10 +63,10 @@ pub async fn subscribers_receive_in_order(b: Backend) -> CaseResult {
 pub async fn topics_are_isolated(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     let (ta, tb) = (topic(), topic());
-    let mut sa = within("subscribe", p.subscribe(&ta)).await??;
-    within("publish", p.publish(&tb, msg(1))).await??;
-    within("publish", p.publish(&format!("{ta}.x"), msg(2))).await??;
-    within("publish", p.publish(&ta, msg(3))).await??;
+    let mut sa = p.subscribe(&ta).await?;
+    p.publish(&tb, msg(1)).await?;
+    p.publish(&format!("{ta}.x"), msg(2)).await?;
+    p.publish(&ta, msg(3)).await?;
     let m = next_message(&mut sa).await?;
     ensure(num(&m) == Some(3), || {
         format!("subscriber of {ta} got {m:?}")
@@ -78,17 +77,17 @@ pub async fn topics_are_isolated(b: Backend) -> CaseResult {
 pub async fn dropped_subscription_unsubscribes(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     let t = topic();
-    let s1 = within("subscribe", p.subscribe(&t)).await??;
-    let mut s2 = within("subscribe", p.subscribe(&t)).await??;
+    let s1 = p.subscribe(&t).await?;
+    let mut s2 = p.subscribe(&t).await?;
     drop(s1);
-    within("publish", p.publish(&t, msg(1))).await??;
+    p.publish(&t, msg(1)).await?;
     ensure(num(&next_message(&mut s2).await?) == Some(1), || {
         "remaining subscriber missed a message".into()
     })?;
     drop(s2);
-    within("publish", p.publish(&t, msg(2))).await??;
-    let mut s3 = within("subscribe", p.subscribe(&t)).await??;
-    within("publish", p.publish(&t, msg(3))).await??;
+    p.publish(&t, msg(2)).await?;
+    let mut s3 = p.subscribe(&t).await?;
+    p.publish(&t, msg(3)).await?;
     let m = next_message(&mut s3).await?;
     ensure(num(&m) == Some(3), || {
         format!("new subscriber got {m:?}, want only messages after it subscribed")
@@ -100,12 +99,12 @@ pub async fn dropped_subscription_unsubscribes(b: Backend) -> CaseResult {
 pub async fn slow_subscriber_never_loses_silently(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     let t = topic();
-    let mut sub = within("subscribe", p.subscribe(&t)).await??;
+    let mut sub = p.subscribe(&t).await?;
     let n = 20_000u64;
     for i in 0..n {
-        within("publish", p.publish(&t, msg(i))).await??;
+        p.publish(&t, msg(i)).await?;
     }
-    within("publish", p.publish(&t, Bytes::from_static(b"end"))).await??;
+    p.publish(&t, Bytes::from_static(b"end")).await?;
     let (mut expected, mut lagged_since_last) = (0u64, false);
     let mut lagged = 0;
     loop {
@@ -150,20 +149,18 @@ pub async fn pubsub_rejects_invalid_names(b: Backend) -> CaseResult {
     ] {
         expect_kind(
             "publish",
-            within("publish", p.publish(&bad, msg(0))).await?,
+            p.publish(&bad, msg(0)).await,
             ErrorKind::InvalidInput,
         )?;
         expect_kind(
             "subscribe",
-            within("subscribe", p.subscribe(&bad)).await?.map(|_| ()),
+            p.subscribe(&bad).await.map(|_| ()),
             ErrorKind::InvalidInput,
         )?;
         if p.capabilities().groups {
             expect_kind(
                 "subscribe_group",
-                within("subscribe_group", p.subscribe_group(&base, &bad))
-                    .await?
-                    .map(|_| ()),
+                p.subscribe_group(&base, &bad).await.map(|_| ()),
                 ErrorKind::InvalidInput,
             )?;
         }
@@ -175,14 +172,14 @@ pub async fn pubsub_rejects_invalid_names(b: Backend) -> CaseResult {
 pub async fn group_delivers_each_message_once(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     if !p.capabilities().groups {
-        return skip("capability groups is off");
+        return skip_capability("capability groups is off");
     }
     let (t, g) = (topic(), unique("group"));
-    let c1 = within("subscribe_group", p.subscribe_group(&t, &g)).await??;
-    let c2 = within("subscribe_group", p.subscribe_group(&t, &g)).await??;
+    let c1 = p.subscribe_group(&t, &g).await?;
+    let c2 = p.subscribe_group(&t, &g).await?;
     let n = 200u64;
     for i in 0..n {
-        within("publish", p.publish(&t, msg(i))).await??;
+        p.publish(&t, msg(i)).await?;
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let mut tasks = Vec::new();
@@ -222,18 +219,18 @@ pub async fn group_delivers_each_message_once(b: Backend) -> CaseResult {
 pub async fn nacked_job_is_redelivered(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     if !p.capabilities().groups {
-        return skip("capability groups is off");
+        return skip_capability("capability groups is off");
     }
     let (t, g) = (topic(), unique("group"));
-    let mut c = within("subscribe_group", p.subscribe_group(&t, &g)).await??;
-    within("publish", p.publish(&t, msg(7))).await??;
+    let mut c = p.subscribe_group(&t, &g).await?;
+    p.publish(&t, msg(7)).await?;
     let job = within("job", c.next())
         .await?
         .ok_or_else(|| Stop::Fail("group ended".into()))??;
     ensure(num(job.payload()) == Some(7) && job.attempt() == 1, || {
         format!("first delivery {job:?}")
     })?;
-    within("nack", job.nack()).await??;
+    job.nack().await?;
     let again = within("redelivery", c.next())
         .await?
         .ok_or_else(|| Stop::Fail("group ended".into()))??;
@@ -241,7 +238,7 @@ pub async fn nacked_job_is_redelivered(b: Backend) -> CaseResult {
         num(again.payload()) == Some(7) && again.attempt() >= 2,
         || format!("redelivery {again:?}"),
     )?;
-    within("ack", again.ack()).await??;
+    again.ack().await?;
     let none = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
     ensure(none.is_err(), || "acked job delivered again".into())
 }
@@ -250,14 +247,14 @@ pub async fn nacked_job_is_redelivered(b: Backend) -> CaseResult {
 pub async fn group_keeps_messages_without_consumers(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     if !p.capabilities().durable_groups {
-        return skip("capability durable_groups is off");
+        return skip_capability("capability durable_groups is off");
     }
     let (t, g) = (topic(), unique("group"));
-    drop(within("subscribe_group", p.subscribe_group(&t, &g)).await??);
+    drop(p.subscribe_group(&t, &g).await?);
     for i in 0..3 {
-        within("publish", p.publish(&t, msg(i))).await??;
+        p.publish(&t, msg(i)).await?;
     }
-    let mut c = within("subscribe_group", p.subscribe_group(&t, &g)).await??;
+    let mut c = p.subscribe_group(&t, &g).await?;
     for i in 0..3 {
         let job = within("job", c.next())
             .await?
@@ -265,7 +262,7 @@ pub async fn group_keeps_messages_without_consumers(b: Backend) -> CaseResult {
         ensure(num(job.payload()) == Some(i), || {
             format!("kept message {i} arrived as {job:?}")
         })?;
-        within("ack", job.ack()).await??;
+        job.ack().await?;
     }
     Ok(())
 }

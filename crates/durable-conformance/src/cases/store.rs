@@ -8,12 +8,11 @@ use serde_json::json;
 
 use super::support::{eventually, expect_kind, run_id};
 
-use crate::harness::{ensure, within, Backend, CaseResult, Stop};
+use crate::harness::{ensure, Backend, CaseResult, Stop};
 
 fn store(b: &Backend) -> Result<Arc<dyn WorkflowStore>, Stop> {
-    b.store
-        .clone()
-        .ok_or_else(|| Stop::Skip("backend has no WorkflowStore".into()))
+    b.store_under_test()
+        .ok_or_else(|| Stop::missing(crate::Part::Store))
 }
 
 /// Claim for `owner` once the current lease has expired (bounded wait).
@@ -24,7 +23,7 @@ async fn claim_eventually(
 ) -> Result<durable_core::Lease, Stop> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match within("claim", s.claim(id, owner, Duration::from_secs(30))).await? {
+        match s.claim(id, owner, Duration::from_secs(30)).await {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == ErrorKind::Conflict && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -42,29 +41,24 @@ async fn claim_eventually(
 pub async fn create_run_twice_conflicts(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let id = run_id("create");
-    let rec = within(
-        "create",
-        s.create_run(NewRun::new(id.clone()).data(json!({"v": 1}))),
-    )
-    .await??;
+    let rec = s
+        .create_run(NewRun::new(id.clone()).data(json!({"v": 1})))
+        .await?;
     ensure(
         rec.epoch == 0 && rec.status == RunStatus::Pending && rec.owner.is_none(),
         || format!("new record {rec:?}"),
     )?;
     expect_kind(
         "second create",
-        within(
-            "create",
-            s.create_run(NewRun::new(id.clone()).data(json!({"v": 2}))),
-        )
-        .await?,
+        s.create_run(NewRun::new(id.clone()).data(json!({"v": 2})))
+            .await,
         ErrorKind::Conflict,
     )?;
-    let got = within("get", s.get_run(&id)).await??;
+    let got = s.get_run(&id).await?;
     ensure(got.is_some_and(|r| r.data == json!({"v": 1})), || {
         "record changed by conflicting create".into()
     })?;
-    within("delete", s.delete_run(&id)).await??;
+    s.delete_run(&id).await?;
     Ok(())
 }
 
@@ -72,22 +66,19 @@ pub async fn create_run_twice_conflicts(b: Backend) -> CaseResult {
 pub async fn claim_is_exclusive_until_lease_expires(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let id = run_id("claim");
-    within("create", s.create_run(NewRun::new(id.clone()))).await??;
-    let a = within(
-        "claim",
-        s.claim(&id, "worker-a", Duration::from_millis(400)),
-    )
-    .await??;
+    s.create_run(NewRun::new(id.clone())).await?;
+    let a = s.claim(&id, "worker-a", Duration::from_millis(400)).await?;
     ensure(a.epoch == 1, || format!("first claim epoch {}", a.epoch))?;
     expect_kind(
         "claim while leased",
-        within("claim", s.claim(&id, "worker-b", Duration::from_secs(5))).await?,
+        s.claim(&id, "worker-b", Duration::from_secs(5)).await,
         ErrorKind::Conflict,
     )?;
     let b_epoch = claim_eventually(&s, &id, "worker-b").await?.epoch;
     ensure(b_epoch == 2, || format!("takeover epoch {b_epoch}, want 2"))?;
-    let rec = within("get", s.get_run(&id))
-        .await??
+    let rec = s
+        .get_run(&id)
+        .await?
         .ok_or_else(|| Stop::Fail("record gone".into()))?;
     ensure(
         rec.owner.as_deref() == Some("worker-b") && rec.epoch == 2,
@@ -95,14 +86,10 @@ pub async fn claim_is_exclusive_until_lease_expires(b: Backend) -> CaseResult {
     )?;
     expect_kind(
         "claim unknown",
-        within(
-            "claim",
-            s.claim(&run_id("none"), "w", Duration::from_secs(1)),
-        )
-        .await?,
+        s.claim(&run_id("none"), "w", Duration::from_secs(1)).await,
         ErrorKind::NotFound,
     )?;
-    within("delete", s.delete_run(&id)).await??;
+    s.delete_run(&id).await?;
     Ok(())
 }
 
@@ -110,58 +97,41 @@ pub async fn claim_is_exclusive_until_lease_expires(b: Backend) -> CaseResult {
 pub async fn stale_epoch_is_fenced(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let id = run_id("fence");
-    within(
-        "create",
-        s.create_run(NewRun::new(id.clone()).status(RunStatus::Running)),
-    )
-    .await??;
-    let old = within("claim", s.claim(&id, "old", Duration::from_millis(200))).await??;
+    s.create_run(NewRun::new(id.clone()).status(RunStatus::Running))
+        .await?;
+    let old = s.claim(&id, "old", Duration::from_millis(200)).await?;
     let new = claim_eventually(&s, &id, "new").await?;
     expect_kind(
         "renew",
-        within("renew", s.renew(&old, Duration::from_secs(1))).await?,
+        s.renew(&old, Duration::from_secs(1)).await,
         ErrorKind::Fenced,
     )?;
     expect_kind(
         "checkpoint",
-        within(
-            "checkpoint",
-            s.checkpoint(&id, old.epoch, "step-1", json!("old")),
-        )
-        .await?,
+        s.checkpoint(&id, old.epoch, "step-1", json!("old")).await,
         ErrorKind::Fenced,
     )?;
     expect_kind(
         "set_status",
-        within(
-            "set_status",
-            s.set_status(&id, Some(old.epoch), RunStatus::Completed, None),
-        )
-        .await?,
+        s.set_status(&id, Some(old.epoch), RunStatus::Completed, None)
+            .await,
         ErrorKind::Fenced,
     )?;
-    expect_kind(
-        "release",
-        within("release", s.release(&old)).await?,
-        ErrorKind::Fenced,
-    )?;
-    let v = within(
-        "checkpoint",
-        s.checkpoint(&id, new.epoch, "step-1", json!("new")),
-    )
-    .await??;
+    expect_kind("release", s.release(&old).await, ErrorKind::Fenced)?;
+    let v = s.checkpoint(&id, new.epoch, "step-1", json!("new")).await?;
     ensure(v == json!("new"), || {
         format!("current owner's checkpoint stored {v}")
     })?;
-    let rec = within("get", s.get_run(&id))
-        .await??
+    let rec = s
+        .get_run(&id)
+        .await?
         .ok_or_else(|| Stop::Fail("record gone".into()))?;
     ensure(
         rec.status == RunStatus::Running && rec.owner.as_deref() == Some("new"),
         || format!("fenced writes changed the record: {rec:?}"),
     )?;
-    within("release", s.release(&new)).await??;
-    within("delete", s.delete_run(&id)).await??;
+    s.release(&new).await?;
+    s.delete_run(&id).await?;
     Ok(())
 }
 
@@ -169,21 +139,18 @@ pub async fn stale_epoch_is_fenced(b: Backend) -> CaseResult {
 pub async fn checkpoint_is_idempotent(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let id = run_id("ckpt");
-    within("create", s.create_run(NewRun::new(id.clone()))).await??;
-    let l = within("claim", s.claim(&id, "w", Duration::from_secs(30))).await??;
+    s.create_run(NewRun::new(id.clone())).await?;
+    let l = s.claim(&id, "w", Duration::from_secs(30)).await?;
     for (k, v) in [("step-2", 2), ("step-1", 1), ("step-3/tool/a", 3)] {
-        within("checkpoint", s.checkpoint(&id, l.epoch, k, json!(v))).await??;
+        s.checkpoint(&id, l.epoch, k, json!(v)).await?;
     }
-    let again = within(
-        "checkpoint",
-        s.checkpoint(&id, l.epoch, "step-1", json!(99)),
-    )
-    .await??;
+    let again = s.checkpoint(&id, l.epoch, "step-1", json!(99)).await?;
     ensure(again == json!(1), || {
         format!("re-written checkpoint returned {again}")
     })?;
-    let snap = within("load", s.load(&id))
-        .await??
+    let snap = s
+        .load(&id)
+        .await?
         .ok_or_else(|| Stop::Fail("load returned None".into()))?;
     let keys: Vec<&str> = snap.checkpoints.iter().map(|(k, _)| k.as_str()).collect();
     ensure(keys == ["step-2", "step-1", "step-3/tool/a"], || {
@@ -194,10 +161,10 @@ pub async fn checkpoint_is_idempotent(b: Backend) -> CaseResult {
     })?;
     expect_kind(
         "bad key",
-        within("checkpoint", s.checkpoint(&id, l.epoch, "a b*", json!(0))).await?,
+        s.checkpoint(&id, l.epoch, "a b*", json!(0)).await,
         ErrorKind::InvalidInput,
     )?;
-    within("delete", s.delete_run(&id)).await??;
+    s.delete_run(&id).await?;
     Ok(())
 }
 
@@ -205,37 +172,31 @@ pub async fn checkpoint_is_idempotent(b: Backend) -> CaseResult {
 pub async fn terminal_status_is_final(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let id = run_id("term");
-    within("create", s.create_run(NewRun::new(id.clone()))).await??;
-    let l = within("claim", s.claim(&id, "w", Duration::from_secs(30))).await??;
-    let rec = within(
-        "set_status",
-        s.set_status(
+    s.create_run(NewRun::new(id.clone())).await?;
+    let l = s.claim(&id, "w", Duration::from_secs(30)).await?;
+    let rec = s
+        .set_status(
             &id,
             Some(l.epoch),
             RunStatus::Completed,
             Some(json!({"done": true})),
-        ),
-    )
-    .await??;
+        )
+        .await?;
     ensure(
         rec.status == RunStatus::Completed && rec.owner.is_none(),
         || format!("completed record {rec:?}"),
     )?;
     expect_kind(
         "status after terminal",
-        within(
-            "set_status",
-            s.set_status(&id, None, RunStatus::Running, None),
-        )
-        .await?,
+        s.set_status(&id, None, RunStatus::Running, None).await,
         ErrorKind::InvalidState,
     )?;
     expect_kind(
         "claim terminal",
-        within("claim", s.claim(&id, "w2", Duration::from_secs(1))).await?,
+        s.claim(&id, "w2", Duration::from_secs(1)).await,
         ErrorKind::InvalidState,
     )?;
-    within("delete", s.delete_run(&id)).await??;
+    s.delete_run(&id).await?;
     Ok(())
 }
 
@@ -244,35 +205,22 @@ pub async fn list_runs_by_status(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let ids: Vec<_> = (0..4).map(|_| run_id("list")).collect();
     for id in &ids {
-        within("create", s.create_run(NewRun::new(id.clone()))).await??;
+        s.create_run(NewRun::new(id.clone())).await?;
     }
-    within(
-        "set_status",
-        s.set_status(&ids[1], None, RunStatus::Running, None),
-    )
-    .await??;
-    within(
-        "set_status",
-        s.set_status(&ids[2], None, RunStatus::Suspended, None),
-    )
-    .await??;
-    within(
-        "set_status",
-        s.set_status(&ids[3], None, RunStatus::Running, None),
-    )
-    .await??;
-    within(
-        "set_status",
-        s.set_status(&ids[3], None, RunStatus::Failed, None),
-    )
-    .await??;
+    s.set_status(&ids[1], None, RunStatus::Running, None)
+        .await?;
+    s.set_status(&ids[2], None, RunStatus::Suspended, None)
+        .await?;
+    s.set_status(&ids[3], None, RunStatus::Running, None)
+        .await?;
+    s.set_status(&ids[3], None, RunStatus::Failed, None).await?;
     for (status, want) in [
         (RunStatus::Pending, vec![&ids[0]]),
         (RunStatus::Running, vec![&ids[1]]),
         (RunStatus::Suspended, vec![&ids[2]]),
         (RunStatus::Failed, vec![&ids[3]]),
     ] {
-        let listed = within("list", s.list_runs(Some(status))).await??;
+        let listed = s.list_runs(Some(status)).await?;
         ensure(listed.iter().all(|r| r.status == status), || {
             format!("list({status:?}) has other statuses")
         })?;
@@ -285,13 +233,13 @@ pub async fn list_runs_by_status(b: Backend) -> CaseResult {
             format!("list({status:?}) = {mine:?}, want {want:?}")
         })?;
     }
-    let all = within("list", s.list_runs(None)).await??;
+    let all = s.list_runs(None).await?;
     ensure(
         ids.iter().all(|id| all.iter().any(|r| &r.run_id == id)),
         || "list(None) misses runs".into(),
     )?;
     for id in &ids {
-        within("delete", s.delete_run(id)).await??;
+        s.delete_run(id).await?;
     }
     Ok(())
 }
@@ -300,31 +248,26 @@ pub async fn list_runs_by_status(b: Backend) -> CaseResult {
 pub async fn run_record_expires(b: Backend) -> CaseResult {
     let s = store(&b)?;
     let id = run_id("expire");
-    within("create", s.create_run(NewRun::new(id.clone()))).await??;
-    let l = within("claim", s.claim(&id, "w", Duration::from_secs(30))).await??;
-    within("checkpoint", s.checkpoint(&id, l.epoch, "step-1", json!(1))).await??;
-    within(
-        "set_status",
-        s.set_status(&id, Some(l.epoch), RunStatus::Completed, None),
-    )
-    .await??;
-    ensure(
-        within("expire", s.expire_run(&id, Duration::from_millis(300))).await??,
-        || "expire_run said the run is missing".into(),
-    )?;
+    s.create_run(NewRun::new(id.clone())).await?;
+    let l = s.claim(&id, "w", Duration::from_secs(30)).await?;
+    s.checkpoint(&id, l.epoch, "step-1", json!(1)).await?;
+    s.set_status(&id, Some(l.epoch), RunStatus::Completed, None)
+        .await?;
+    ensure(s.expire_run(&id, Duration::from_millis(300)).await?, || {
+        "expire_run said the run is missing".into()
+    })?;
     eventually("record expires", Duration::from_secs(10), || async {
-        Ok(within("get", s.get_run(&id)).await??.is_none())
+        Ok(s.get_run(&id).await?.is_none())
     })
     .await?;
-    ensure(within("load", s.load(&id)).await??.is_none(), || {
+    ensure(s.load(&id).await?.is_none(), || {
         "checkpoints outlive the record".into()
     })?;
-    let listed = within("list", s.list_runs(None)).await??;
+    let listed = s.list_runs(None).await?;
     ensure(!listed.iter().any(|r| r.run_id == id), || {
         "expired run still listed".into()
     })?;
-    ensure(
-        !within("expire", s.expire_run(&id, Duration::from_secs(1))).await??,
-        || "expire of a missing run returned true".into(),
-    )
+    ensure(!s.expire_run(&id, Duration::from_secs(1)).await?, || {
+        "expire of a missing run returned true".into()
+    })
 }

@@ -1,0 +1,151 @@
+//! Durable agents end to end on any backend: the scenarios of [`agent_suite!`](crate::agent_suite)
+//! ([`scenarios`]), and helpers for agent tests of any kind — drain a run with a deadline, wait
+//! for a settled status, compare runs the way a client sees them, share backends between
+//! instances. The helpers panic on failure, as test code does.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable_core::agent::{Agent, DurableAgent, DurableAgentBuilder, DurableRun};
+use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
+use durable_core::{
+    Event, EventKind, ObserveOptions, PubSub, RunId, RunStatus, ServerCache, WorkflowStore,
+};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::Backend;
+
+mod rig;
+pub mod scenarios;
+
+pub use rig::{process_runtime, run_scenario, run_scenario_test, Rig, Scenario};
+
+/// Drain `run` to its end; panics if the stream errs or stalls for `stall` between events.
+pub async fn collect(mut run: DurableRun, stall: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(ev) = tokio::time::timeout(stall, run.next())
+        .await
+        .unwrap_or_else(|_| panic!("run {} stalled for {stall:?}", run.run_id()))
+    {
+        out.push(ev.unwrap_or_else(|e| panic!("observe failed: {e}")));
+    }
+    out
+}
+
+/// Every event of the run, from cursor 0 to its end.
+pub async fn observe_all(agent: &DurableAgent, run_id: &RunId, stall: Duration) -> Vec<Event> {
+    let run = agent
+        .observe(run_id, ObserveOptions::from(0))
+        .await
+        .unwrap_or_else(|e| panic!("observe {run_id}: {e}"));
+    collect(run, stall).await
+}
+
+/// The run's status once it is terminal (or whatever it is after `limit`). The terminal status
+/// is written right after the terminal event, so a client that saw the event may briefly still
+/// read `running`.
+pub async fn settled_status(agent: &DurableAgent, run_id: &RunId, limit: Duration) -> RunStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let status = agent
+            .status(run_id)
+            .await
+            .unwrap_or_else(|e| panic!("status {run_id}: {e}"))
+            .status;
+        if status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return status;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// What a client shows: each `step-restart` drops the events since that step's `step-start`;
+/// cursors, timestamps and run ids are left out. Two runs of the same script compare equal.
+pub fn client_view(events: &[Event]) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    for e in events {
+        let mut data = e.data.to_value();
+        if e.kind == EventKind::StepRestart {
+            let start = out
+                .iter()
+                .rposition(|(k, d)| k == "step-start" && d["step"] == data["step"])
+                .unwrap_or_else(|| panic!("step-restart at {} names no started step", e.cursor));
+            out.truncate(start);
+            continue;
+        }
+        if let Value::Object(m) = &mut data {
+            m.remove("run_id");
+        }
+        out.push((e.kind.as_str().to_owned(), data));
+    }
+    out
+}
+
+/// Panics unless the cursors are exactly 0, 1, 2, …
+pub fn assert_contiguous(events: &[Event]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.cursor, i as u64, "cursors are contiguous from 0");
+    }
+}
+
+/// Backends shared by several agent instances, each standing for a process: what they share
+/// is what processes behind a load balancer share.
+#[derive(Clone)]
+pub struct SharedBackends {
+    /// The run logs.
+    pub cache: Arc<dyn ServerCache>,
+    /// Wake-ups, control messages and work queues.
+    pub pubsub: Arc<dyn PubSub>,
+    /// Run records and checkpoints.
+    pub store: Arc<dyn WorkflowStore>,
+}
+
+impl fmt::Debug for SharedBackends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBackends")
+            .field("cache", &self.cache.backend())
+            .field("pubsub", &self.pubsub.backend())
+            .field("store", &self.store.backend())
+            .finish()
+    }
+}
+
+impl SharedBackends {
+    /// One set of in-memory backends (the cache announcing on the pubsub).
+    pub fn memory() -> Self {
+        let pubsub = InMemoryPubSub::new();
+        Self {
+            cache: Arc::new(InMemoryCache::new().with_pubsub(&pubsub)),
+            pubsub: Arc::new(pubsub),
+            store: Arc::new(InMemoryWorkflowStore::new()),
+        }
+    }
+
+    /// The parts of `backend` under test (bounded by its timeout decorators), each missing one
+    /// filled with an in-memory one that every instance built from the result shares.
+    pub fn from_backend(backend: &Backend) -> Self {
+        let memory = Self::memory();
+        let pubsub = backend.pubsub_under_test();
+        let cache = match (backend.cache_under_test(), &pubsub) {
+            (Some(c), _) => c,
+            // An in-memory cache announces only on the in-memory pubsub it is paired with.
+            (None, Some(_)) => Arc::new(InMemoryCache::new()),
+            (None, None) => memory.cache,
+        };
+        Self {
+            cache,
+            pubsub: pubsub.unwrap_or(memory.pubsub),
+            store: backend.store_under_test().unwrap_or(memory.store),
+        }
+    }
+
+    /// A [`DurableAgent`] builder over these backends.
+    pub fn builder(&self, agent: Agent) -> DurableAgentBuilder {
+        DurableAgent::builder(agent)
+            .cache_arc(self.cache.clone())
+            .pubsub_arc(self.pubsub.clone())
+            .store_arc(self.store.clone())
+    }
+}
