@@ -34,6 +34,12 @@ pub enum RunStatus {
     Aborted,
 }
 
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl RunStatus {
     /// Whether no further transition is possible.
     pub fn is_terminal(self) -> bool {

@@ -14,6 +14,13 @@ mod evented;
 mod memory;
 pub mod model;
 mod runner;
+
+/// The names of a run's step checkpoints in the [`WorkflowStore`](crate::WorkflowStore): a
+/// persisted format (a run checkpointed by one version is continued by the next), public so
+/// tests and tools can inspect a run's progress.
+pub mod checkpoints {
+    pub use super::runner::journal::{approval_key, bg_key, model_key, tool_key, tool_start_key};
+}
 mod scripted;
 mod spec;
 mod tool;

@@ -100,11 +100,17 @@ impl DurableAgent {
             }
         }
         let limit = i.lease_ttl * 2 + Duration::from_secs(1);
+        let mut ended_with = None;
         if let Some(w) = waiter.as_mut() {
             let ended = tokio::time::timeout(limit, async {
                 while let Some(ev) = w.next().await {
-                    if ev.is_err() || ev.is_ok_and(|e| e.kind.is_terminal()) {
-                        break;
+                    match ev {
+                        Ok(e) if e.kind.is_terminal() => {
+                            ended_with = Some(e.kind);
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
                     }
                 }
             })
@@ -120,7 +126,22 @@ impl DurableAgent {
                 };
             }
         }
-        Ok(self.status(run_id).await?.status)
+        // The terminal event is appended before the terminal status is written: answer from
+        // the event, so the caller never reads a status that is about to change.
+        match ended_with {
+            Some(EventKind::Abort) => return Ok(RunStatus::Aborted),
+            Some(EventKind::Finish) => return Ok(RunStatus::Completed),
+            Some(EventKind::Error) => return Ok(RunStatus::Failed),
+            _ => {}
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let status = self.status(run_id).await?.status;
+            if status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub(super) async fn force_abort(&self, run_id: &RunId) -> Result<RunStatus> {

@@ -33,7 +33,8 @@ pub(crate) struct Injection {
     pub(crate) message: Message,
 }
 
-pub(crate) fn bg_key(step: u32, index: u32) -> String {
+/// The completion of background tool call `index` of step `step` (`bg-s{step}-{index}`).
+pub fn bg_key(step: u32, index: u32) -> String {
     format!("bg-s{step}-{index}")
 }
 
@@ -74,21 +75,24 @@ pub(crate) struct Decision {
     pub(crate) reason: Option<String>,
 }
 
-pub(crate) fn model_key(step: u32) -> String {
+/// The complete output of model step `step` (`s{step}-model`), with the log cursor after it.
+pub fn model_key(step: u32) -> String {
     format!("s{step}-model")
 }
 
-pub(crate) fn tool_key(step: u32, index: u32) -> String {
+/// The outcome of tool call `index` of step `step` (`s{step}-tool-{index}`).
+pub fn tool_key(step: u32, index: u32) -> String {
     format!("s{step}-tool-{index}")
 }
 
-pub(crate) fn approval_key(step: u32, index: u32) -> String {
+/// The approval decision for tool call `index` of step `step` (`s{step}-approval-{index}`).
+pub fn approval_key(step: u32, index: u32) -> String {
     format!("s{step}-approval-{index}")
 }
 
 /// Written before attempt `attempt` of a tool call starts executing, so the next attempt after
-/// a crash knows its number.
-pub(crate) fn tool_start_key(step: u32, index: u32, attempt: u32) -> String {
+/// a crash knows its number (`s{step}-tool-{index}-start-{attempt}`).
+pub fn tool_start_key(step: u32, index: u32, attempt: u32) -> String {
     format!("s{step}-tool-{index}-start-{attempt}")
 }
 

@@ -20,7 +20,7 @@
 //! crash in between is repaired by recovery, which finds the terminal event in the log.
 
 mod background;
-mod journal;
+pub(crate) mod journal;
 mod tools;
 
 use self::background::*;
