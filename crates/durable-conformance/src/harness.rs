@@ -46,6 +46,9 @@ pub struct Backend {
     pubsub: Option<Arc<dyn PubSub>>,
     store: Option<Arc<dyn WorkflowStore>>,
     op_timeout: Duration,
+    /// A second instance made by the same factory (another connection, as another process
+    /// would make), for the `shared_*` cases of backends that claim to be shared.
+    peer: Option<Arc<Backend>>,
 }
 
 impl fmt::Debug for Backend {
@@ -69,7 +72,32 @@ impl Backend {
             pubsub: None,
             store: None,
             op_timeout: OP_TIMEOUT,
+            peer: None,
         }
+    }
+
+    /// Attach a second instance of the same backend (what another process would connect to).
+    /// [`run_test`] does this itself for a backend whose capabilities claim `shared`.
+    #[must_use]
+    pub fn with_peer(mut self, peer: Backend) -> Self {
+        self.peer = Some(Arc::new(peer));
+        self
+    }
+
+    /// The second instance, if attached.
+    pub fn peer(&self) -> Option<&Backend> {
+        self.peer.as_deref()
+    }
+
+    /// Whether any part claims to be shared between processes (so the `shared_*` cases need a
+    /// second instance).
+    pub fn claims_shared(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.capabilities().shared)
+            || self
+                .pubsub
+                .as_ref()
+                .is_some_and(|p| p.capabilities().shared)
+            || self.store.as_ref().is_some_and(|s| s.capabilities().shared)
     }
 
     /// The in-memory reference backends.
@@ -510,7 +538,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// As [`judge`] says, and for a name that is not a case.
 pub fn run_test<F, Fut>(name: &str, factory: F, declared: &Declarations<'_>)
 where
-    F: FnOnce() -> Fut,
+    F: Fn() -> Fut,
     Fut: Future<Output = Result<Backend, String>>,
 {
     let Some(case) = crate::cases::find(name) else {
@@ -518,7 +546,7 @@ where
     };
     let rt = runtime();
     let outcome = rt.block_on(async {
-        let backend = match factory().await {
+        let mut backend = match factory().await {
             Ok(b) => b,
             Err(why) => {
                 return Outcome::Skipped(Skipped {
@@ -527,6 +555,17 @@ where
                 })
             }
         };
+        if name.starts_with("shared_") && backend.claims_shared() && backend.peer().is_none() {
+            match factory().await {
+                Ok(peer) => backend = backend.with_peer(peer),
+                Err(why) => {
+                    return Outcome::Skipped(Skipped {
+                        cause: SkipCause::Unavailable,
+                        why: format!("second instance unavailable: {why}"),
+                    })
+                }
+            }
+        }
         match tokio::time::timeout(CASE_TIMEOUT, (case.run)(backend)).await {
             Ok(o) => o,
             Err(_) => Outcome::Failed(format!("case did not finish within {CASE_TIMEOUT:?}")),

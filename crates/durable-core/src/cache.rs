@@ -24,7 +24,12 @@ pub struct CacheCapabilities {
     pub ttl: bool,
     /// [`ServerCache::keys`] is implemented (used to prove no key is left behind).
     pub list_keys: bool,
-    /// Data survives a restart of the process that wrote it (false for the in-memory backend).
+    /// Data is shared between processes and survives a restart of the process that wrote it
+    /// (false for the in-memory backend).
+    ///
+    /// # Behavior
+    /// - A second instance of the backend reads what the first wrote, and appends from both
+    ///   continue one cursor sequence (`shared_cache_is_seen_by_another_instance`).
     pub shared: bool,
     /// [`ServerCache::append_announce`] is implemented: the append and its wake-up frame are
     /// one backend operation (see [`ServerCache::announce_domain`] for which PubSub hears it).

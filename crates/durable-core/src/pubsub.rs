@@ -24,6 +24,10 @@ pub struct PubSubCapabilities {
     /// Messages published to a group while no consumer is attached are kept for later consumers.
     pub durable_groups: bool,
     /// Messages reach subscribers in other processes.
+    ///
+    /// # Behavior
+    /// - A message published through one instance reaches a subscriber of a second instance
+    ///   (`shared_pubsub_reaches_another_instance`).
     pub shared: bool,
 }
 

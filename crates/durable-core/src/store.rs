@@ -178,6 +178,10 @@ impl RunSnapshot {
 #[non_exhaustive]
 pub struct StoreCapabilities {
     /// Records survive the process and are visible to other processes.
+    ///
+    /// # Behavior
+    /// - A run created through one instance is seen and taken over through a second, which
+    ///   fences the first (`shared_store_is_seen_by_another_instance`).
     pub shared: bool,
     /// [`WorkflowStore::expire_run`] is honoured by the backend.
     pub ttl: bool,

@@ -47,6 +47,9 @@ pub async fn cache_set_get_delete(b: Backend) -> CaseResult {
 /// A key set with a TTL disappears after it; one without stays.
 pub async fn cache_ttl_expires(b: Backend) -> CaseResult {
     let c = cache(&b)?;
+    if !c.capabilities().ttl {
+        return skip_capability("capability ttl is off");
+    }
     let (short, long) = (unique("ttl"), unique("ttl"));
     c.set(
         &short,
@@ -358,6 +361,9 @@ pub async fn log_max_len_is_enforced(b: Backend) -> CaseResult {
 /// After `expire`, the log and everything the backend stores for it are gone.
 pub async fn log_expire_removes_everything(b: Backend) -> CaseResult {
     let c = cache(&b)?;
+    if !c.capabilities().ttl {
+        return skip_capability("capability ttl is off");
+    }
     let prefix = unique("exp");
     let log = format!("{prefix}/log");
     c.append_many(&log, &[payload(0), payload(1)], AppendOptions::fenced(1))

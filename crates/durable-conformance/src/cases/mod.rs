@@ -8,6 +8,7 @@ mod cache;
 mod contract;
 mod log;
 mod pubsub;
+mod shared;
 mod store;
 mod support;
 
@@ -15,6 +16,7 @@ pub use cache::*;
 pub use contract::*;
 pub use log::*;
 pub use pubsub::*;
+pub use shared::*;
 pub use store::*;
 
 use crate::harness::Case;
@@ -82,6 +84,10 @@ registry!(
     terminal_status_is_final,
     list_runs_by_status,
     run_record_expires,
+    // Shared between instances (capability `shared`)
+    shared_cache_is_seen_by_another_instance,
+    shared_pubsub_reaches_another_instance,
+    shared_store_is_seen_by_another_instance,
     // Event log: G1..G8
     log_cursors_are_contiguous_under_concurrent_appenders,
     observe_from_zero_replays_everything_then_ends,

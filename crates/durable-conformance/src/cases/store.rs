@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::support::{eventually, expect_kind, run_id};
 
-use crate::harness::{ensure, Backend, CaseResult, Stop};
+use crate::harness::{ensure, skip_capability, Backend, CaseResult, Stop};
 
 fn store(b: &Backend) -> Result<Arc<dyn WorkflowStore>, Stop> {
     b.store_under_test()
@@ -247,6 +247,9 @@ pub async fn list_runs_by_status(b: Backend) -> CaseResult {
 /// After `expire_run`, the record and its checkpoints are gone.
 pub async fn run_record_expires(b: Backend) -> CaseResult {
     let s = store(&b)?;
+    if !s.capabilities().ttl {
+        return skip_capability("capability ttl is off");
+    }
     let id = run_id("expire");
     s.create_run(NewRun::new(id.clone())).await?;
     let l = s.claim(&id, "w", Duration::from_secs(30)).await?;
