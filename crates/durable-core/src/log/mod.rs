@@ -352,16 +352,28 @@ impl EventLog {
         RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1), None)
     }
 
-    /// [`EventLog::writer`] for a run whose next cursor the caller knows (it just created or
-    /// read the log), which saves the writer a length query before its first retried append.
-    pub(crate) fn writer_at(
+    /// The writer of an executing run. `next`, when the caller knows it (it just created or
+    /// read the log), saves the writer a length query. With an in-process cache (not
+    /// [`shared`](crate::CacheCapabilities::shared)) or no cache, the writer appends inline in
+    /// the producer's task: an append there takes microseconds, and the hop to a writer task
+    /// would only add latency between the model and its observers.
+    pub(crate) fn run_writer(
         &self,
         run_id: RunId,
         fence: Option<Epoch>,
         capacity: usize,
-        next: Cursor,
+        next: Option<Cursor>,
     ) -> RunWriter {
-        RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1), Some(next))
+        let in_process = self
+            .inner
+            .cache
+            .as_ref()
+            .is_none_or(|c| !c.capabilities().shared);
+        if in_process {
+            RunWriter::inline(self.clone(), run_id, fence, next)
+        } else {
+            RunWriter::spawn(self.clone(), run_id, fence, capacity.max(1), next)
+        }
     }
 
     /// The run's length (next cursor), or `None` if it has no log.

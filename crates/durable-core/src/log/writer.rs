@@ -18,9 +18,52 @@ use crate::store::Epoch;
 /// Events are appended in the order sent. After a failed append the writer stops: every later
 /// `send` and `flush` returns that error, so nothing is dropped silently.
 pub struct RunWriter {
-    tx: mpsc::Sender<WriterCmd>,
-    failed: Arc<Mutex<Option<Error>>>,
+    mode: Mode,
     run_id: RunId,
+}
+
+enum Mode {
+    /// A task appends what is queued while the previous append is in flight (remote caches:
+    /// the producer never waits for a round trip).
+    Queued {
+        tx: mpsc::Sender<WriterCmd>,
+        failed: Arc<Mutex<Option<Error>>>,
+    },
+    /// The caller appends at once, in its own task (in-process caches, where an append takes
+    /// microseconds: one task hop less between the model and the observer).
+    Inline(tokio::sync::Mutex<Inline>),
+}
+
+struct Inline {
+    log: EventLog,
+    fence: Option<Epoch>,
+    next: Option<Cursor>,
+    failed: Option<Error>,
+}
+
+impl Inline {
+    async fn append(&mut self, run_id: &RunId, events: &[NewEvent]) -> Result<Cursor> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if events.is_empty() {
+            return match self.next {
+                Some(n) => Ok(n),
+                None => self.log.next_cursor(run_id).await,
+            };
+        }
+        match append_retrying(&self.log, run_id, events, self.fence, &mut self.next).await {
+            Ok(first) => {
+                let n = first + events.len() as u64;
+                self.next = Some(n);
+                Ok(n)
+            }
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
 }
 
 impl fmt::Debug for RunWriter {
@@ -40,6 +83,23 @@ enum WriterCmd {
 const WRITER_MAX_BATCH: usize = 1024;
 
 impl RunWriter {
+    pub(super) fn inline(
+        log: EventLog,
+        run_id: RunId,
+        fence: Option<Epoch>,
+        start: Option<Cursor>,
+    ) -> Self {
+        Self {
+            mode: Mode::Inline(tokio::sync::Mutex::new(Inline {
+                log,
+                fence,
+                next: start,
+                failed: None,
+            })),
+            run_id,
+        }
+    }
+
     pub(super) fn spawn(
         log: EventLog,
         run_id: RunId,
@@ -94,13 +154,9 @@ impl RunWriter {
                 }
             }
         });
-        Self { tx, failed, run_id }
-    }
-
-    fn check(&self) -> Result<()> {
-        match &*lock(&self.failed) {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+        Self {
+            mode: Mode::Queued { tx, failed },
+            run_id,
         }
     }
 
@@ -110,11 +166,20 @@ impl RunWriter {
     /// The error of an earlier failed append, with every field the backend gave it (kind,
     /// backend, operation, retryable, source).
     pub async fn send(&self, event: NewEvent) -> Result<()> {
-        self.check()?;
-        self.tx
-            .send(WriterCmd::Event(event))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))
+        match &self.mode {
+            Mode::Queued { tx, failed } => {
+                check(failed)?;
+                tx.send(WriterCmd::Event(event))
+                    .await
+                    .map_err(|_| stopped())
+            }
+            Mode::Inline(state) => state
+                .lock()
+                .await
+                .append(&self.run_id, std::slice::from_ref(&event))
+                .await
+                .map(drop),
+        }
     }
 
     /// Queue several events at once (one slot of the bounded buffer; keep batches small, a few
@@ -123,14 +188,28 @@ impl RunWriter {
     /// # Errors
     /// The error of an earlier failed append.
     pub async fn send_batch(&self, events: Vec<NewEvent>) -> Result<()> {
-        self.check()?;
-        if events.is_empty() {
-            return Ok(());
+        match &self.mode {
+            Mode::Queued { tx, failed } => {
+                check(failed)?;
+                if events.is_empty() {
+                    return Ok(());
+                }
+                tx.send(WriterCmd::Batch(events))
+                    .await
+                    .map_err(|_| stopped())
+            }
+            Mode::Inline(state) => {
+                if events.is_empty() {
+                    return state.lock().await.failed.clone().map_or(Ok(()), Err);
+                }
+                state
+                    .lock()
+                    .await
+                    .append(&self.run_id, &events)
+                    .await
+                    .map(drop)
+            }
         }
-        self.tx
-            .send(WriterCmd::Batch(events))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))
     }
 
     /// Wait until everything sent so far is durable; returns the run's next cursor.
@@ -138,13 +217,27 @@ impl RunWriter {
     /// # Errors
     /// The error of a failed append.
     pub async fn flush(&self) -> Result<Cursor> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(WriterCmd::Flush(reply))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))?;
-        rx.await
-            .map_err(|_| Error::new(ErrorKind::Unexpected, "run writer task stopped"))?
+        match &self.mode {
+            Mode::Queued { tx, .. } => {
+                let (reply, rx) = oneshot::channel();
+                tx.send(WriterCmd::Flush(reply))
+                    .await
+                    .map_err(|_| stopped())?;
+                rx.await.map_err(|_| stopped())?
+            }
+            Mode::Inline(state) => state.lock().await.append(&self.run_id, &[]).await,
+        }
+    }
+}
+
+fn stopped() -> Error {
+    Error::new(ErrorKind::Unexpected, "run writer task stopped")
+}
+
+fn check(failed: &Mutex<Option<Error>>) -> Result<()> {
+    match &*lock(failed) {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
     }
 }
 

@@ -265,17 +265,12 @@ impl DurableAgent {
             def: i.agent.def.clone(),
             run_id: run_id.clone(),
             spec,
-            sink: Sink::Log(match end {
-                Some(next) => i.log.writer_at(
-                    run_id.clone(),
-                    Some(lease.epoch),
-                    self.writer_batches(),
-                    next,
-                ),
-                None => i
-                    .log
-                    .writer(run_id.clone(), Some(lease.epoch), self.writer_batches()),
-            }),
+            sink: Sink::Log(i.log.run_writer(
+                run_id.clone(),
+                Some(lease.epoch),
+                self.writer_batches(),
+                end,
+            )),
             journal,
             cancel,
             stop,
