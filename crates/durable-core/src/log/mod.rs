@@ -746,6 +746,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_inline_writer_keeps_errors_whole_and_flushes_a_live_only_log() {
+        let log = EventLog::new(
+            Arc::new(InMemoryCache::new()),
+            Arc::new(InMemoryPubSub::new()),
+        );
+        let run = RunId::generate();
+        log.create(&run, Some(5)).await.unwrap();
+        let writer = log.run_writer(run.clone(), Some(3), 1, None);
+        let e = writer.send(delta(0)).await.unwrap_err();
+        assert_eq!(
+            (e.kind(), e.backend(), e.operation(), e.is_retryable()),
+            (ErrorKind::Fenced, "memory", "append", false)
+        );
+        assert_eq!(writer.flush().await.unwrap_err().kind(), ErrorKind::Fenced);
+        assert_eq!(log.len(&run).await.unwrap(), Some(0), "nothing stored");
+
+        let live = EventLog::live_only(Arc::new(InMemoryPubSub::new()));
+        live.create(&run, None).await.unwrap();
+        let writer = live.run_writer(run.clone(), None, 1, None);
+        assert_eq!(writer.flush().await.unwrap(), 0);
+        writer.send_batch(vec![delta(0), delta(1)]).await.unwrap();
+        assert_eq!(writer.flush().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
     async fn an_invalid_namespace_is_rejected_before_any_backend_call() {
         for ns in ["a*b", "{x}", "a b", "", "a..b", "x>y"] {
             let config = LogConfig {
