@@ -6,13 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    ttl_ms, validate_name, AppendOptions, CacheCapabilities, Cursor, ErrorKind, LogSlice, Result,
-    ServerCache,
+    ttl_ms, validate_name, validate_prefix, AppendOptions, CacheCapabilities, Cursor, ErrorKind,
+    LogSlice, Result, ServerCache,
 };
 
 use crate::error::err;
 use crate::keys::KeySpace;
-use crate::scripts::{APPEND, EXPIRE, INCREMENT, LEN};
+use crate::scripts::{APPEND, EXPIRE, GET, INCREMENT, LEN, SET};
 use crate::transport::{RedisTransport, Reply, Transport};
 
 /// Keys fetched per `SCAN` step of [`ServerCache::keys`].
@@ -35,31 +35,50 @@ impl<T: Transport> CacheCore<T> {
         self.transport.unexpected(op, what)
     }
 
+    fn conflict(&self, op: &'static str, name: &str) -> durable_core::Error {
+        err(
+            self.transport.backend(),
+            ErrorKind::Conflict,
+            op,
+            format!("{name:?} is a log and a key at once: a key and a log may not share a name"),
+        )
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.check("get", "key", key)?;
-        let k = self.keys.cache_key(key);
-        match self.transport.command("get", &[b"GET", &k]).await? {
-            Reply::Nil => Ok(None),
-            r => r
-                .into_bytes()
-                .map(Some)
-                .ok_or_else(|| self.bad("get", "GET")),
+        let (k, m) = (self.keys.cache_key(key), self.keys.meta_key(key));
+        let reply = self.transport.eval("get", &GET, &[&k, &m], &[]).await?;
+        let mut parts = reply
+            .into_array()
+            .ok_or_else(|| self.bad("get", "get"))?
+            .into_iter();
+        match parts.next().and_then(|r| r.int()) {
+            Some(0) => match parts.next() {
+                None | Some(Reply::Nil) => Ok(None),
+                Some(v) => v
+                    .into_bytes()
+                    .map(Some)
+                    .ok_or_else(|| self.bad("get", "GET")),
+            },
+            Some(1) => Err(self.conflict("get", key)),
+            _ => Err(self.bad("get", "get")),
         }
     }
 
     pub(crate) async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.check("set", "key", key)?;
-        let k = self.keys.cache_key(key);
-        match ttl {
-            Some(t) => {
-                let ms = ttl_ms(t).to_string();
-                self.transport
-                    .command("set", &[b"SET", &k, &value, b"PX", ms.as_bytes()])
-                    .await?
-            }
-            None => self.transport.command("set", &[b"SET", &k, &value]).await?,
-        };
-        Ok(())
+        let (k, m) = (self.keys.cache_key(key), self.keys.meta_key(key));
+        let ttl = ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
+        let code = self
+            .transport
+            .eval("set", &SET, &[&k, &m], &[&value, ttl.as_bytes()])
+            .await?
+            .int();
+        match code {
+            Some(0) => Ok(()),
+            Some(1) => Err(self.conflict("set", key)),
+            _ => Err(self.bad("set", "set")),
+        }
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<bool> {
@@ -71,19 +90,36 @@ impl<T: Transport> CacheCore<T> {
 
     pub(crate) async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
         self.check("increment", "key", key)?;
-        let k = self.keys.cache_key(key);
+        let (k, m) = (self.keys.cache_key(key), self.keys.meta_key(key));
         let by = by.to_string();
         let ttl = ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
-        self.transport
+        let reply = self
+            .transport
             .eval(
                 "increment",
                 &INCREMENT,
-                &[&k],
+                &[&k, &m],
                 &[by.as_bytes(), ttl.as_bytes()],
             )
-            .await?
-            .int()
-            .ok_or_else(|| self.bad("increment", "INCRBY"))
+            .await?;
+        let mut parts = reply
+            .into_array()
+            .ok_or_else(|| self.bad("increment", "increment"))?
+            .into_iter();
+        match parts.next().and_then(|r| r.int()) {
+            Some(0) => parts
+                .next()
+                .and_then(|v| v.int())
+                .ok_or_else(|| self.bad("increment", "INCRBY")),
+            Some(1) => Err(self.conflict("increment", key)),
+            Some(2) => Err(err(
+                self.transport.backend(),
+                ErrorKind::InvalidInput,
+                "increment",
+                "integer overflow",
+            )),
+            _ => Err(self.bad("increment", "increment")),
+        }
     }
 
     pub(crate) async fn append_many(
@@ -96,9 +132,11 @@ impl<T: Transport> CacheCore<T> {
         let (k, m) = (self.keys.cache_key(log), self.keys.meta_key(log));
         let fence = options.fence.map(|f| f.to_string()).unwrap_or_default();
         let max = options.max_len.map(|f| f.to_string()).unwrap_or_default();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(payloads.len() + 2);
+        let must_exist: &[u8] = if options.must_exist { b"1" } else { b"" };
+        let mut args: Vec<&[u8]> = Vec::with_capacity(payloads.len() + 3);
         args.push(fence.as_bytes());
         args.push(max.as_bytes());
+        args.push(must_exist);
         args.extend(payloads.iter().map(|p| &p[..]));
         let reply = self
             .transport
@@ -120,6 +158,13 @@ impl<T: Transport> CacheCore<T> {
                 "append",
                 format!("log {log} would exceed {max} entries"),
             )),
+            3 => Err(err(
+                backend,
+                ErrorKind::NotFound,
+                "append",
+                format!("no log {log} (it was never created, or it was deleted or expired)"),
+            )),
+            4 => Err(self.conflict("append", log)),
             _ => Err(self.bad("append", "append")),
         }
     }
@@ -141,6 +186,7 @@ impl<T: Transport> CacheCore<T> {
                 "read",
                 format!("no log {log}"),
             )),
+            Some(-3) => Err(self.conflict("read", log)),
             Some(-2) => Err(err(
                 backend,
                 ErrorKind::OffsetAhead,
@@ -174,7 +220,10 @@ impl<T: Transport> CacheCore<T> {
             .await?
             .int()
             .ok_or_else(|| self.bad("len", "len"))?;
-        Ok(u64::try_from(n).ok())
+        match n {
+            -2 => Err(self.conflict("len", log)),
+            n => Ok(u64::try_from(n).ok()),
+        }
     }
 
     pub(crate) async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
@@ -187,13 +236,17 @@ impl<T: Transport> CacheCore<T> {
             .await?
             .int()
             .ok_or_else(|| self.bad("expire", "expire"))?;
-        Ok(n == 1)
+        match n {
+            -1 => Err(self.conflict("expire", log)),
+            n => Ok(n == 1),
+        }
     }
 
     pub(crate) async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        if !prefix.is_empty() {
-            self.check("keys", "prefix", prefix)?;
-        }
+        validate_prefix("prefix", prefix).map_err(|e| {
+            e.with_backend(self.transport.backend())
+                .with_operation("keys")
+        })?;
         let pattern = self.keys.cache_scan_pattern(prefix);
         let mut cursor = Bytes::from_static(b"0");
         let mut out = BTreeSet::new();
@@ -248,14 +301,14 @@ fn code_and_value(reply: Reply) -> Option<(i64, u64)> {
 
 /// Implements [`ServerCache`] for a newtype over `Arc<CacheCore<_>>`.
 macro_rules! server_cache_impl {
-    ($ty:ty) => {
+    ($ty:ty, $caps:expr) => {
         #[async_trait]
         impl ServerCache for $ty {
             fn backend(&self) -> &'static str {
                 self.core.transport.backend()
             }
             fn capabilities(&self) -> CacheCapabilities {
-                CacheCapabilities::ALL
+                $caps
             }
             async fn get(&self, key: &str) -> Result<Option<Bytes>> {
                 self.core.get(key).await
@@ -308,4 +361,7 @@ pub struct RedisServerCache {
     pub(crate) core: std::sync::Arc<CacheCore<RedisTransport>>,
 }
 
-server_cache_impl!(RedisServerCache);
+server_cache_impl!(
+    RedisServerCache,
+    CacheCapabilities::ALL.with_announce(false)
+);

@@ -155,7 +155,11 @@ impl UpstashServerCache {
     }
 }
 
-server_cache_impl!(UpstashServerCache);
+// No announce: the Upstash REST cache has no paired PubSub to publish into.
+server_cache_impl!(
+    UpstashServerCache,
+    CacheCapabilities::ALL.with_announce(false)
+);
 
 struct UpstashTransport {
     http: reqwest::Client,
