@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    ttl_ms, validate_name, validate_prefix, AppendOptions, CacheCapabilities, Cursor, ErrorKind,
-    LogSlice, Result, ServerCache,
+    ttl_ms, validate_name, validate_prefix, Announce, AnnounceDomain, AppendOptions,
+    CacheCapabilities, Cursor, ErrorKind, LogSlice, Result, ServerCache,
 };
 
 use crate::error::err;
@@ -23,6 +23,8 @@ const SCAN_COUNT: &[u8] = b"1000";
 pub(crate) struct CacheCore<T> {
     pub(crate) transport: T,
     pub(crate) keys: KeySpace,
+    /// Where appends can be announced (`PUBLISH` inside the append script), if anywhere.
+    pub(crate) announce: Option<AnnounceDomain>,
 }
 
 impl<T: Transport> CacheCore<T> {
@@ -129,14 +131,54 @@ impl<T: Transport> CacheCore<T> {
         options: AppendOptions,
     ) -> Result<Cursor> {
         self.check("append", "log", log)?;
+        self.append(log, payloads, options, None).await
+    }
+
+    pub(crate) async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        self.check("append", "log", log)?;
+        self.check("append", "topic", announce.topic)?;
+        if self.announce.is_none() {
+            return Err(err(
+                self.transport.backend(),
+                ErrorKind::Unsupported,
+                "append_announce",
+                "this cache has no channel space to announce in",
+            ));
+        }
+        self.append(log, payloads, options, Some(announce)).await
+    }
+
+    /// The append script, announcing the batch on `announce`'s topic channel if given.
+    async fn append(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Option<Announce<'_>>,
+    ) -> Result<Cursor> {
         let (k, m) = (self.keys.cache_key(log), self.keys.meta_key(log));
         let fence = options.fence.map(|f| f.to_string()).unwrap_or_default();
         let max = options.max_len.map(|f| f.to_string()).unwrap_or_default();
         let must_exist: &[u8] = if options.must_exist { b"1" } else { b"" };
-        let mut args: Vec<&[u8]> = Vec::with_capacity(payloads.len() + 3);
+        let (channel, frame_max) = match announce {
+            Some(a) => (
+                self.keys.topic_channel(a.topic),
+                a.max_frame_bytes.to_string(),
+            ),
+            None => (Vec::new(), String::new()),
+        };
+        let mut args: Vec<&[u8]> = Vec::with_capacity(payloads.len() + 5);
         args.push(fence.as_bytes());
         args.push(max.as_bytes());
         args.push(must_exist);
+        args.push(&channel);
+        args.push(frame_max.as_bytes());
         args.extend(payloads.iter().map(|p| &p[..]));
         let reply = self
             .transport
@@ -301,14 +343,14 @@ fn code_and_value(reply: Reply) -> Option<(i64, u64)> {
 
 /// Implements [`ServerCache`] for a newtype over `Arc<CacheCore<_>>`.
 macro_rules! server_cache_impl {
-    ($ty:ty, $caps:expr) => {
+    ($ty:ty) => {
         #[async_trait]
         impl ServerCache for $ty {
             fn backend(&self) -> &'static str {
                 self.core.transport.backend()
             }
             fn capabilities(&self) -> CacheCapabilities {
-                $caps
+                CacheCapabilities::ALL.with_announce(self.core.announce.is_some())
             }
             async fn get(&self, key: &str) -> Result<Option<Bytes>> {
                 self.core.get(key).await
@@ -342,6 +384,20 @@ macro_rules! server_cache_impl {
             async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
                 self.core.keys(prefix).await
             }
+            fn announce_domain(&self) -> Option<AnnounceDomain> {
+                self.core.announce.clone()
+            }
+            async fn append_announce(
+                &self,
+                log: &str,
+                payloads: &[Bytes],
+                options: AppendOptions,
+                announce: Announce<'_>,
+            ) -> Result<Cursor> {
+                self.core
+                    .append_announce(log, payloads, options, announce)
+                    .await
+            }
         }
     };
 }
@@ -355,13 +411,15 @@ pub(crate) use server_cache_impl;
 /// check, cursor allocation, store). TTLs are set only by [`ServerCache::expire`] (the run's
 /// retention), on the log and its companion together.
 ///
+/// It announces ([`ServerCache::append_announce`]): the same script `PUBLISH`es the batch's
+/// wake-up frame on the topic's channel, so an [`EventLog`](durable_core::EventLog) over this
+/// cache and a [`RedisPubSub`](crate::RedisPubSub) of the same server and key prefix (its
+/// [`announce_domain`](ServerCache::announce_domain)) needs one round trip per batch.
+///
 /// Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct RedisServerCache {
     pub(crate) core: std::sync::Arc<CacheCore<RedisTransport>>,
 }
 
-server_cache_impl!(
-    RedisServerCache,
-    CacheCapabilities::ALL.with_announce(false)
-);
+server_cache_impl!(RedisServerCache);

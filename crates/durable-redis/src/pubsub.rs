@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    ttl_ms, validate_name, Delivery, Error, ErrorKind, GroupSubscription, Job, JobAcker, PubSub,
-    PubSubCapabilities, Result, Subscription,
+    ttl_ms, validate_name, AnnounceDomain, Delivery, Error, ErrorKind, GroupSubscription, Job,
+    JobAcker, PubSub, PubSubCapabilities, Result, Subscription,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -50,6 +50,10 @@ fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
 ///   [`group_reclaim_idle`](crate::RedisConfig::group_reclaim_idle). A job's attempt is its
 ///   delivery count. The stream expires [`group_ttl`](crate::RedisConfig::group_ttl) after its
 ///   last publish or consumer activity, so abandoned queues leave no key behind.
+///
+/// Its [`announce_domain`](PubSub::announce_domain) is the server and key prefix, equal to the
+/// [`RedisServerCache`](crate::RedisServerCache)'s of the same [`Redis`]: that cache publishes
+/// the wake-up frames of its appends itself, on the channels this pubsub listens to.
 ///
 /// Cheap to clone; clones share the connections.
 #[derive(Clone, Debug)]
@@ -485,6 +489,10 @@ impl PubSub for RedisPubSub {
     async fn flush(&self) -> Result<()> {
         // Publishes are sent when `publish` is called and complete before it returns.
         Ok(())
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        Some(self.inner.redis.announce_domain().clone())
     }
 }
 

@@ -76,17 +76,26 @@ return {0, redis.call('GET', KEYS[1])}
     )
 });
 
-/// Append to a run log. KEYS: list, companion hash. ARGV: fence (`""` = none), max_len (`""` =
-/// none), must exist (`"1"` or `""`), payloads… Returns `{0, first}`, `{1, fence}` (fenced),
+/// Append to a run log, and optionally announce the batch. KEYS: list, companion hash. ARGV:
+/// fence (`""` = none), max_len (`""` = none), must exist (`"1"` or `""`), announce channel
+/// (`""` = none), max frame bytes, payloads… Returns `{0, first}`, `{1, fence}` (fenced),
 /// `{2, len}` (limit), `{3, 0}` (missing and must exist) or `{4, 0}` (the name is a key).
 ///
 /// The checks come in the reference order (name conflict, must exist, fence, `max_len`) and
-/// all of them before any write: a rejected append changes nothing, the fence included.
+/// all of them before any write: a rejected append changes nothing, the fence included, and
+/// announces nothing.
 ///
 /// The list index is the cursor: nothing is ever trimmed from the head of a log (an over-long
 /// append is rejected, not trimmed), so `LRANGE from …` is a read by cursor. The companion hash
 /// holds the fence and makes an empty log exist. A log created after `expire` inherits the
 /// companion's TTL, so no key outlives its log.
+///
+/// **Announce.** With a channel, a non-empty batch is `PUBLISH`ed after it is stored, in the
+/// same script: the frame of `durable_core::frame::encode`, byte for byte — `"<first> <n>"`,
+/// and when the length-prefixed payloads (`len + digits(len) + 1` bytes each) fit in max frame
+/// bytes, `" <len_1>,…,<len_n>\n"` and the payloads. A subscriber can never hear of an event
+/// before it is readable, and frames of one log leave in cursor order (scripts run one at a
+/// time). `PUBLISH` touches no key, so the script stays in the log's hash slot.
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "append",
@@ -103,7 +112,7 @@ if fence ~= '' then
   if tonumber(fence) < cur then return {1, cur} end
 end
 local len = redis.call('LLEN', KEYS[1])
-local n = #ARGV - 3
+local n = #ARGV - 5
 if ARGV[2] ~= '' and len + n > tonumber(ARGV[2]) then return {2, len} end
 if fence ~= '' and tonumber(fence) > cur then
   redis.call('HSET', KEYS[2], 'f', fence)
@@ -111,12 +120,28 @@ elseif not meta then
   redis.call('HSET', KEYS[2], 'f', '0')
 end
 if n > 0 then
-  for i = 4, #ARGV, 1000 do
+  for i = 6, #ARGV, 1000 do
     redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
   if len == 0 then
     local ttl = redis.call('PTTL', KEYS[2])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  end
+  if ARGV[4] ~= '' then
+    local header = string.format('%d %d', len, n)
+    local lens = {}
+    local body = 0
+    for i = 6, #ARGV do
+      local l = string.format('%d', #ARGV[i])
+      lens[#lens + 1] = l
+      body = body + #ARGV[i] + #l + 1
+    end
+    if body <= tonumber(ARGV[5]) then
+      redis.call('PUBLISH', ARGV[4],
+        header .. ' ' .. table.concat(lens, ',') .. '\n' .. table.concat(ARGV, '', 6, #ARGV))
+    else
+      redis.call('PUBLISH', ARGV[4], header)
+    end
   end
 end
 return {0, len}
