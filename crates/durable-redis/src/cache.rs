@@ -401,6 +401,7 @@ macro_rules! server_cache_impl {
         }
     };
 }
+#[cfg(feature = "upstash")]
 pub(crate) use server_cache_impl;
 
 /// [`ServerCache`] on Redis.

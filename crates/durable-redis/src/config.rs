@@ -27,7 +27,8 @@ pub const URL_ENV_VARS: [&str; 2] = ["DURABLE_REDIS_URL", "REDIS_URL"];
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls, system roots).
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls, system roots;
+    /// needs the `tls` feature, on by default).
     pub url: String,
     /// Prefix of every key and channel (default [`DEFAULT_KEY_PREFIX`]); `[A-Za-z0-9_-.:/]`.
     pub key_prefix: String,

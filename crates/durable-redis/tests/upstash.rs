@@ -6,6 +6,7 @@
 //! otherwise they start the emulation (`support/upstash_emulator.rs`) in front of the Redis at
 //! `DURABLE_TEST_REDIS_URL`.
 
+#![cfg(feature = "upstash")]
 #![allow(clippy::unwrap_used)]
 
 mod support;
