@@ -249,19 +249,35 @@ const CHANNELS_PER_COMMAND: usize = 1024;
 /// flight goes out together, as pipelined `SUBSCRIBE` / `UNSUBSCRIBE` commands of up to
 /// [`CHANNELS_PER_COMMAND`] channels, so a burst of ten thousand observers costs a handful of
 /// round trips instead of ten thousand sequential ones.
+///
+/// A batch not confirmed within `timeout` (a server that stopped answering without closing the
+/// connection) is failed as retryable and the connection replaced, so the task never waits on
+/// a dead server.
 async fn drive(
     client: redis::Client,
     initial: redis::aio::PubSub,
     hub: Weak<Hub>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
+    timeouts: Timeouts,
 ) {
+    let timeout = timeouts.response;
     let mut first = true;
     let mut initial = Some(initial);
     let mut backoff = Duration::from_millis(50);
     loop {
         let connected = match initial.take() {
             Some(p) => Ok(p),
-            None => client.get_async_pubsub().await,
+            None => match tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => Err(from_redis("subscribe", e)),
+                Err(_) => Err(err(
+                    REDIS,
+                    ErrorKind::Timeout,
+                    "subscribe",
+                    "the subscription connection could not be opened in time",
+                )
+                .with_retryable(true)),
+            },
         };
         let pubsub = match connected {
             Ok(p) => p,
@@ -276,7 +292,7 @@ async fn drive(
                         cmd = commands.recv() => match cmd {
                             None => return,
                             Some(HubCommand::Subscribe(_, _, _, reply)) => {
-                                let _ = reply.send(Err(from_redis("subscribe", e.clone())));
+                                let _ = reply.send(Err(e.clone()));
                             }
                             Some(HubCommand::Unsubscribe(_)) => {}
                         },
@@ -293,7 +309,7 @@ async fn drive(
         drop(h);
         let mut subscribed: HashSet<Vec<u8>> = HashSet::new();
         if !wanted.is_empty() {
-            if let Err(e) = send_all(&sink, &wanted, &[], false).await {
+            if let Err(e) = send_all(&sink, &wanted, &[], false, timeout).await {
                 tracing::debug!(error = %e, "re-subscribe failed; reconnecting");
                 continue;
             }
@@ -323,7 +339,9 @@ async fn drive(
                             Err(_) => break,
                         }
                     }
-                    match apply_batch(&sink, &mut stream, &hub, &mut subscribed, batch).await {
+                    let applied =
+                        apply_batch(&sink, &mut stream, &hub, &mut subscribed, batch, timeout);
+                    match applied.await {
                         Batch::Done => {}
                         Batch::Reconnect => break,
                         Batch::HubGone => return,
@@ -333,6 +351,15 @@ async fn drive(
         }
         tracing::debug!("redis subscription connection lost; reconnecting");
     }
+}
+
+/// Bounds of the subscription connection's waits.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// Opening the connection.
+    connect: Duration,
+    /// The confirmations of one batch.
+    response: Duration,
 }
 
 /// What the driver does after a batch.
@@ -353,6 +380,7 @@ async fn apply_batch(
     hub: &Weak<Hub>,
     subscribed: &mut HashSet<Vec<u8>>,
     batch: Vec<HubCommand>,
+    timeout: Duration,
 ) -> Batch {
     let mut pending: Vec<Pending> = Vec::new();
     let mut released: HashSet<Vec<u8>> = HashSet::new();
@@ -392,10 +420,10 @@ async fn apply_batch(
     // first, then activate the new ones, so they only see later publishes. A new subscriber of
     // a channel that is already subscribed needs a reply too: a PING when nothing else is sent.
     let barrier = !pending.is_empty();
-    if let Err(e) = send_all(sink, &fresh, &gone, barrier).await {
+    if let Err(e) = send_all(sink, &fresh, &gone, barrier, timeout).await {
         tracing::debug!(error = %e, "redis subscription batch failed; reconnecting");
         for (_, _, _, reply) in pending {
-            let _ = reply.send(Err(from_redis("subscribe", e.clone())));
+            let _ = reply.send(Err(e.clone()));
         }
         return Batch::Reconnect;
     }
@@ -446,13 +474,14 @@ async fn apply_batch(
 }
 
 /// Send `UNSUBSCRIBE gone` and `SUBSCRIBE fresh` (chunked, pipelined on the one connection) and
-/// wait for every confirmation; with `barrier` and nothing to send, a `PING`.
+/// wait for every confirmation, at most `timeout`; with `barrier` and nothing to send, a `PING`.
 async fn send_all(
     sink: &redis::aio::PubSubSink,
     fresh: &[Vec<u8>],
     gone: &[Vec<u8>],
     barrier: bool,
-) -> redis::RedisResult<()> {
+    timeout: Duration,
+) -> Result<()> {
     let mut calls = Vec::new();
     for chunk in gone.chunks(CHANNELS_PER_COMMAND) {
         let mut s = sink.clone();
@@ -466,7 +495,17 @@ async fn send_all(
         let mut s = sink.clone();
         calls.push(async move { s.ping::<redis::Value>().await.map(drop) }.boxed());
     }
-    futures::future::try_join_all(calls).await.map(drop)
+    match tokio::time::timeout(timeout, futures::future::try_join_all(calls)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(from_redis("subscribe", e)),
+        Err(_) => Err(err(
+            REDIS,
+            ErrorKind::Timeout,
+            "subscribe",
+            "the subscription connection did not answer in time",
+        )
+        .with_retryable(true)),
+    }
 }
 
 impl RedisPubSub {
@@ -479,16 +518,29 @@ impl RedisPubSub {
             capacity: redis.config().subscriber_capacity.max(1),
         });
         // Open the connection here so a bad server is reported now, not at first subscribe.
-        let pubsub = redis
-            .client()
-            .get_async_pubsub()
-            .await
-            .map_err(|e| from_redis("connect", e))?;
+        let connect = redis.client().get_async_pubsub();
+        let pubsub = match tokio::time::timeout(redis.config().connect_timeout, connect).await {
+            Ok(p) => p.map_err(|e| from_redis("connect", e))?,
+            Err(_) => {
+                return Err(err(
+                    REDIS,
+                    ErrorKind::Timeout,
+                    "connect",
+                    "the subscription connection could not be opened in time",
+                )
+                .with_retryable(true))
+            }
+        };
+        let timeouts = Timeouts {
+            connect: redis.config().connect_timeout,
+            response: redis.config().response_timeout,
+        };
         tokio::spawn(drive(
             redis.client().clone(),
             pubsub,
             Arc::downgrade(&hub),
             rx,
+            timeouts,
         ));
         Ok(Self {
             inner: Arc::new(Inner {
