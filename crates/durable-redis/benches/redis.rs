@@ -14,8 +14,8 @@
 //!   observer: the multi-instance configuration end to end.
 //! - latency (printed, not a criterion measurement): append → observer receipt through
 //!   `EventLog` at 1 ms pacing, p50/p99/max over 2,000 events, with the wake-up announced by the
-//!   append script and with a separate `PUBLISH`, beside a bare `PING` round trip, the three
-//!   interleaved sample by sample; on a 2-thread and a current-thread runtime. Run it alone with
+//!   append script and with a separate `PUBLISH`, beside a bare `PING` round trip and the
+//!   append script's round trip alone, all interleaved sample by sample; on a 2-thread and a current-thread runtime. Run it alone with
 //!   `cargo bench -p durable-redis --bench redis -- latency` (the filter skips the criterion
 //!   benches).
 
@@ -325,10 +325,21 @@ enum Probe {
     Announce,
     /// The same with the wake-up published separately after the append.
     SeparatePublish,
+    /// The append script's round trip alone (`ServerCache::append_many`, no observer): how
+    /// much of the above is the server's script rather than the delivery.
+    AppendOnly,
 }
 
-/// Append → observer latency of both wake-up paths and a bare `PING`, interleaved sample by
-/// sample at 1 ms pacing so that the machine's noise hits all three alike.
+const PROBES: [Probe; 4] = [
+    Probe::Ping,
+    Probe::Announce,
+    Probe::SeparatePublish,
+    Probe::AppendOnly,
+];
+
+/// Append → observer latency of both wake-up paths, beside a bare `PING` and the append
+/// script alone, interleaved sample by sample at 1 ms pacing so that the machine's noise hits
+/// all of them alike.
 fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
     const SAMPLES: usize = 2000;
     let redis = connect(rt);
@@ -358,12 +369,15 @@ fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
             observed.push((log.clone(), run, stream));
         }
         let ev = [delta()];
+        let cache = redis.server_cache();
+        let raw_log = format!("bench/append-only/{}", RunId::generate());
         let mut pace = tokio::time::interval(Duration::from_millis(1));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut out: [Vec<Duration>; 3] = std::array::from_fn(|_| Vec::with_capacity(SAMPLES));
-        for i in 0..3 * SAMPLES {
+        let mut out: [Vec<Duration>; PROBES.len()] =
+            std::array::from_fn(|_| Vec::with_capacity(SAMPLES));
+        for i in 0..PROBES.len() * SAMPLES {
             pace.tick().await;
-            let probe = [Probe::Ping, Probe::Announce, Probe::SeparatePublish][i % 3];
+            let probe = PROBES[i % PROBES.len()];
             let t = Instant::now();
             match probe {
                 Probe::Ping => {
@@ -373,13 +387,21 @@ fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
                         .expect("ping");
                 }
                 Probe::Announce | Probe::SeparatePublish => {
-                    let (log, run, stream) = &mut observed[i % 3 - 1];
+                    let at = usize::from(matches!(probe, Probe::SeparatePublish));
+                    let (log, run, stream) = &mut observed[at];
                     log.append(run, &ev, None).await.expect("append");
                     stream.next().await.expect("event").expect("ok");
                 }
+                Probe::AppendOnly => {
+                    cache
+                        .append_many(&raw_log, &[payload()], AppendOptions::default())
+                        .await
+                        .expect("append");
+                }
             }
-            out[i % 3].push(t.elapsed());
+            out[i % PROBES.len()].push(t.elapsed());
         }
+        cache.delete(&raw_log).await.expect("delete");
         for (log, run, _) in observed {
             log.delete(&run).await.expect("delete");
         }
@@ -389,6 +411,7 @@ fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
         "bare PING",
         "append→observer, announce in append",
         "append→observer, separate PUBLISH",
+        "append script alone (no observer)",
     ]
     .iter()
     .zip(results.iter_mut())
