@@ -12,7 +12,12 @@
 //! - `redis_e2e/durable_agent_10k`: a `DurableAgent` run of the scripted model streaming 10,000
 //!   16-byte deltas on Redis only (log, wake-ups, run record, lease, checkpoint), drained by its
 //!   observer: the multi-instance configuration end to end.
-//! - `latency`: append → observer receipt at 1 ms pacing, p50/p99 over 2,000 events (printed).
+//! - latency (printed, not a criterion measurement): append → observer receipt through
+//!   `EventLog` at 1 ms pacing, p50/p99/max over 2,000 events, with the wake-up announced by the
+//!   append script and with a separate `PUBLISH`, beside a bare `PING` round trip and the
+//!   append script's round trip alone, all interleaved sample by sample; on a 2-thread and a current-thread runtime. Run it alone with
+//!   `cargo bench -p durable-redis --bench redis -- latency` (the filter skips the criterion
+//!   benches).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,10 +26,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use durable_conformance::services::env_url;
 use durable_core::{
-    EventKind, EventLog, Json, LogConfig, NewEvent, ObserveOptions, RunId, ServerCache,
-    ServerCacheExt,
+    AppendOptions, CacheCapabilities, EventKind, EventLog, Json, LogConfig, LogSlice, NewEvent,
+    ObserveOptions, RunId, ServerCache, ServerCacheExt,
 };
-use durable_redis::{Redis, RedisConfig};
+use durable_redis::{Redis, RedisConfig, RedisServerCache};
 use futures::StreamExt;
 
 static URL: OnceLock<String> = OnceLock::new();
@@ -243,8 +248,64 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// The Redis cache with its announce capability hidden, so an `EventLog` over it publishes
+/// each wake-up separately (the path every unpaired cache takes).
+#[derive(Debug)]
+struct SeparatePublish(RedisServerCache);
+
+#[async_trait::async_trait]
+impl ServerCache for SeparatePublish {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    fn capabilities(&self) -> CacheCapabilities {
+        self.0.capabilities().with_announce(false)
+    }
+    async fn get(&self, key: &str) -> durable_core::Result<Option<Bytes>> {
+        self.0.get(key).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> durable_core::Result<()> {
+        self.0.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> durable_core::Result<bool> {
+        self.0.delete(key).await
+    }
+    async fn increment(
+        &self,
+        key: &str,
+        by: i64,
+        ttl: Option<Duration>,
+    ) -> durable_core::Result<i64> {
+        self.0.increment(key, by, ttl).await
+    }
+    async fn append_many(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+    ) -> durable_core::Result<u64> {
+        self.0.append_many(log, payloads, options).await
+    }
+    async fn read(&self, log: &str, from: u64, limit: usize) -> durable_core::Result<LogSlice> {
+        self.0.read(log, from, limit).await
+    }
+    async fn len(&self, log: &str) -> durable_core::Result<Option<u64>> {
+        self.0.len(log).await
+    }
+    async fn expire(&self, log: &str, ttl: Duration) -> durable_core::Result<bool> {
+        self.0.expire(log, ttl).await
+    }
+    async fn keys(&self, prefix: &str) -> durable_core::Result<Vec<String>> {
+        self.0.keys(prefix).await
+    }
+}
+
 fn report_latency(_: &mut Criterion) {
-    ping_baseline();
     let multi = rt();
     latency("2 worker threads", &multi);
     let single = tokio::runtime::Builder::new_current_thread()
@@ -254,70 +315,116 @@ fn report_latency(_: &mut Criterion) {
     latency("current thread", &single);
 }
 
-/// The machine's own floor: a bare `PING` round trip at the same 1 ms pacing, same client.
-fn ping_baseline() {
-    let rt = rt();
-    let url = URL.get().expect("url").clone();
-    let mut sorted = rt.block_on(async {
-        let client = redis::Client::open(url).expect("url");
-        let mut conn = client.get_connection_manager().await.expect("connect");
-        let mut pace = tokio::time::interval(Duration::from_millis(1));
-        let mut out = Vec::with_capacity(2000);
-        for _ in 0..2000 {
-            pace.tick().await;
-            let t = Instant::now();
-            let _: String = redis::cmd("PING")
-                .query_async(&mut conn)
-                .await
-                .expect("ping");
-            out.push(t.elapsed());
-        }
-        out
-    });
-    sorted.sort();
-    eprintln!(
-        "baseline: bare PING round trip at 1 ms pacing over {} calls: p50 {:?}, p99 {:?}, max {:?}",
-        sorted.len(),
-        percentile(&sorted, 0.50),
-        percentile(&sorted, 0.99),
-        sorted[sorted.len() - 1]
-    );
+/// What one latency sample measures.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// A bare `PING` round trip on its own connection: the floor of this machine and server.
+    Ping,
+    /// `EventLog::append` with the wake-up published by the append script, until the observer
+    /// has the event.
+    Announce,
+    /// The same with the wake-up published separately after the append.
+    SeparatePublish,
+    /// The append script's round trip alone (`ServerCache::append_many`, no observer): how
+    /// much of the above is the server's script rather than the delivery.
+    AppendOnly,
 }
 
+const PROBES: [Probe; 4] = [
+    Probe::Ping,
+    Probe::Announce,
+    Probe::SeparatePublish,
+    Probe::AppendOnly,
+];
+
+/// Append → observer latency of both wake-up paths, beside a bare `PING` and the append
+/// script alone, interleaved sample by sample at 1 ms pacing so that the machine's noise hits
+/// all of them alike.
 fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
+    const SAMPLES: usize = 2000;
     let redis = connect(rt);
-    // Percentiles per event: criterion reports means of samples, so measure directly.
-    let samples = rt.block_on(async {
-        let log = event_log(&redis).await;
-        let run = RunId::generate();
-        log.create(&run, None).await.expect("create");
-        let mut stream = log
-            .observe(&run, ObserveOptions::from(0))
+    let url = URL.get().expect("url").clone();
+    let mut results = rt.block_on(async {
+        let pubsub = Arc::new(redis.pubsub().await.expect("pubsub"));
+        let mut config = LogConfig::default();
+        config.namespace = "bench".to_owned();
+        let announced = EventLog::new(Arc::new(redis.server_cache()), pubsub.clone())
+            .with_config(config.clone());
+        let separate = EventLog::new(Arc::new(SeparatePublish(redis.server_cache())), pubsub)
+            .with_config(config);
+        assert!(announced.announces_in_append() && !separate.announces_in_append());
+        let mut ping = redis::Client::open(url)
+            .expect("url")
+            .get_connection_manager()
             .await
-            .expect("observe");
+            .expect("connect");
+        let mut observed = Vec::new();
+        for log in [&announced, &separate] {
+            let run = RunId::generate();
+            log.create(&run, None).await.expect("create");
+            let stream = log
+                .observe(&run, ObserveOptions::from(0))
+                .await
+                .expect("observe");
+            observed.push((log.clone(), run, stream));
+        }
         let ev = [delta()];
+        let cache = redis.server_cache();
+        let raw_log = format!("bench/append-only/{}", RunId::generate());
         let mut pace = tokio::time::interval(Duration::from_millis(1));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut out = Vec::with_capacity(2000);
-        for _ in 0..2000 {
+        let mut out: [Vec<Duration>; PROBES.len()] =
+            std::array::from_fn(|_| Vec::with_capacity(SAMPLES));
+        for i in 0..PROBES.len() * SAMPLES {
             pace.tick().await;
+            let probe = PROBES[i % PROBES.len()];
             let t = Instant::now();
-            log.append(&run, &ev, None).await.expect("append");
-            stream.next().await.expect("event").expect("ok");
-            out.push(t.elapsed());
+            match probe {
+                Probe::Ping => {
+                    let _: String = redis::cmd("PING")
+                        .query_async(&mut ping)
+                        .await
+                        .expect("ping");
+                }
+                Probe::Announce | Probe::SeparatePublish => {
+                    let at = usize::from(matches!(probe, Probe::SeparatePublish));
+                    let (log, run, stream) = &mut observed[at];
+                    log.append(run, &ev, None).await.expect("append");
+                    stream.next().await.expect("event").expect("ok");
+                }
+                Probe::AppendOnly => {
+                    cache
+                        .append_many(&raw_log, &[payload()], AppendOptions::default())
+                        .await
+                        .expect("append");
+                }
+            }
+            out[i % PROBES.len()].push(t.elapsed());
         }
-        log.delete(&run).await.expect("delete");
+        cache.delete(&raw_log).await.expect("delete");
+        for (log, run, _) in observed {
+            log.delete(&run).await.expect("delete");
+        }
         out
     });
-    let mut sorted = samples;
-    sorted.sort();
-    eprintln!(
-        "redis latency append→observer at 1 ms pacing over {} events ({flavor}): p50 {:?}, p99 {:?}, max {:?}",
-        sorted.len(),
-        percentile(&sorted, 0.50),
-        percentile(&sorted, 0.99),
-        sorted[sorted.len() - 1]
-    );
+    for (name, sorted) in [
+        "bare PING",
+        "append→observer, announce in append",
+        "append→observer, separate PUBLISH",
+        "append script alone (no observer)",
+    ]
+    .iter()
+    .zip(results.iter_mut())
+    {
+        sorted.sort();
+        eprintln!(
+            "redis latency ({flavor}, 1 ms pacing, {} samples) {name}: p50 {:?}, p99 {:?}, max {:?}",
+            sorted.len(),
+            percentile(sorted, 0.50),
+            percentile(sorted, 0.99),
+            sorted[sorted.len() - 1]
+        );
+    }
 }
 
 criterion_group! {

@@ -6,13 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    ttl_ms, validate_name, AppendOptions, CacheCapabilities, Cursor, ErrorKind, LogSlice, Result,
-    ServerCache,
+    ttl_ms, validate_name, validate_prefix, Announce, AnnounceDomain, AppendOptions,
+    CacheCapabilities, Cursor, ErrorKind, LogSlice, Result, ServerCache,
 };
 
 use crate::error::err;
 use crate::keys::KeySpace;
-use crate::scripts::{APPEND, EXPIRE, INCREMENT, LEN};
+use crate::scripts::{APPEND, EXPIRE, GET, INCREMENT, LEN, SET};
 use crate::transport::{RedisTransport, Reply, Transport};
 
 /// Keys fetched per `SCAN` step of [`ServerCache::keys`].
@@ -23,6 +23,8 @@ const SCAN_COUNT: &[u8] = b"1000";
 pub(crate) struct CacheCore<T> {
     pub(crate) transport: T,
     pub(crate) keys: KeySpace,
+    /// Where appends can be announced (`PUBLISH` inside the append script), if anywhere.
+    pub(crate) announce: Option<AnnounceDomain>,
 }
 
 impl<T: Transport> CacheCore<T> {
@@ -35,31 +37,50 @@ impl<T: Transport> CacheCore<T> {
         self.transport.unexpected(op, what)
     }
 
+    fn conflict(&self, op: &'static str, name: &str) -> durable_core::Error {
+        err(
+            self.transport.backend(),
+            ErrorKind::Conflict,
+            op,
+            format!("{name:?} is a log and a key at once: a key and a log may not share a name"),
+        )
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.check("get", "key", key)?;
-        let k = self.keys.cache_key(key);
-        match self.transport.command("get", &[b"GET", &k]).await? {
-            Reply::Nil => Ok(None),
-            r => r
-                .into_bytes()
-                .map(Some)
-                .ok_or_else(|| self.bad("get", "GET")),
+        let (k, m) = (self.keys.cache_key(key), self.keys.meta_key(key));
+        let reply = self.transport.eval("get", &GET, &[&k, &m], &[]).await?;
+        let mut parts = reply
+            .into_array()
+            .ok_or_else(|| self.bad("get", "get"))?
+            .into_iter();
+        match parts.next().and_then(|r| r.int()) {
+            Some(0) => match parts.next() {
+                None | Some(Reply::Nil) => Ok(None),
+                Some(v) => v
+                    .into_bytes()
+                    .map(Some)
+                    .ok_or_else(|| self.bad("get", "GET")),
+            },
+            Some(1) => Err(self.conflict("get", key)),
+            _ => Err(self.bad("get", "get")),
         }
     }
 
     pub(crate) async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.check("set", "key", key)?;
-        let k = self.keys.cache_key(key);
-        match ttl {
-            Some(t) => {
-                let ms = ttl_ms(t).to_string();
-                self.transport
-                    .command("set", &[b"SET", &k, &value, b"PX", ms.as_bytes()])
-                    .await?
-            }
-            None => self.transport.command("set", &[b"SET", &k, &value]).await?,
-        };
-        Ok(())
+        let (k, m) = (self.keys.cache_key(key), self.keys.meta_key(key));
+        let ttl = ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
+        let code = self
+            .transport
+            .eval("set", &SET, &[&k, &m], &[&value, ttl.as_bytes()])
+            .await?
+            .int();
+        match code {
+            Some(0) => Ok(()),
+            Some(1) => Err(self.conflict("set", key)),
+            _ => Err(self.bad("set", "set")),
+        }
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<bool> {
@@ -71,19 +92,36 @@ impl<T: Transport> CacheCore<T> {
 
     pub(crate) async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
         self.check("increment", "key", key)?;
-        let k = self.keys.cache_key(key);
+        let (k, m) = (self.keys.cache_key(key), self.keys.meta_key(key));
         let by = by.to_string();
         let ttl = ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
-        self.transport
+        let reply = self
+            .transport
             .eval(
                 "increment",
                 &INCREMENT,
-                &[&k],
+                &[&k, &m],
                 &[by.as_bytes(), ttl.as_bytes()],
             )
-            .await?
-            .int()
-            .ok_or_else(|| self.bad("increment", "INCRBY"))
+            .await?;
+        let mut parts = reply
+            .into_array()
+            .ok_or_else(|| self.bad("increment", "increment"))?
+            .into_iter();
+        match parts.next().and_then(|r| r.int()) {
+            Some(0) => parts
+                .next()
+                .and_then(|v| v.int())
+                .ok_or_else(|| self.bad("increment", "INCRBY")),
+            Some(1) => Err(self.conflict("increment", key)),
+            Some(2) => Err(err(
+                self.transport.backend(),
+                ErrorKind::InvalidInput,
+                "increment",
+                "integer overflow",
+            )),
+            _ => Err(self.bad("increment", "increment")),
+        }
     }
 
     pub(crate) async fn append_many(
@@ -93,12 +131,54 @@ impl<T: Transport> CacheCore<T> {
         options: AppendOptions,
     ) -> Result<Cursor> {
         self.check("append", "log", log)?;
+        self.append(log, payloads, options, None).await
+    }
+
+    pub(crate) async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        self.check("append", "log", log)?;
+        self.check("append", "topic", announce.topic)?;
+        if self.announce.is_none() {
+            return Err(err(
+                self.transport.backend(),
+                ErrorKind::Unsupported,
+                "append_announce",
+                "this cache has no channel space to announce in",
+            ));
+        }
+        self.append(log, payloads, options, Some(announce)).await
+    }
+
+    /// The append script, announcing the batch on `announce`'s topic channel if given.
+    async fn append(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Option<Announce<'_>>,
+    ) -> Result<Cursor> {
         let (k, m) = (self.keys.cache_key(log), self.keys.meta_key(log));
         let fence = options.fence.map(|f| f.to_string()).unwrap_or_default();
         let max = options.max_len.map(|f| f.to_string()).unwrap_or_default();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(payloads.len() + 2);
+        let must_exist: &[u8] = if options.must_exist { b"1" } else { b"" };
+        let (channel, frame_max) = match announce {
+            Some(a) => (
+                self.keys.topic_channel(a.topic),
+                a.max_frame_bytes.to_string(),
+            ),
+            None => (Vec::new(), String::new()),
+        };
+        let mut args: Vec<&[u8]> = Vec::with_capacity(payloads.len() + 5);
         args.push(fence.as_bytes());
         args.push(max.as_bytes());
+        args.push(must_exist);
+        args.push(&channel);
+        args.push(frame_max.as_bytes());
         args.extend(payloads.iter().map(|p| &p[..]));
         let reply = self
             .transport
@@ -120,6 +200,13 @@ impl<T: Transport> CacheCore<T> {
                 "append",
                 format!("log {log} would exceed {max} entries"),
             )),
+            3 => Err(err(
+                backend,
+                ErrorKind::NotFound,
+                "append",
+                format!("no log {log} (it was never created, or it was deleted or expired)"),
+            )),
+            4 => Err(self.conflict("append", log)),
             _ => Err(self.bad("append", "append")),
         }
     }
@@ -141,6 +228,7 @@ impl<T: Transport> CacheCore<T> {
                 "read",
                 format!("no log {log}"),
             )),
+            Some(-3) => Err(self.conflict("read", log)),
             Some(-2) => Err(err(
                 backend,
                 ErrorKind::OffsetAhead,
@@ -174,7 +262,10 @@ impl<T: Transport> CacheCore<T> {
             .await?
             .int()
             .ok_or_else(|| self.bad("len", "len"))?;
-        Ok(u64::try_from(n).ok())
+        match n {
+            -2 => Err(self.conflict("len", log)),
+            n => Ok(u64::try_from(n).ok()),
+        }
     }
 
     pub(crate) async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
@@ -187,13 +278,17 @@ impl<T: Transport> CacheCore<T> {
             .await?
             .int()
             .ok_or_else(|| self.bad("expire", "expire"))?;
-        Ok(n == 1)
+        match n {
+            -1 => Err(self.conflict("expire", log)),
+            n => Ok(n == 1),
+        }
     }
 
     pub(crate) async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        if !prefix.is_empty() {
-            self.check("keys", "prefix", prefix)?;
-        }
+        validate_prefix("prefix", prefix).map_err(|e| {
+            e.with_backend(self.transport.backend())
+                .with_operation("keys")
+        })?;
         let pattern = self.keys.cache_scan_pattern(prefix);
         let mut cursor = Bytes::from_static(b"0");
         let mut out = BTreeSet::new();
@@ -255,7 +350,7 @@ macro_rules! server_cache_impl {
                 self.core.transport.backend()
             }
             fn capabilities(&self) -> CacheCapabilities {
-                CacheCapabilities::ALL
+                CacheCapabilities::ALL.with_announce(self.core.announce.is_some())
             }
             async fn get(&self, key: &str) -> Result<Option<Bytes>> {
                 self.core.get(key).await
@@ -289,9 +384,24 @@ macro_rules! server_cache_impl {
             async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
                 self.core.keys(prefix).await
             }
+            fn announce_domain(&self) -> Option<AnnounceDomain> {
+                self.core.announce.clone()
+            }
+            async fn append_announce(
+                &self,
+                log: &str,
+                payloads: &[Bytes],
+                options: AppendOptions,
+                announce: Announce<'_>,
+            ) -> Result<Cursor> {
+                self.core
+                    .append_announce(log, payloads, options, announce)
+                    .await
+            }
         }
     };
 }
+#[cfg(feature = "upstash")]
 pub(crate) use server_cache_impl;
 
 /// [`ServerCache`] on Redis.
@@ -301,6 +411,11 @@ pub(crate) use server_cache_impl;
 /// operation is one round trip; `append_many` is one atomic Lua script (fence check, `max_len`
 /// check, cursor allocation, store). TTLs are set only by [`ServerCache::expire`] (the run's
 /// retention), on the log and its companion together.
+///
+/// It announces ([`ServerCache::append_announce`]): the same script `PUBLISH`es the batch's
+/// wake-up frame on the topic's channel, so an [`EventLog`](durable_core::EventLog) over this
+/// cache and a [`RedisPubSub`](crate::RedisPubSub) of the same server and key prefix (its
+/// [`announce_domain`](ServerCache::announce_domain)) needs one round trip per batch.
 ///
 /// Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use durable_core::{Error, ErrorKind, Result};
+use durable_core::{AnnounceDomain, Error, ErrorKind, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::cache::{CacheCore, RedisServerCache};
@@ -27,7 +27,8 @@ pub const URL_ENV_VARS: [&str; 2] = ["DURABLE_REDIS_URL", "REDIS_URL"];
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls, system roots).
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls, system roots;
+    /// needs the `tls` feature, on by default).
     pub url: String,
     /// Prefix of every key and channel (default [`DEFAULT_KEY_PREFIX`]); `[A-Za-z0-9_-.:/]`.
     pub key_prefix: String,
@@ -177,8 +178,10 @@ impl RedisConfig {
                 .map_err(|e| from_redis("connect", e))?;
             conns.push(RedisTransport::new(conn));
         }
+        let domain = announce_domain(&client, &self.key_prefix);
         Ok(Redis {
             inner: Arc::new(Shared {
+                domain,
                 client,
                 transports: conns,
                 next: std::sync::atomic::AtomicUsize::new(0),
@@ -223,6 +226,14 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{}{user}:***@{}", &url[..scheme_end], &rest[at + 1..])
 }
 
+/// The channel space of a server and key prefix: `redis:<host>:<port>` (or the socket path)
+/// and the prefix. Channels are global to a server (not per database), and the address holds
+/// no credentials (user, password and database are not part of it).
+fn announce_domain(client: &redis::Client, key_prefix: &str) -> AnnounceDomain {
+    let addr = client.get_connection_info().addr();
+    AnnounceDomain::new(format!("redis:{addr} {key_prefix}"))
+}
+
 /// A connection to one Redis server (or proxy), shared by the cache, pubsub and store built
 /// from it. Cheap to clone.
 #[derive(Clone)]
@@ -231,6 +242,8 @@ pub struct Redis {
 }
 
 struct Shared {
+    /// Shared by the cache and the pubsub built from this connection: they are paired.
+    domain: AnnounceDomain,
     client: redis::Client,
     transports: Vec<RedisTransport>,
     next: std::sync::atomic::AtomicUsize,
@@ -273,6 +286,10 @@ impl Redis {
         &self.inner.keys
     }
 
+    pub(crate) fn announce_domain(&self) -> &AnnounceDomain {
+        &self.inner.domain
+    }
+
     pub(crate) fn client(&self) -> &redis::Client {
         &self.inner.client
     }
@@ -283,6 +300,7 @@ impl Redis {
             core: Arc::new(CacheCore {
                 transport: self.transport(),
                 keys: self.inner.keys.clone(),
+                announce: Some(self.inner.domain.clone()),
             }),
         }
     }
@@ -326,5 +344,18 @@ mod tests {
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         let c = RedisConfig::new("redis://u:hunter2@h");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn announce_domains_name_server_and_prefix_never_credentials() {
+        let domain =
+            |url: &str, prefix: &str| announce_domain(&redis::Client::open(url).unwrap(), prefix);
+        let d = domain("redis://user:hunter2@h:7000/3", "p:");
+        assert_eq!(d.as_str(), "redis:h:7000 p:");
+        assert!(!format!("{d:?}").contains("hunter2"));
+        // Channels are per server, not per database or user.
+        assert_eq!(d, domain("redis://h:7000/0", "p:"));
+        assert_ne!(d, domain("redis://h:7000", "q:"));
+        assert_ne!(d, domain("redis://h:7001", "p:"));
     }
 }

@@ -6,6 +6,7 @@ use redis::{ErrorKind as RedisKind, RedisError, ServerErrorKind};
 /// Backend name of the Redis types.
 pub(crate) const REDIS: &str = "redis";
 /// Backend name of the Upstash types.
+#[cfg(feature = "upstash")]
 pub(crate) const UPSTASH: &str = "upstash";
 
 /// An error of `kind` raised by this crate's own checks.
@@ -80,6 +81,7 @@ pub(crate) fn server_message_kind(code: &str, text: &str) -> (ErrorKind, bool) {
     }
 }
 
+#[cfg(feature = "upstash")]
 /// Map a failed Upstash HTTP request: transport failures are retryable.
 pub(crate) fn http_error(op: &'static str, e: reqwest::Error) -> Error {
     let kind = if e.is_timeout() {
@@ -92,6 +94,7 @@ pub(crate) fn http_error(op: &'static str, e: reqwest::Error) -> Error {
         .with_source(e)
 }
 
+#[cfg(feature = "upstash")]
 /// Map an Upstash HTTP error status: 401/403 (bad token) `InvalidInput`, 429/5xx retryable
 /// `Unavailable`.
 pub(crate) fn status_error(op: &'static str, status: reqwest::StatusCode, body: &str) -> Error {
@@ -104,6 +107,7 @@ pub(crate) fn status_error(op: &'static str, status: reqwest::StatusCode, body: 
     err(UPSTASH, kind, op, format!("HTTP {status}: {body}")).with_retryable(retryable)
 }
 
+#[cfg(feature = "upstash")]
 /// Map an Upstash command error (`{"error": "WRONGTYPE …"}`).
 pub(crate) fn command_error(op: &'static str, text: &str) -> Error {
     let (kind, retryable) = server_message_kind("", text);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    ttl_ms, validate_name, Delivery, Error, ErrorKind, GroupSubscription, Job, JobAcker, PubSub,
-    PubSubCapabilities, Result, Subscription,
+    ttl_ms, validate_name, AnnounceDomain, Delivery, Error, ErrorKind, GroupSubscription, Job,
+    JobAcker, PubSub, PubSubCapabilities, Result, Subscription,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -36,7 +36,13 @@ fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
 ///   subscriptions of one `RedisPubSub` (and its clones) share **one** dedicated subscription
 ///   connection; a topic is `SUBSCRIBE`d once however many subscribers it has and
 ///   `UNSUBSCRIBE`d with its last one. `subscribe` returns once Redis confirmed the
-///   `SUBSCRIBE`. Each subscriber has a bounded buffer
+///   `SUBSCRIBE`. Subscription changes are batched: everything requested while a batch is in
+///   flight goes out together as pipelined multi-channel `SUBSCRIBE`/`UNSUBSCRIBE` commands,
+///   so ten thousand observers attaching at once cost a few round trips, not ten thousand
+///   sequential ones. A `SUBSCRIBE` not confirmed within
+///   [`response_timeout`](crate::RedisConfig::response_timeout) is a *retryable* `Timeout`
+///   (an event log observer then reads the log and subscribes again; it never fails on it).
+///   Each subscriber has a bounded buffer
 ///   ([`RedisConfig::subscriber_capacity`](crate::RedisConfig::subscriber_capacity)); overflow
 ///   yields [`Delivery::Lagged`]. When the subscription connection is lost it is re-opened,
 ///   every topic re-subscribed, and every subscriber gets [`Delivery::Lagged`] (messages may
@@ -50,6 +56,10 @@ fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
 ///   [`group_reclaim_idle`](crate::RedisConfig::group_reclaim_idle). A job's attempt is its
 ///   delivery count. The stream expires [`group_ttl`](crate::RedisConfig::group_ttl) after its
 ///   last publish or consumer activity, so abandoned queues leave no key behind.
+///
+/// Its [`announce_domain`](PubSub::announce_domain) is the server and key prefix, equal to the
+/// [`RedisServerCache`](crate::RedisServerCache)'s of the same [`Redis`]: that cache publishes
+/// the wake-up frames of its appends itself, on the channels this pubsub listens to.
 ///
 /// Cheap to clone; clones share the connections.
 #[derive(Clone, Debug)]
@@ -184,12 +194,16 @@ impl Hub {
             Ok(Ok(Ok(()))) => Ok(guard),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(unavailable()),
+            // Retryable: the subscription is still on its way (the slot activates when Redis
+            // confirms it, or is released), and an event log observer reads the log
+            // meanwhile and subscribes again; a slow SUBSCRIBE is never an observer's error.
             Err(_) => Err(err(
                 REDIS,
                 ErrorKind::Timeout,
                 "subscribe",
                 "SUBSCRIBE was not confirmed in time",
-            )),
+            )
+            .with_retryable(true)),
         }
     }
 }
@@ -223,20 +237,47 @@ impl Drop for SlotGuard {
     }
 }
 
+/// Most queued hub commands handled as one batch: the batch costs one round trip, whatever
+/// its size.
+const MAX_BATCH: usize = 16 * 1024;
+/// Channels per `SUBSCRIBE` / `UNSUBSCRIBE` command of a batch (all of them are pipelined).
+const CHANNELS_PER_COMMAND: usize = 1024;
+
 /// The task owning the subscription connection: (re)connects, (re)subscribes, dispatches.
+///
+/// Subscription changes are batched: every command queued while the previous batch was in
+/// flight goes out together, as pipelined `SUBSCRIBE` / `UNSUBSCRIBE` commands of up to
+/// [`CHANNELS_PER_COMMAND`] channels, so a burst of ten thousand observers costs a handful of
+/// round trips instead of ten thousand sequential ones.
+///
+/// A batch not confirmed within `timeout` (a server that stopped answering without closing the
+/// connection) is failed as retryable and the connection replaced, so the task never waits on
+/// a dead server.
 async fn drive(
     client: redis::Client,
     initial: redis::aio::PubSub,
     hub: Weak<Hub>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
+    timeouts: Timeouts,
 ) {
+    let timeout = timeouts.response;
     let mut first = true;
     let mut initial = Some(initial);
     let mut backoff = Duration::from_millis(50);
     loop {
         let connected = match initial.take() {
             Some(p) => Ok(p),
-            None => client.get_async_pubsub().await,
+            None => match tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => Err(from_redis("subscribe", e)),
+                Err(_) => Err(err(
+                    REDIS,
+                    ErrorKind::Timeout,
+                    "subscribe",
+                    "the subscription connection could not be opened in time",
+                )
+                .with_retryable(true)),
+            },
         };
         let pubsub = match connected {
             Ok(p) => p,
@@ -251,7 +292,7 @@ async fn drive(
                         cmd = commands.recv() => match cmd {
                             None => return,
                             Some(HubCommand::Subscribe(_, _, _, reply)) => {
-                                let _ = reply.send(Err(from_redis("subscribe", e.clone())));
+                                let _ = reply.send(Err(e.clone()));
                             }
                             Some(HubCommand::Unsubscribe(_)) => {}
                         },
@@ -262,13 +303,13 @@ async fn drive(
             }
         };
         backoff = Duration::from_millis(50);
-        let (mut sink, mut stream) = pubsub.split();
+        let (sink, mut stream) = pubsub.split();
         let Some(h) = hub.upgrade() else { return };
         let wanted: Vec<Vec<u8>> = lock(&h.channels).keys().cloned().collect();
         drop(h);
         let mut subscribed: HashSet<Vec<u8>> = HashSet::new();
         if !wanted.is_empty() {
-            if let Err(e) = sink.subscribe(&wanted).await {
+            if let Err(e) = send_all(&sink, &wanted, &[], false, timeout).await {
                 tracing::debug!(error = %e, "re-subscribe failed; reconnecting");
                 continue;
             }
@@ -289,69 +330,181 @@ async fn drive(
                     let Some(h) = hub.upgrade() else { return };
                     h.dispatch(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
                 }
-                cmd = commands.recv() => match cmd {
-                    None => return,
-                    Some(HubCommand::Subscribe(channel, id, slot, reply)) => {
-                        // Barrier: once SUBSCRIBE (or, for a channel already subscribed, a
-                        // PING) is answered, every message Redis sent before it is already in
-                        // `stream`. Those predate this subscriber: hand them to the others
-                        // first, then activate it, so it only sees later publishes.
-                        let fresh = !subscribed.contains(&channel);
-                        let barrier = if fresh {
-                            sink.subscribe(&channel).await
-                        } else {
-                            sink.ping::<redis::Value>().await.map(drop)
-                        };
-                        if let Err(e) = barrier {
-                            let _ = reply.send(Err(from_redis("subscribe", e)));
-                            break;
-                        }
-                        if fresh {
-                            subscribed.insert(channel.clone());
-                        }
-                        let Some(h) = hub.upgrade() else { return };
-                        let mut lost = false;
-                        loop {
-                            match stream.next().now_or_never() {
-                                Some(Some(msg)) => h.dispatch(msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
-                                Some(None) => {
-                                    lost = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        let orphan = {
-                            let mut channels = lock(&h.channels);
-                            if slot.closed.load(Ordering::Relaxed) {
-                                !channels.contains_key(&channel)
-                            } else {
-                                channels.entry(channel.clone()).or_default().push((id, slot));
-                                false
-                            }
-                        };
-                        drop(h);
-                        let _ = reply.send(Ok(()));
-                        // Its subscriber gave up before activation and nobody else wants it.
-                        if orphan && subscribed.remove(&channel) && sink.unsubscribe(&channel).await.is_err() {
-                            break;
-                        }
-                        if lost {
-                            break;
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let mut batch = vec![cmd];
+                    while batch.len() < MAX_BATCH {
+                        match commands.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
                         }
                     }
-                    Some(HubCommand::Unsubscribe(channel)) => {
-                        let Some(h) = hub.upgrade() else { return };
-                        let still_wanted = lock(&h.channels).contains_key(&channel);
-                        drop(h);
-                        if !still_wanted && subscribed.remove(&channel) && sink.unsubscribe(&channel).await.is_err() {
-                            break;
-                        }
+                    let applied =
+                        apply_batch(&sink, &mut stream, &hub, &mut subscribed, batch, timeout);
+                    match applied.await {
+                        Batch::Done => {}
+                        Batch::Reconnect => break,
+                        Batch::HubGone => return,
                     }
-                },
+                }
             }
         }
         tracing::debug!("redis subscription connection lost; reconnecting");
+    }
+}
+
+/// Bounds of the subscription connection's waits.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// Opening the connection.
+    connect: Duration,
+    /// The confirmations of one batch.
+    response: Duration,
+}
+
+/// What the driver does after a batch.
+enum Batch {
+    Done,
+    Reconnect,
+    HubGone,
+}
+
+/// A subscriber waiting for its channel: channel, id, slot, reply.
+type Pending = (Vec<u8>, u64, Arc<Slot>, oneshot::Sender<Result<()>>);
+
+/// Apply one batch of hub commands with one pipelined round trip, then activate its
+/// subscribers.
+async fn apply_batch(
+    sink: &redis::aio::PubSubSink,
+    stream: &mut redis::aio::PubSubStream,
+    hub: &Weak<Hub>,
+    subscribed: &mut HashSet<Vec<u8>>,
+    batch: Vec<HubCommand>,
+    timeout: Duration,
+) -> Batch {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut released: HashSet<Vec<u8>> = HashSet::new();
+    for cmd in batch {
+        match cmd {
+            HubCommand::Subscribe(channel, id, slot, reply) => {
+                pending.push((channel, id, slot, reply));
+            }
+            HubCommand::Unsubscribe(channel) => {
+                released.insert(channel);
+            }
+        }
+    }
+    let Some(h) = hub.upgrade() else {
+        return Batch::HubGone;
+    };
+    let wanted: HashSet<&[u8]> = pending.iter().map(|p| &p.0[..]).collect();
+    let (fresh, gone) = {
+        let channels = lock(&h.channels);
+        let fresh: Vec<Vec<u8>> = wanted
+            .iter()
+            .filter(|c| !subscribed.contains(**c))
+            .map(|c| c.to_vec())
+            .collect();
+        // Released by its last local subscriber, and not wanted again meanwhile.
+        let gone: Vec<Vec<u8>> = released
+            .into_iter()
+            .filter(|c| {
+                subscribed.contains(c) && !channels.contains_key(c) && !wanted.contains(&c[..])
+            })
+            .collect();
+        (fresh, gone)
+    };
+    drop(h);
+    // Barrier: once every reply of the batch is in, every message Redis sent before them is
+    // already in `stream`. Those predate the batch's subscribers: hand them to the others
+    // first, then activate the new ones, so they only see later publishes. A new subscriber of
+    // a channel that is already subscribed needs a reply too: a PING when nothing else is sent.
+    let barrier = !pending.is_empty();
+    if let Err(e) = send_all(sink, &fresh, &gone, barrier, timeout).await {
+        tracing::debug!(error = %e, "redis subscription batch failed; reconnecting");
+        for (_, _, _, reply) in pending {
+            let _ = reply.send(Err(e.clone()));
+        }
+        return Batch::Reconnect;
+    }
+    for c in &gone {
+        subscribed.remove(c);
+    }
+    subscribed.extend(fresh);
+    let Some(h) = hub.upgrade() else {
+        return Batch::HubGone;
+    };
+    let mut lost = false;
+    loop {
+        match stream.next().now_or_never() {
+            Some(Some(msg)) => {
+                h.dispatch(msg.get_channel_name().as_bytes(), msg.get_payload_bytes())
+            }
+            Some(None) => {
+                lost = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    let mut orphans = Vec::new();
+    {
+        let mut channels = lock(&h.channels);
+        for (channel, id, slot, reply) in pending {
+            if slot.closed.load(Ordering::Relaxed) {
+                // Its subscriber gave up before activation: release the channel if nobody
+                // else wants it (in the next batch).
+                if !channels.contains_key(&channel) {
+                    orphans.push(channel);
+                }
+            } else {
+                channels.entry(channel).or_default().push((id, slot));
+            }
+            let _ = reply.send(Ok(()));
+        }
+    }
+    for channel in orphans {
+        let _ = h.commands.send(HubCommand::Unsubscribe(channel));
+    }
+    if lost {
+        Batch::Reconnect
+    } else {
+        Batch::Done
+    }
+}
+
+/// Send `UNSUBSCRIBE gone` and `SUBSCRIBE fresh` (chunked, pipelined on the one connection) and
+/// wait for every confirmation, at most `timeout`; with `barrier` and nothing to send, a `PING`.
+async fn send_all(
+    sink: &redis::aio::PubSubSink,
+    fresh: &[Vec<u8>],
+    gone: &[Vec<u8>],
+    barrier: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let mut calls = Vec::new();
+    for chunk in gone.chunks(CHANNELS_PER_COMMAND) {
+        let mut s = sink.clone();
+        calls.push(async move { s.unsubscribe(chunk).await }.boxed());
+    }
+    for chunk in fresh.chunks(CHANNELS_PER_COMMAND) {
+        let mut s = sink.clone();
+        calls.push(async move { s.subscribe(chunk).await }.boxed());
+    }
+    if calls.is_empty() && barrier {
+        let mut s = sink.clone();
+        calls.push(async move { s.ping::<redis::Value>().await.map(drop) }.boxed());
+    }
+    match tokio::time::timeout(timeout, futures::future::try_join_all(calls)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(from_redis("subscribe", e)),
+        Err(_) => Err(err(
+            REDIS,
+            ErrorKind::Timeout,
+            "subscribe",
+            "the subscription connection did not answer in time",
+        )
+        .with_retryable(true)),
     }
 }
 
@@ -365,16 +518,29 @@ impl RedisPubSub {
             capacity: redis.config().subscriber_capacity.max(1),
         });
         // Open the connection here so a bad server is reported now, not at first subscribe.
-        let pubsub = redis
-            .client()
-            .get_async_pubsub()
-            .await
-            .map_err(|e| from_redis("connect", e))?;
+        let connect = redis.client().get_async_pubsub();
+        let pubsub = match tokio::time::timeout(redis.config().connect_timeout, connect).await {
+            Ok(p) => p.map_err(|e| from_redis("connect", e))?,
+            Err(_) => {
+                return Err(err(
+                    REDIS,
+                    ErrorKind::Timeout,
+                    "connect",
+                    "the subscription connection could not be opened in time",
+                )
+                .with_retryable(true))
+            }
+        };
+        let timeouts = Timeouts {
+            connect: redis.config().connect_timeout,
+            response: redis.config().response_timeout,
+        };
         tokio::spawn(drive(
             redis.client().clone(),
             pubsub,
             Arc::downgrade(&hub),
             rx,
+            timeouts,
         ));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -485,6 +651,10 @@ impl PubSub for RedisPubSub {
     async fn flush(&self) -> Result<()> {
         // Publishes are sent when `publish` is called and complete before it returns.
         Ok(())
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        Some(self.inner.redis.announce_domain().clone())
     }
 }
 

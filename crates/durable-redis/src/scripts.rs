@@ -19,18 +19,92 @@ impl Script {
     }
 }
 
-/// Append to a run log. KEYS: list, companion hash. ARGV: fence (`""` = none), max_len (`""` =
-/// none), payloads… Returns `{0, first}`, `{1, fence}` (fenced) or `{2, len}` (limit).
+/// Read a key. KEYS: key, companion of a log of that name. Returns `{1}` (the name is a log)
+/// or `{0, value}` (`value` false for a missing key).
+pub(crate) static GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "get",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {0} end
+if t ~= 'string' then return {1} end
+return {0, redis.call('GET', KEYS[1])}
+"#,
+    )
+});
+
+/// Write a key. KEYS: key, companion. ARGV: value, ttl ms (`""` = none). Returns 1 if the
+/// name is a log (nothing written), else 0.
+pub(crate) static SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "set",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'string' then return 1 end
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Increment with a TTL set on creation. KEYS: key, companion. ARGV: by, ttl ms (`""` =
+/// none). Returns `{0, value}`, `{1}` (a log, or a value that is not an integer) or `{2}`
+/// (overflow); nothing changes unless `{0, …}`. The value is returned as the stored string:
+/// Lua numbers are doubles and would round integers beyond 2^53.
+pub(crate) static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "increment",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'string' then return {1} end
+local ok, v = pcall(redis.call, 'INCRBY', KEYS[1], ARGV[1])
+if not ok then
+  local msg = type(v) == 'table' and v.err or tostring(v)
+  if string.find(msg, 'overflow', 1, true) then return {2} end
+  return {1}
+end
+if t == 'none' and ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {0, redis.call('GET', KEYS[1])}
+"#,
+    )
+});
+
+/// Append to a run log, and optionally announce the batch. KEYS: list, companion hash. ARGV:
+/// fence (`""` = none), max_len (`""` = none), must exist (`"1"` or `""`), announce channel
+/// (`""` = none), max frame bytes, payloads… Returns `{0, first}`, `{1, fence}` (fenced),
+/// `{2, len}` (limit), `{3, 0}` (missing and must exist) or `{4, 0}` (the name is a key).
+///
+/// The checks come in the reference order (name conflict, must exist, fence, `max_len`) and
+/// all of them before any write: a rejected append changes nothing, the fence included, and
+/// announces nothing.
 ///
 /// The list index is the cursor: nothing is ever trimmed from the head of a log (an over-long
 /// append is rejected, not trimmed), so `LRANGE from …` is a read by cursor. The companion hash
 /// holds the fence and makes an empty log exist. A log created after `expire` inherits the
 /// companion's TTL, so no key outlives its log.
+///
+/// **Announce.** With a channel, a non-empty batch is `PUBLISH`ed after it is stored, in the
+/// same script: the frame of `durable_core::frame::encode`, byte for byte — `"<first> <n>"`,
+/// and when the length-prefixed payloads (`len + digits(len) + 1` bytes each) fit in max frame
+/// bytes, `" <len_1>,…,<len_n>\n"` and the payloads. A subscriber can never hear of an event
+/// before it is readable, and frames of one log leave in cursor order (scripts run one at a
+/// time). `PUBLISH` touches no key, so the script stays in the log's hash slot.
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "append",
         r#"
 local meta = redis.call('HGET', KEYS[2], 'f')
+if not meta then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {4, 0} end
+  if ARGV[3] == '1' then return {3, 0} end
+end
 local cur = 0
 if meta then cur = tonumber(meta) end
 local fence = ARGV[1]
@@ -38,7 +112,7 @@ if fence ~= '' then
   if tonumber(fence) < cur then return {1, cur} end
 end
 local len = redis.call('LLEN', KEYS[1])
-local n = #ARGV - 2
+local n = #ARGV - 5
 if ARGV[2] ~= '' and len + n > tonumber(ARGV[2]) then return {2, len} end
 if fence ~= '' and tonumber(fence) > cur then
   redis.call('HSET', KEYS[2], 'f', fence)
@@ -46,12 +120,28 @@ elseif not meta then
   redis.call('HSET', KEYS[2], 'f', '0')
 end
 if n > 0 then
-  for i = 3, #ARGV, 1000 do
+  for i = 6, #ARGV, 1000 do
     redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
   if len == 0 then
     local ttl = redis.call('PTTL', KEYS[2])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  end
+  if ARGV[4] ~= '' then
+    local header = string.format('%d %d', len, n)
+    local lens = {}
+    local body = 0
+    for i = 6, #ARGV do
+      local l = string.format('%d', #ARGV[i])
+      lens[#lens + 1] = l
+      body = body + #ARGV[i] + #l + 1
+    end
+    if body <= tonumber(ARGV[5]) then
+      redis.call('PUBLISH', ARGV[4],
+        header .. ' ' .. table.concat(lens, ',') .. '\n' .. table.concat(ARGV, '', 6, #ARGV))
+    else
+      redis.call('PUBLISH', ARGV[4], header)
+    end
   end
 end
 return {0, len}
@@ -59,13 +149,16 @@ return {0, len}
     )
 });
 
-/// Read a run log. KEYS: list, companion. ARGV: from, limit. Returns `{-1}` (missing),
-/// `{-2, len}` (from beyond the end) or `{len, {entries…}}`.
+/// Read a run log. KEYS: list, companion. ARGV: from, limit. Returns `{-1}` (missing), `{-3}`
+/// (the name is a key), `{-2, len}` (from beyond the end) or `{len, {entries…}}`.
 pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "read",
         r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {-3} end
+  return {-1}
+end
 local len = redis.call('LLEN', KEYS[1])
 local from = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -76,39 +169,34 @@ return {len, redis.call('LRANGE', KEYS[1], from, from + limit - 1)}
     )
 });
 
-/// A log's length. KEYS: list, companion. Returns -1 when the log does not exist.
+/// A log's length. KEYS: list, companion. Returns -1 when the log does not exist, -2 when the
+/// name is a key.
 pub(crate) static LEN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "len",
         r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
+  return -1
+end
 return redis.call('LLEN', KEYS[1])
 "#,
     )
 });
 
-/// Expire a log with its companion. KEYS: list, companion. ARGV: ttl ms. Returns 0 if missing.
+/// Expire a log with its companion. KEYS: list, companion. ARGV: ttl ms. Returns 0 if missing,
+/// -1 if the name is a key (nothing changes), else 1.
 pub(crate) static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "expire",
         r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+  return 0
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
-"#,
-    )
-});
-
-/// Increment with a TTL set on creation. KEYS: key. ARGV: by, ttl ms (`""` = none).
-pub(crate) static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "increment",
-        r#"
-local existed = redis.call('EXISTS', KEYS[1])
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if existed == 0 and ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return v
 "#,
     )
 });

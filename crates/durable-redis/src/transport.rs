@@ -127,6 +127,14 @@ fn is_noscript(e: &redis::RedisError) -> bool {
         || e.code() == Some("NOSCRIPT")
 }
 
+/// A `WRONGTYPE` reply, alone or inside a pipeline's failures.
+fn is_wrongtype(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errs| errs.iter().any(|(_, s)| s.code() == "WRONGTYPE"))
+}
+
 impl RedisTransport {
     pub(crate) fn new(conn: ConnectionManager) -> Self {
         Self { conn }
@@ -176,7 +184,14 @@ impl Transport for RedisTransport {
         if limit > 0 {
             pipe.cmd("LRANGE").arg(list).arg(from).arg(end);
         }
-        let mut parts = self.pipeline("read", &pipe).await?.into_iter();
+        let mut conn = self.conn.clone();
+        let replies = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
+            Ok(v) => v,
+            // `LLEN` on a string: the name is a key, not a log.
+            Err(e) if is_wrongtype(&e) => return Ok(Reply::Array(vec![Reply::Int(-3)])),
+            Err(e) => return Err(from_redis("read", e)),
+        };
+        let mut parts = replies.into_iter().map(from_value);
         let (exists, len) = match (parts.next(), parts.next()) {
             (Some(e), Some(l)) => (e.int(), l.int()),
             _ => return Err(self.unexpected("read", "MULTI read")),

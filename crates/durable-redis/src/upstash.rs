@@ -16,7 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    AppendOptions, CacheCapabilities, Cursor, Error, ErrorKind, LogSlice, Result, ServerCache,
+    Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, Error, ErrorKind, LogSlice,
+    Result, ServerCache,
 };
 use serde_json::Value;
 
@@ -113,7 +114,12 @@ impl UpstashConfig {
             auth: format!("Bearer {}", self.token),
         };
         Ok(UpstashServerCache {
-            core: Arc::new(CacheCore { transport, keys }),
+            // No announce: this crate has no PubSub over Upstash to pair with.
+            core: Arc::new(CacheCore {
+                transport,
+                keys,
+                announce: None,
+            }),
             config: Arc::new(self),
         })
     }

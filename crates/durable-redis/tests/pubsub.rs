@@ -1,5 +1,6 @@
 //! Redis-specific PubSub behaviour beyond the conformance suite: one subscription connection
-//! with refcounted topics, `Lagged` after a reconnect, and reclaim of a crashed consumer's job.
+//! with refcounted topics, batched subscribes, `Lagged` after a reconnect, a server that stops
+//! answering, and reclaim of a crashed consumer's job.
 
 #![allow(clippy::unwrap_used)]
 
@@ -181,5 +182,135 @@ async fn subscribers_get_lagged_after_a_reconnect_then_messages_again() {
             ),
         }
     }
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_subscribes_is_batched_and_every_subscriber_is_live() {
+    let Some(url) = url_or_skip() else { return };
+    let prefix = format!("pstest-{}:", uuid_like());
+    let redis = RedisConfig::new(&url)
+        .key_prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let pubsub = redis.pubsub().await.unwrap();
+    // 2,500 topics with two subscribers each, all requested at once: new channels and second
+    // subscribers of channels whose SUBSCRIBE is still in flight land in the same batches.
+    let topics: Vec<String> = (0..2_500).map(|i| unique(&format!("burst{i}"))).collect();
+    let requests = topics.iter().chain(topics.iter()).map(|t| {
+        let (p, t) = (pubsub.clone(), t.clone());
+        tokio::spawn(async move { p.subscribe(&t).await })
+    });
+    let mut subs = Vec::new();
+    for r in requests.collect::<Vec<_>>() {
+        subs.push(
+            tokio::time::timeout(DEADLINE, r)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(pubsub.active_channels(), topics.len());
+    for t in &topics {
+        pubsub.publish(t, Bytes::from(t.clone())).await.unwrap();
+    }
+    let n = topics.len();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let got = tokio::time::timeout(DEADLINE, s.next()).await.unwrap();
+        assert_eq!(
+            got,
+            Some(Delivery::Message(Bytes::from(topics[i % n].clone())))
+        );
+    }
+    drop(subs);
+    assert_eq!(pubsub.active_channels(), 0);
+    let channels: Vec<String> = topics.iter().map(|t| format!("{prefix}t:{t}")).collect();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The releases go out batched too: wait for them, bounded.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let n = numsub(&mut conn, &channels).await;
+        if n.iter().all(|c| *c == 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} channels not released",
+            n.iter().filter(|c| **c != 0).count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_is_a_retryable_error_then_recovers() {
+    let server = match services::redis(&RedisOptions::default()) {
+        Ok(s) => s,
+        Err(why) if require_backends() => panic!("{why}"),
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let redis = RedisConfig::new(&url)
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let pubsub = redis.pubsub().await.unwrap();
+    let mut old = pubsub.subscribe("paused.old").await.unwrap();
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The server keeps every connection open but answers nobody for 1.5 s.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let e = tokio::time::timeout(DEADLINE, pubsub.subscribe("paused.new"))
+        .await
+        .expect("subscribe hung on a paused server")
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{e}");
+    // Once the server answers again, subscribing works and the old subscriber is told that it
+    // may have missed messages, then hears new ones.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut new = loop {
+        match pubsub.subscribe("paused.new").await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "no recovery: {e}");
+                // Retry pacing only (refusals while reconnecting are immediate).
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    pubsub
+        .publish("paused.new", Bytes::from_static(b"n"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, new.next()).await.unwrap();
+    assert_eq!(got, Some(Delivery::Message(Bytes::from_static(b"n"))));
+    let got = tokio::time::timeout(DEADLINE, old.next()).await.unwrap();
+    assert_eq!(got, Some(Delivery::Lagged));
+    pubsub
+        .publish("paused.old", Bytes::from_static(b"o"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, old.next()).await.unwrap();
+    assert_eq!(got, Some(Delivery::Message(Bytes::from_static(b"o"))));
     drop(server);
 }
