@@ -47,20 +47,14 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// The hash tag of a logical cache name (see the module docs).
+/// The hash tag of a logical cache name (see the module docs): the run id for every run-scoped
+/// name, as core's naming grammar defines it ([`locality`]), so a run's log, its companions and
+/// its record share one Cluster slot; otherwise the name up to its last `/`.
+///
+/// [`locality`]: durable_core::names::locality
 pub(crate) fn tag(name: &str) -> &str {
-    let mut offset = 0;
-    for seg in name.split('/') {
-        offset += seg.len() + 1;
-        if seg == "run" {
-            let rest = &name[offset.min(name.len())..];
-            if let Some((id, tail)) = rest.split_once('/') {
-                if !id.is_empty() && !tail.is_empty() {
-                    return id;
-                }
-            }
-            break;
-        }
+    if let Some(run) = durable_core::names::locality(name) {
+        return run;
     }
     match name.rfind('/') {
         Some(pos) if pos > 0 => &name[..pos],
