@@ -216,3 +216,171 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
     drop(server);
     Ok(())
 }
+
+/// A durable agent's run on Redis while the server is killed for 1.5 s and restarted: the run
+/// continues by itself (its writer gives up after 200 ms, so the executing instance must
+/// restart the interrupted step on its own, without anyone calling `recover()`), the tool runs
+/// once, and an observer on another instance that re-observes from its last cursor after an
+/// error ends with exactly the events of an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_agent_continues_by_itself_after_a_server_restart() -> Result<()> {
+    use durable_conformance::agent::{assert_contiguous, client_view};
+    use durable_core::agent::{
+        Agent, DurableAgent, FnTool, ScriptedModel, StreamOptions, ToolContext, ToolError, Turn,
+    };
+
+    let server = match services::redis(&RedisOptions { appendonly: true }) {
+        Ok(s) => s,
+        Err(why) if durable_conformance::harness::require_backends() => panic!("{why}"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let script = || {
+        vec![
+            Turn::new().deltas(300, "word ").tool_call(
+                "call-0",
+                "lookup",
+                serde_json::json!({"q": "x"}),
+            ),
+            Turn::new().deltas(300, "more "),
+        ]
+    };
+    let agent = |model: ScriptedModel, runs: Arc<std::sync::atomic::AtomicU32>| {
+        Agent::builder()
+            .id("restarter")
+            .model(model)
+            .tool(FnTool::new(
+                "lookup",
+                "Look something up",
+                move |_: serde_json::Value, _ctx: ToolContext| {
+                    let runs = runs.clone();
+                    async move {
+                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok::<_, ToolError>(serde_json::json!("found"))
+                    }
+                },
+            ))
+            .build()
+            .expect("agent")
+    };
+    // What a client sees of an uninterrupted run.
+    let reference = {
+        let a = DurableAgent::new(agent(ScriptedModel::new(script()), Arc::default()));
+        let run = a.stream("go", StreamOptions::new()).await?;
+        client_view(&durable_conformance::agent::collect(run, Duration::from_secs(30)).await)
+    };
+    let connect = |retry_for: Duration| {
+        let url = url.clone();
+        async move {
+            let redis = RedisConfig::new(url)
+                .key_prefix("restart-agent:")
+                .response_timeout(Duration::from_secs(1))
+                .connect()
+                .await?;
+            let mut config = LogConfig::default();
+            config.idle_check = Duration::from_millis(500);
+            config.retry_for = retry_for;
+            Ok::<_, durable_core::Error>((redis.clone(), redis.pubsub().await?, config))
+        }
+    };
+    let (redis, pubsub, config) = connect(Duration::from_millis(200)).await?;
+    let worker = DurableAgent::builder(agent(
+        ScriptedModel::new(script()).with_delay(Duration::from_micros(500)),
+        runs.clone(),
+    ))
+    .cache(redis.server_cache())
+    .pubsub(pubsub)
+    .store(redis.workflow_store())
+    .log_config(config)
+    .build()?;
+    let (redis_b, pubsub_b, config_b) = connect(Duration::from_secs(15)).await?;
+    let viewer = DurableAgent::builder(agent(ScriptedModel::new(script()), Arc::default()))
+        .cache(redis_b.server_cache())
+        .pubsub(pubsub_b)
+        .store(redis_b.workflow_store())
+        .log_config(config_b)
+        .build()?;
+
+    let run = worker.stream("go", StreamOptions::new()).await?;
+    let run_id = run.run_id().clone();
+    drop(run);
+    let follower = {
+        let (viewer, run_id) = (viewer.clone(), run_id.clone());
+        tokio::spawn(async move {
+            let mut events: Vec<Event> = Vec::new();
+            loop {
+                let from = events.len() as u64;
+                let mut s = match viewer.observe(&run_id, ObserveOptions::from(from)).await {
+                    Ok(s) => s,
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Err(e) => panic!("observe: {e}"),
+                };
+                while let Some(item) = s.next().await {
+                    match item {
+                        Ok(ev) => {
+                            let end = ev.kind.is_terminal();
+                            events.push(ev);
+                            if end {
+                                return events;
+                            }
+                        }
+                        Err(e) if e.is_retryable() => break,
+                        Err(e) => panic!("observer: {e}"),
+                    }
+                }
+            }
+        })
+    };
+    // Mid-answer: kill the server and keep it down for 1.5 s (the fault, not a wait for a
+    // condition), then bring it back on the same port and data.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while viewer.log().len(&run_id).await?.unwrap_or(0) < 150 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut server = server;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.restart().map(|()| server)
+    })
+    .await
+    .expect("restart task")
+    .unwrap_or_else(|e| panic!("redis did not come back: {e}"));
+
+    let events = tokio::time::timeout(Duration::from_secs(120), follower)
+        .await
+        .expect("the run did not finish by itself")
+        .expect("observer panicked");
+    assert_contiguous(&events);
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::StepRestart),
+        "the interrupted step was restarted by the executing instance"
+    );
+    assert_eq!(client_view(&events), reference);
+    assert_eq!(
+        events.last().map(|e| e.kind.clone()),
+        Some(EventKind::Finish)
+    );
+    let status =
+        durable_conformance::agent::settled_status(&viewer, &run_id, Duration::from_secs(30)).await;
+    assert_eq!(status, RunStatus::Completed);
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the tool ran once"
+    );
+    drop(server);
+    Ok(())
+}
