@@ -308,36 +308,7 @@ async fn a_durable_agent_continues_by_itself_after_a_server_restart() -> Result<
     let run = worker.stream("go", StreamOptions::new()).await?;
     let run_id = run.run_id().clone();
     drop(run);
-    let follower = {
-        let (viewer, run_id) = (viewer.clone(), run_id.clone());
-        tokio::spawn(async move {
-            let mut events: Vec<Event> = Vec::new();
-            loop {
-                let from = events.len() as u64;
-                let mut s = match viewer.observe(&run_id, ObserveOptions::from(from)).await {
-                    Ok(s) => s,
-                    Err(e) if e.is_retryable() => {
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                        continue;
-                    }
-                    Err(e) => panic!("observe: {e}"),
-                };
-                while let Some(item) = s.next().await {
-                    match item {
-                        Ok(ev) => {
-                            let end = ev.kind.is_terminal();
-                            events.push(ev);
-                            if end {
-                                return events;
-                            }
-                        }
-                        Err(e) if e.is_retryable() => break,
-                        Err(e) => panic!("observer: {e}"),
-                    }
-                }
-            }
-        })
-    };
+    let follower = tokio::spawn(observe_all(viewer.log().clone(), run_id.clone()));
     // Mid-answer: kill the server and keep it down for 1.5 s (the fault, not a wait for a
     // condition), then bring it back on the same port and data.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -359,7 +330,7 @@ async fn a_durable_agent_continues_by_itself_after_a_server_restart() -> Result<
     .expect("restart task")
     .unwrap_or_else(|e| panic!("redis did not come back: {e}"));
 
-    let events = tokio::time::timeout(Duration::from_secs(120), follower)
+    let (events, _reconnects) = tokio::time::timeout(Duration::from_secs(120), follower)
         .await
         .expect("the run did not finish by itself")
         .expect("observer panicked");
