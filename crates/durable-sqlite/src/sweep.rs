@@ -7,14 +7,24 @@ use crate::store::remove_run;
 
 /// Most expired entries or runs removed per sweep (the rest go at the next one).
 const EXPIRED_PER_SWEEP: i64 = 2048;
-/// Free pages always kept for reuse (4096-byte pages: 1 MiB), plus a tenth of the file.
-const KEEP_FREE_PAGES: i64 = 256;
+/// Free pages are given back once they exceed a tenth of the file by this many (4096-byte
+/// pages: 1 MiB), so vacuuming happens in worthwhile steps.
+const VACUUM_STEP_PAGES: i64 = 256;
 
 /// One sweep in its own transaction: expired keys, logs and runs are removed; events of
-/// removed logs are deleted, at most `purge_chunk` of them; then free pages beyond a slack
-/// are returned to the file system (`incremental_vacuum`) and the WAL is checkpointed, so the
-/// file follows the live data down as well as up.
-pub(crate) fn sweep(conn: &Connection, now: i64, purge_chunk: usize) -> rusqlite::Result<()> {
+/// removed logs are deleted, at most `purge_chunk` of them; then free pages beyond a tenth of
+/// the file are returned to the file system (`incremental_vacuum`) and the WAL is
+/// checkpointed, so the file follows the live data down as well as up.
+///
+/// While writes keep coming, free pages are returned only in steps of
+/// [`VACUUM_STEP_PAGES`]; once the writer was idle for a whole sweep interval everything above
+/// the tenth goes back.
+pub(crate) fn sweep(
+    conn: &Connection,
+    now: i64,
+    purge_chunk: usize,
+    idle: bool,
+) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     match purge(conn, now, purge_chunk) {
         Ok(()) => conn.execute_batch("COMMIT")?,
@@ -23,7 +33,7 @@ pub(crate) fn sweep(conn: &Connection, now: i64, purge_chunk: usize) -> rusqlite
             return Err(e);
         }
     }
-    vacuum(conn)
+    vacuum(conn, idle)
 }
 
 fn purge(conn: &Connection, now: i64, purge_chunk: usize) -> rusqlite::Result<()> {
@@ -78,13 +88,19 @@ fn purge(conn: &Connection, now: i64, purge_chunk: usize) -> rusqlite::Result<()
     Ok(())
 }
 
-fn vacuum(conn: &Connection) -> rusqlite::Result<()> {
+fn vacuum(conn: &Connection, idle: bool) -> rusqlite::Result<()> {
     let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    let keep = KEEP_FREE_PAGES + pages / 10;
-    if free > 2 * keep {
-        // A number, not user input: formatting it into the pragma is safe.
-        conn.execute_batch(&format!("PRAGMA incremental_vacuum({});", free - keep))?;
+    // A tenth of the file stays free for reuse: new appends fill free pages before the file
+    // grows, so a steady load neither grows the file nor churns it through vacuums.
+    let keep = pages / 10;
+    let step = if idle { 0 } else { VACUUM_STEP_PAGES };
+    if free > keep + step {
+        // A number, not user input: formatting it into the pragma is safe. The pragma frees
+        // one page per step, so it is stepped to the end.
+        let mut s = conn.prepare(&format!("PRAGMA incremental_vacuum({})", free - keep))?;
+        let mut rows = s.query([])?;
+        while rows.next()?.is_some() {}
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
     }
     Ok(())

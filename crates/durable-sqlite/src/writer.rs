@@ -142,6 +142,7 @@ impl WriterThread {
     fn run(self) {
         let mut next_sweep = Instant::now() + self.sweep_every;
         let mut batch: Vec<Work> = Vec::new();
+        let mut idle = true;
         loop {
             let wait = next_sweep.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
@@ -156,13 +157,15 @@ impl WriterThread {
                 }
             }
             if !batch.is_empty() {
+                idle = false;
                 self.commit(&mut batch);
             }
             if Instant::now() >= next_sweep {
-                if let Err(e) = sweep::sweep(&self.conn, now(), self.purge_chunk) {
+                if let Err(e) = sweep::sweep(&self.conn, now(), self.purge_chunk, idle) {
                     tracing::warn!(error = %e, "SQLite sweep failed; retrying at the next one");
                 }
                 next_sweep = Instant::now() + self.sweep_every;
+                idle = true;
             }
         }
     }
