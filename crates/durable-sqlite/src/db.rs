@@ -15,6 +15,9 @@ pub(crate) const KIND_KEY: i64 = 0;
 /// A log's `entries.kind`.
 pub(crate) const KIND_LOG: i64 = 1;
 
+/// Prepared statements kept per connection: more than this crate has, so none is re-parsed.
+const STATEMENT_CACHE: usize = 64;
+
 /// Schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -80,6 +83,7 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
         Connection::open_with_flags(&config.path, open_flags()).map_err(|e| from_sqlite(op, e))?;
     conn.busy_timeout(config.busy_timeout)
         .map_err(|e| from_sqlite(op, e))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // auto_vacuum only takes effect before the first table exists; on an existing file it is
     // whatever that file was created with.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
@@ -130,6 +134,7 @@ fn open_reader(path: &Path, config: &SqliteConfig) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, open_flags()).map_err(|e| from_sqlite(op, e))?;
     conn.busy_timeout(config.busy_timeout)
         .map_err(|e| from_sqlite(op, e))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -8192;")
         .map_err(|e| from_sqlite(op, e))?;
     Ok(conn)
@@ -167,13 +172,17 @@ impl Readers {
             .await
             .map_err(|_| err(ErrorKind::Unavailable, op, "the reader pool is closed"))?;
         let pooled = lock(&self.conns).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            // A reader lost to a panic is replaced.
-            None => open_reader(&self.config.path, &self.config)?,
-        };
+        let config = self.config.clone();
         let (conn, result) = tokio::task::spawn_blocking(move || {
-            let mut conn = conn;
+            // A reader lost earlier (its read was cancelled while it ran) is replaced here,
+            // off the async threads.
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => match open_reader(&config.path, &config) {
+                    Ok(c) => c,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
             let result = match conn.transaction() {
                 Ok(tx) => {
                     let r = f(&tx);
@@ -183,7 +192,7 @@ impl Readers {
                 }
                 Err(e) => Err(from_sqlite(op, e)),
             };
-            (conn, result)
+            (Some(conn), result)
         })
         .await
         .map_err(|e| {
@@ -193,7 +202,9 @@ impl Readers {
                 format!("reader thread failed: {e}"),
             )
         })?;
-        lock(&self.conns).push(conn);
+        if let Some(conn) = conn {
+            lock(&self.conns).push(conn);
+        }
         result
     }
 }

@@ -22,12 +22,12 @@ pub(crate) fn wrong_type(op: &'static str, name: &str) -> Error {
     )
 }
 
-/// The writer thread is gone (the backend was dropped, or the thread died).
+/// The writer never answered: its thread is gone, or the write failed inside it.
 pub(crate) fn writer_gone(op: &'static str) -> Error {
     err(
         ErrorKind::Unavailable,
         op,
-        "the SQLite writer thread has stopped",
+        "the SQLite writer did not complete the write (its thread stopped or the write failed)",
     )
 }
 

@@ -1,6 +1,7 @@
 //! The one writer thread: every write of every handle goes through it, and it commits
 //! everything queued in one transaction (group commit).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -186,7 +187,14 @@ impl WriterThread {
         for w in batch.drain(..) {
             let c = match self.exec("SAVEPOINT w") {
                 Ok(()) => {
-                    let c = w(Ok((&self.conn, now)));
+                    // A panicking write (a bug) must not take the writer thread down: its
+                    // savepoint is rolled back and its caller sees the write fail.
+                    let c = std::panic::catch_unwind(AssertUnwindSafe(|| w(Ok((&self.conn, now)))))
+                        .unwrap_or_else(|_| Completion {
+                            ok: false,
+                            announce: None,
+                            finish: Box::new(|_| {}),
+                        });
                     let end = if c.ok {
                         self.exec("RELEASE w")
                     } else {
