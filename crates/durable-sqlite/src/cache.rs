@@ -1,6 +1,6 @@
 //! [`SqliteServerCache`]: keys with TTL and run logs in the database file.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -162,17 +162,50 @@ fn append_in(
             .and_then(|mut s| s.query_row(params![log, KIND_LOG, new_fence, new_len], |r| r.get(0)))
             .map_err(|e| from_sqlite(op, e))?,
     };
-    if !payloads.is_empty() {
-        let mut insert = conn
-            .prepare_cached("INSERT INTO events (log_id, cursor, payload) VALUES (?1, ?2, ?3)")
-            .map_err(|e| from_sqlite(op, e))?;
-        for (i, p) in payloads.iter().enumerate() {
-            insert
-                .execute(params![id, len + i as i64, &p[..]])
-                .map_err(|e| from_sqlite(op, e))?;
+    insert_events(conn, id, len, payloads).map_err(|e| from_sqlite(op, e))?;
+    Ok(first)
+}
+
+/// Events per multi-row `INSERT`: one statement execution for many rows instead of one each.
+const ROWS_PER_INSERT: usize = 64;
+
+static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
+    let rows = vec!["(?, ?, ?)"; ROWS_PER_INSERT].join(", ");
+    format!("INSERT INTO events (log_id, cursor, payload) VALUES {rows}")
+});
+
+/// Store `payloads` at cursors `first..`: full chunks with one multi-row statement each, the
+/// rest row by row.
+fn insert_events(
+    conn: &Connection,
+    id: i64,
+    first: i64,
+    payloads: &[Bytes],
+) -> rusqlite::Result<()> {
+    let mut cursor = first;
+    let mut chunks = payloads.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut many = conn.prepare_cached(&INSERT_MANY)?;
+        for chunk in chunks.by_ref() {
+            for (i, p) in chunk.iter().enumerate() {
+                many.raw_bind_parameter(3 * i + 1, id)?;
+                many.raw_bind_parameter(3 * i + 2, cursor)?;
+                many.raw_bind_parameter(3 * i + 3, &p[..])?;
+                cursor += 1;
+            }
+            many.raw_execute()?;
         }
     }
-    Ok(first)
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut one = conn
+            .prepare_cached("INSERT INTO events (log_id, cursor, payload) VALUES (?1, ?2, ?3)")?;
+        for p in rest {
+            one.execute(params![id, cursor, &p[..]])?;
+            cursor += 1;
+        }
+    }
+    Ok(())
 }
 
 /// A read's view of an entry: `None` if missing or expired.

@@ -25,6 +25,11 @@ const SCHEMA_VERSION: i64 = 1;
 /// A log's events are keyed `(log_id, cursor)`; `log_id` is the log's `entries.id`, never
 /// reused (`AUTOINCREMENT`), so events of a deleted log waiting in `purge` can never be
 /// mistaken for a new log's. Times are Unix milliseconds.
+///
+/// `events` is a rowid table with its key in a separate index, not `WITHOUT ROWID`: there the
+/// whole row is the b-tree key, so a big event (a `finish` carrying a long answer) that becomes
+/// a divider cell is copied on every later insert's seek (measured: 13% of a 10k-delta run
+/// in `memcpy`); here payloads stay out of the key comparisons and appends are quick-balanced.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,7 +46,7 @@ CREATE TABLE IF NOT EXISTS events (
     cursor INTEGER NOT NULL,
     payload BLOB NOT NULL,
     PRIMARY KEY (log_id, cursor)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS purge (
     log_id INTEGER PRIMARY KEY,
     from_cursor INTEGER NOT NULL,
@@ -101,8 +106,13 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
             ),
         ));
     }
+    // Checkpoints run on their own thread (`writer::Checkpointer`), not inside the writer's
+    // commits. The writer checkpoints itself only as a backstop, once 2000 frames (8 MiB) are
+    // in the WAL: by then the checkpointer has copied nearly all of them, and a checkpoint
+    // right after a commit lets the next write restart the WAL from its beginning.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {};
+         PRAGMA wal_autocheckpoint = 2000;
          PRAGMA journal_size_limit = 67108864;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -16384;",
@@ -124,6 +134,21 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
     }
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(|e| from_sqlite(op, e))?;
+    Ok(conn)
+}
+
+/// The checkpointer's connection: it copies committed WAL frames into the database file.
+pub(crate) fn open_checkpointer(config: &SqliteConfig) -> Result<Connection> {
+    let op = "open";
+    let conn =
+        Connection::open_with_flags(&config.path, open_flags()).map_err(|e| from_sqlite(op, e))?;
+    conn.busy_timeout(config.busy_timeout)
+        .map_err(|e| from_sqlite(op, e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = 0;",
+        config.synchronous.pragma()
     ))
     .map_err(|e| from_sqlite(op, e))?;
     Ok(conn)

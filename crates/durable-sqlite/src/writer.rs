@@ -65,9 +65,11 @@ impl Writer {
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Work>();
         let counters = Arc::new(Counters::default());
+        let checkpoint = Checkpointer::spawn(crate::db::open_checkpointer(config)?)?;
         let thread = WriterThread {
             conn,
             rx,
+            checkpoint,
             pubsub,
             counters: counters.clone(),
             max_batch: config.max_batch.max(1),
@@ -77,15 +79,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("durable-sqlite-writer".to_owned())
             .spawn(move || thread.run())
-            .map_err(|e| {
-                Error::new(
-                    durable_core::ErrorKind::Unavailable,
-                    "cannot start the SQLite writer thread",
-                )
-                .with_backend(crate::error::SQLITE)
-                .with_operation("open")
-                .with_source(e)
-            })?;
+            .map_err(thread_failed)?;
         Ok(Self { tx, counters })
     }
 
@@ -129,9 +123,60 @@ impl Writer {
     }
 }
 
+fn thread_failed(e: std::io::Error) -> Error {
+    Error::new(
+        durable_core::ErrorKind::Unavailable,
+        "cannot start a SQLite backend thread",
+    )
+    .with_backend(crate::error::SQLITE)
+    .with_operation("open")
+    .with_source(e)
+}
+
+/// Least time between two checkpoints: each copies every frame committed meanwhile.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Copies committed WAL frames into the database file on its own thread and connection
+/// (`PRAGMA wal_checkpoint(PASSIVE)`), so the writer's commits never pay for it: it is nudged
+/// after each commit and checkpoints at most every [`CHECKPOINT_EVERY`]. It ends with the
+/// writer thread.
+struct Checkpointer {
+    nudge: mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    fn spawn(conn: Connection) -> Result<Self> {
+        let (nudge, rx) = mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("durable-sqlite-checkpoint".to_owned())
+            .spawn(move || {
+                let mut last = Instant::now();
+                while rx.recv().is_ok() {
+                    let since = last.elapsed();
+                    if since < CHECKPOINT_EVERY {
+                        // Pacing, not synchronisation: commits meanwhile join this checkpoint.
+                        std::thread::sleep(CHECKPOINT_EVERY - since);
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::debug!(error = %e, "SQLite checkpoint failed; retrying after the next commit");
+                    }
+                    last = Instant::now();
+                }
+            })
+            .map_err(thread_failed)?;
+        Ok(Self { nudge })
+    }
+
+    /// Ask for a checkpoint (coalesced with one already asked for).
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+}
+
 struct WriterThread {
     conn: Connection,
     rx: mpsc::Receiver<Work>,
+    checkpoint: Checkpointer,
     pubsub: Option<InMemoryPubSub>,
     counters: Arc<Counters>,
     max_batch: usize,
@@ -219,6 +264,7 @@ impl WriterThread {
         let committed = self.exec("COMMIT");
         let failed = match committed {
             Ok(()) => {
+                self.checkpoint.nudge();
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .writes
