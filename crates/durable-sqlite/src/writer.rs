@@ -266,9 +266,10 @@ impl WriterThread {
             Ok(()) => {
                 self.checkpoint.nudge();
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                let accepted = done.iter().filter(|c| c.ok).count();
                 self.counters
                     .writes
-                    .fetch_add(done.len() as u64, Ordering::Relaxed);
+                    .fetch_add(accepted as u64, Ordering::Relaxed);
                 None
             }
             Err(e) => {
