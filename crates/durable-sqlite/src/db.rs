@@ -172,6 +172,19 @@ pub(crate) struct Readers {
     config: SqliteConfig,
 }
 
+impl Drop for Readers {
+    /// Closing a connection can checkpoint and delete the WAL (when it is the file's last):
+    /// that happens on a thread of its own, not on whichever async worker dropped the backend.
+    fn drop(&mut self) {
+        let conns = std::mem::take(&mut *lock(&self.conns));
+        if !conns.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("durable-sqlite-close".to_owned())
+                .spawn(move || drop(conns));
+        }
+    }
+}
+
 impl Readers {
     pub(crate) fn open(config: &SqliteConfig) -> Result<Self> {
         let n = config.readers.max(1);
