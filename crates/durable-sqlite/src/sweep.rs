@@ -7,9 +7,9 @@ use crate::store::remove_run;
 
 /// Most expired entries or runs removed per sweep (the rest go at the next one).
 const EXPIRED_PER_SWEEP: i64 = 2048;
-/// Free pages are given back once they exceed a tenth of the file by this many (4096-byte
-/// pages: 1 MiB), so vacuuming happens in worthwhile steps.
-const VACUUM_STEP_PAGES: i64 = 256;
+/// Free space is given back once it exceeds a tenth of the file by this much, so vacuuming
+/// happens in worthwhile steps.
+const VACUUM_STEP_BYTES: i64 = 1 << 20;
 
 /// One sweep in its own transaction: expired keys, logs and runs are removed; events of
 /// removed logs are deleted, at most `purge_chunk` of them; then free pages beyond a tenth of
@@ -17,7 +17,7 @@ const VACUUM_STEP_PAGES: i64 = 256;
 /// checkpointed, so the file follows the live data down as well as up.
 ///
 /// While writes keep coming, free pages are returned only in steps of
-/// [`VACUUM_STEP_PAGES`]; once the writer was idle for a whole sweep interval everything above
+/// [`VACUUM_STEP_BYTES`]; once the writer was idle for a whole sweep interval everything above
 /// the tenth goes back.
 pub(crate) fn sweep(
     conn: &Connection,
@@ -90,11 +90,16 @@ fn purge(conn: &Connection, now: i64, purge_chunk: usize) -> rusqlite::Result<()
 
 fn vacuum(conn: &Connection, idle: bool) -> rusqlite::Result<()> {
     let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     // A tenth of the file stays free for reuse: new appends fill free pages before the file
     // grows, so a steady load neither grows the file nor churns it through vacuums.
     let keep = pages / 10;
-    let step = if idle { 0 } else { VACUUM_STEP_PAGES };
+    let step = if idle {
+        0
+    } else {
+        VACUUM_STEP_BYTES / page_size.max(512)
+    };
     if free > keep + step {
         // A number, not user input: formatting it into the pragma is safe. The pragma frees
         // one page per step, so it is stepped to the end.

@@ -282,7 +282,7 @@ async fn retired_runs_keep_the_file_bounded() {
         let runs = store.list_runs(None).await.unwrap();
         let main = std::fs::metadata(&path).map_or(0, |m| m.len());
         // Live data is gone: what is left is the schema and the tenth kept free for reuse.
-        if keys.is_empty() && runs.is_empty() && main <= peak_main / 10 + (256 << 10) {
+        if keys.is_empty() && runs.is_empty() && main <= peak_main / 10 + (512 << 10) {
             eprintln!(
                 "all expired: main file {} KiB (peak {} KiB)",
                 main / 1024,
