@@ -114,7 +114,7 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {};
          PRAGMA wal_autocheckpoint = 1000;
-         PRAGMA journal_size_limit = 67108864;
+         PRAGMA journal_size_limit = 16777216;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -16384;",
         config.synchronous.pragma()

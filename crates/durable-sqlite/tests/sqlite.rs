@@ -264,13 +264,14 @@ async fn retired_runs_keep_the_file_bounded() {
     eprintln!("10,000 runs in {:?}", started.elapsed());
     // Without purging, the events alone would take 10,000 × 8 × ~560 B ≈ 43 MiB.
     let max = sizes.iter().copied().max().unwrap_or(0);
-    assert!(max < 16 << 20, "file grew to {max} bytes: {sizes:?}");
-    // The size moves with each checkpoint and vacuum (a few MiB); unpurged runs would add
-    // about 21 MiB between the two halves.
+    assert!(max < 24 << 20, "file grew to {max} bytes: {sizes:?}");
+    // The size moves with checkpoints (the WAL's high-water mark can step up when a checkpoint
+    // is delayed) and vacuums, by a few MiB; unpurged runs would add about 21 MiB between the
+    // two halves.
     let late = sizes[10..].iter().copied().max().unwrap_or(0);
     let early = sizes[..10].iter().copied().max().unwrap_or(0);
     assert!(
-        late <= early + (4 << 20),
+        late <= early + (8 << 20),
         "the file keeps growing: {sizes:?}"
     );
     // Once everything expired, the sweep leaves no run, key or log behind, and once the writer
