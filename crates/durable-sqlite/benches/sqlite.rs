@@ -32,12 +32,11 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// A fresh database file for one case, under `<temp>/durable-sqlite-bench-<pid>/`.
 fn db_path(tag: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("durable-sqlite-bench-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = std::env::temp_dir().join(format!("durable-sqlite-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
-    dir.join("bench.db")
+    dir.join(format!("{tag}.db"))
 }
 
 fn agent(deltas: usize) -> Agent {
@@ -78,16 +77,21 @@ async fn many(agent: &DurableAgent, runs: usize) -> u64 {
         .sum()
 }
 
+fn open(rt: &tokio::runtime::Runtime, tag: &str, sync: Synchronous) -> SqliteBackend {
+    rt.block_on(SqliteBackend::open_async(
+        SqliteConfig::new(db_path(tag)).synchronous(sync),
+    ))
+    .expect("open")
+}
+
+/// Each case on a fresh file, so one case's leftovers (and their purge) do not slow the next.
 fn bench_sqlite(c: &mut Criterion) {
     let rt = rt();
-    let path = db_path("full");
-    let db = rt
-        .block_on(SqliteBackend::open_async(SqliteConfig::new(&path)))
-        .expect("open");
     let mut g = c.benchmark_group("sqlite");
     g.measurement_time(Duration::from_secs(8));
 
     g.throughput(Throughput::Elements(10_000));
+    let db = open(&rt, "one", Synchronous::Full);
     let one = durable(&db, 10_000);
     g.bench_function("durable_1x10k", |b| {
         b.to_async(&rt).iter(|| async {
@@ -98,7 +102,9 @@ fn bench_sqlite(c: &mut Criterion) {
             drain(s).await
         });
     });
+    drop((one, db));
 
+    let db = open(&rt, "replay", Synchronous::Full);
     let kept = db.durable_agent(agent(10_000)).build().expect("agent");
     let finished: RunId = rt.block_on(async {
         let s = kept
@@ -118,8 +124,10 @@ fn bench_sqlite(c: &mut Criterion) {
             drain(s).await
         });
     });
+    drop((kept, db));
 
     g.throughput(Throughput::Elements(100_000));
+    let db = open(&rt, "hundred", Synchronous::Full);
     let hundred = durable(&db, 1_000);
     g.bench_function("durable_100x1000", |b| {
         b.iter_batched(
@@ -128,14 +136,11 @@ fn bench_sqlite(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
+    drop((hundred, db));
 
     g.throughput(Throughput::Elements(10_000));
-    let normal_db = rt
-        .block_on(SqliteBackend::open_async(
-            SqliteConfig::new(db_path("normal")).synchronous(Synchronous::Normal),
-        ))
-        .expect("open");
-    let one_normal = durable(&normal_db, 10_000);
+    let db = open(&rt, "normal", Synchronous::Normal);
+    let one_normal = durable(&db, 10_000);
     g.bench_function("durable_1x10k_normal", |b| {
         b.to_async(&rt).iter(|| async {
             let s = one_normal
@@ -145,9 +150,14 @@ fn bench_sqlite(c: &mut Criterion) {
             drain(s).await
         });
     });
+    drop((one_normal, db));
     g.finish();
 
-    // Commits (WAL fsyncs under FULL) and writes per second under the 100-run load.
+    // Commits (WAL fsyncs under FULL) and writes per second under the 100-run load, after one
+    // warm-up pass.
+    let db = open(&rt, "load", Synchronous::Full);
+    let hundred = durable(&db, 1_000);
+    rt.block_on(many(&hundred, 100));
     let before = db.stats();
     let t = Instant::now();
     let events = rt.block_on(many(&hundred, 100));
@@ -165,10 +175,10 @@ fn bench_sqlite(c: &mut Criterion) {
         writes as f64 / secs,
         writes as f64 / commits.max(1) as f64,
     );
-    drop((one, kept, hundred, one_normal, db, normal_db));
-    for p in [path.parent(), None].into_iter().flatten() {
-        let _ = std::fs::remove_dir_all(p);
-    }
+    drop((hundred, db));
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("durable-sqlite-bench-{}", std::process::id())),
+    );
 }
 
 criterion_group! {
