@@ -141,6 +141,42 @@ async fn observer_in_another_process_catches_up_by_rereading() {
     assert!(cursors.iter().copied().eq(0..51), "{cursors:?}");
 }
 
+/// Another process holding the write lock past `busy_timeout` makes writes fail with a
+/// retryable `Unavailable` naming the backend and operation, and nothing is half-written;
+/// once the lock is released the same write succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_is_retryable_unavailable() {
+    let path = support::temp_dir("busy").join("busy.db");
+    let db = open(SqliteConfig::new(&path).busy_timeout(Duration::from_millis(50))).await;
+    let cache = db.server_cache();
+    cache
+        .set("busy/key", Bytes::from_static(b"before"), None)
+        .await
+        .unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let e = cache
+        .set("busy/key", Bytes::from_static(b"during"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), durable_core::ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+    assert_eq!((e.backend(), e.operation()), ("sqlite", "set"));
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        cache.get("busy/key").await.unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
+    cache
+        .set("busy/key", Bytes::from_static(b"after"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get("busy/key").await.unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
+}
+
 /// Everything acknowledged is there after the backend is dropped and the file reopened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_reopen() {
