@@ -292,6 +292,8 @@ fn killed_processes_recover_every_run_exactly() {
         .unwrap();
     assert_eq!(ok, "ok");
     eprintln!("{kills} kills; every run recovered exactly");
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn verify(dir: &Path, stitched: &[Vec<Event>]) {

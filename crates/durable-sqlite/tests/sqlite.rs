@@ -355,4 +355,8 @@ async fn retired_runs_keep_the_file_bounded() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop((cache, store, log, db));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
