@@ -243,7 +243,8 @@ pub trait ServerCache: Send + Sync + Debug + 'static {
     /// - A lower fence than the log has seen is rejected with `Fenced`, storing nothing
     ///   (`stale_fence_is_rejected`).
     /// - Exceeding `max_len` is rejected with `LimitExceeded`, storing nothing
-    ///   (`log_max_len_is_enforced`).
+    ///   (`log_max_len_is_enforced`); a rejected first append does not create the log
+    ///   (`rejected_first_append_creates_no_log`).
     /// - With `must_exist`, a missing log is `NotFound` and is not created
     ///   (`append_must_exist_never_recreates_a_log`).
     /// - A rejected append does not raise the fence: after an over-`max_len` append at epoch 5,

@@ -52,6 +52,31 @@ fn payloads(n: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// A rejected first append (over `max_len`) does not create the log: it has no effect at all.
+pub async fn rejected_first_append_creates_no_log(b: Backend) -> CaseResult {
+    let c = cache(&b)?;
+    let log = unique("first-over");
+    expect_kind(
+        "a first append over max_len",
+        c.append_many(&log, &payloads(3), AppendOptions::fenced(1).with_max_len(2))
+            .await,
+        ErrorKind::LimitExceeded,
+    )?;
+    let len = c.len(&log).await?;
+    ensure(len.is_none(), || {
+        format!("the rejected append left a log of length {len:?}")
+    })?;
+    // Nor did it raise a fence: an append at epoch 0 creates the log from cursor 0.
+    let first = c
+        .append_many(&log, &payloads(1), AppendOptions::fenced(0))
+        .await?;
+    ensure(first == 0, || {
+        format!("the first append got cursor {first}")
+    })?;
+    c.delete(&log).await?;
+    Ok(())
+}
+
 /// A rejected append has no effect: an over-`max_len` append at epoch 5 does not raise the
 /// fence, so a later append at epoch 3 succeeds (the fence is checked before `max_len`).
 pub async fn rejected_append_does_not_raise_fence(b: Backend) -> CaseResult {

@@ -59,6 +59,7 @@ registry!(
     log_expire_removes_everything,
     keys_lists_everything_under_prefix,
     rejected_append_does_not_raise_fence,
+    rejected_first_append_creates_no_log,
     append_must_exist_never_recreates_a_log,
     keys_are_sorted_and_unique,
     keys_prefix_is_validated,

@@ -156,6 +156,16 @@ impl InMemoryCache {
                         format!("no log {log} (it was never created, or it was deleted or expired)"),
                     ));
                 }
+                // A rejected append creates nothing either.
+                if let Some(max) = options.max_len {
+                    if payloads.len() as u64 > max {
+                        return Err(err(
+                            ErrorKind::LimitExceeded,
+                            "append",
+                            format!("log {log} would exceed {max} entries"),
+                        ));
+                    }
+                }
                 s.map.insert(
                     log.to_owned(),
                     Entry {
