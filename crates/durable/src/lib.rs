@@ -10,3 +10,6 @@ pub use durable_openai as openai;
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use durable_redis as redis;
+#[cfg(feature = "server")]
+#[doc(inline)]
+pub use durable_server as server;
