@@ -148,6 +148,18 @@ pub struct Reconnect {
     pub max_attempts: u32,
 }
 
+impl Reconnect {
+    /// Pauses from `min_backoff` doubling to `max_backoff`; give up after `max_attempts`
+    /// reconnects in a row without a new event.
+    pub fn new(min_backoff: Duration, max_backoff: Duration, max_attempts: u32) -> Self {
+        Self {
+            min_backoff,
+            max_backoff,
+            max_attempts,
+        }
+    }
+}
+
 impl Default for Reconnect {
     fn default() -> Self {
         Self {
