@@ -356,6 +356,7 @@ async fn chat_run(
     agent: &Mounted,
     chat_id: &str,
     statuses: &[RunStatus],
+    owner: Option<&str>,
 ) -> Result<Option<RunRecord>, Problem> {
     let mut found: Option<RunRecord> = None;
     for st in statuses {
@@ -364,13 +365,33 @@ async fn chat_run(
             .await?;
         for r in runs {
             let ours = r.data.get("agent_id").and_then(Value::as_str) == Some(agent.id())
-                && r.data.get("thread_id").and_then(Value::as_str) == Some(chat_id);
+                && r.data.get("thread_id").and_then(Value::as_str) == Some(chat_id)
+                && owner.is_none_or(|o| r.resource_id.as_deref() == Some(o));
             if ours && found.as_ref().is_none_or(|f| r.created_at >= f.created_at) {
                 found = Some(r);
             }
         }
     }
     Ok(found)
+}
+
+/// With access control on, who may look a chat's runs up: credentials are required before
+/// anything is looked up (401), and an identified caller only finds its own runs, so a chat's
+/// existence never leaks. `None` when anyone may (no access control, or a run token that
+/// [`authorize`](crate::routes::authorize) checks against the run found).
+fn caller(server: &DurableServer, headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(access) = &server.config().access else {
+        return Ok(None);
+    };
+    if crate::auth::bearer(headers, None).is_some() {
+        return Ok(None);
+    }
+    access
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.resource(headers))
+        .map(Some)
+        .ok_or_else(Problem::unauthorized)
 }
 
 /// The answer to an approval in the client's last (assistant) message.
@@ -438,15 +459,22 @@ pub(crate) async fn post_chat(
                     "the last message is an assistant message without an answered approval",
                 )
             })?;
-            let record = chat_run(&server, agent, &body.id, &[RunStatus::Suspended])
-                .await?
-                .ok_or_else(|| {
-                    Problem::new(
-                        StatusCode::CONFLICT,
-                        "invalid_state",
-                        "the chat has no run waiting for approval",
-                    )
-                })?;
+            let owner = caller(&server, &headers)?;
+            let record = chat_run(
+                &server,
+                agent,
+                &body.id,
+                &[RunStatus::Suspended],
+                owner.as_deref(),
+            )
+            .await?
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "invalid_state",
+                    "the chat has no run waiting for approval",
+                )
+            })?;
             let run_id = record.run_id.clone();
             crate::routes::authorize(&server, agent, &run_id, &headers, None).await?;
             let log = agent.durable().log();
@@ -490,11 +518,13 @@ pub(crate) async fn resume_chat(
     let Path(chat_id) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
     let agent = chat_agent(&server)?;
     valid_chat_id(&chat_id)?;
+    let owner = caller(&server, &headers)?;
     let Some(record) = chat_run(
         &server,
         agent,
         &chat_id,
         &[RunStatus::Running, RunStatus::Pending],
+        owner.as_deref(),
     )
     .await?
     else {
