@@ -14,7 +14,7 @@ pub use problem::Problem;
 pub use routes::{RUN_ID_HEADER, RUN_TOKEN_HEADER};
 pub use server::{
     DurableServer, DurableServerBuilder, Mounted, ServerConfig, DEFAULT_BODY_LIMIT,
-    DEFAULT_HEARTBEAT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_HEARTBEAT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY,
 };
 
 /// Serve `router` on `listener` until `shutdown` completes (in-flight SSE responses end with

@@ -20,6 +20,8 @@ use crate::{chat, routes};
 
 /// Default heartbeat comment interval on SSE responses (proxies cut idle streams at ~16 s).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default SSE `retry:` (how soon a browser's `EventSource` reconnects).
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 /// Default maximum request body (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 /// Default time a request may take before its response starts.
@@ -139,6 +141,8 @@ impl Mounted {
 pub struct ServerConfig {
     /// SSE heartbeat comment interval (default 15 s).
     pub heartbeat: Duration,
+    /// The SSE `retry:` sent to clients: how soon a browser reconnects (default 1 s).
+    pub retry: Duration,
     /// Maximum request body in bytes (default 1 MiB); larger bodies get 413.
     pub body_limit: usize,
     /// Time a request may take before its response starts (default 30 s); then 504.
@@ -153,6 +157,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             heartbeat: DEFAULT_HEARTBEAT,
+            retry: DEFAULT_RETRY,
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             access: None,
@@ -202,6 +207,13 @@ impl DurableServerBuilder {
     #[must_use]
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.config.heartbeat = every;
+        self
+    }
+
+    /// Set the SSE `retry:` hint.
+    #[must_use]
+    pub fn retry(mut self, retry: Duration) -> Self {
+        self.config.retry = retry;
         self
     }
 

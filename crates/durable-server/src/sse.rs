@@ -33,17 +33,20 @@ pub fn keep_alive(every: Duration) -> KeepAlive {
     KeepAlive::new().interval(every).text("ping")
 }
 
-/// A run's events as SSE frames, ending after the run's last frame (or an error frame).
+/// A run's events as SSE frames, ending after the run's last frame (or an error frame). The
+/// first frame carries `retry: <retry>`: how soon a browser's `EventSource` reconnects.
 pub fn native<S>(
     events: S,
     heartbeat: Duration,
+    retry: Duration,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>
 where
     S: Stream<Item = durable_core::Result<Event>> + Send + 'static,
 {
-    let frames = events.scan(false, |failed, item| {
+    let frames = events.enumerate().scan(false, move |failed, (i, item)| {
         let out = match item {
             _ if *failed => None,
+            Ok(ev) if i == 0 => Some(Ok(event_frame(&ev).retry(retry))),
             Ok(ev) => Some(Ok(event_frame(&ev))),
             Err(e) => {
                 *failed = true;
