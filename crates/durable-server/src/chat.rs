@@ -499,10 +499,11 @@ async fn read_all(
     let mut out = Vec::new();
     while (out.len() as u64) < len {
         let batch = log.read(run_id, out.len() as u64, 1024).await?;
-        if batch.is_empty() {
+        let before = out.len();
+        out.extend(batch.into_iter().take_while(|e| e.cursor < len));
+        if out.len() == before {
             break;
         }
-        out.extend(batch.into_iter().take_while(|e| e.cursor < len));
     }
     Ok(out)
 }
@@ -537,4 +538,76 @@ pub(crate) async fn resume_chat(
         .timed(agent.observe(&run_id, ObserveOptions::from(0)))
         .await?;
     Ok(ui_response(&server, &run_id, run, emit_from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use durable_core::Json;
+
+    #[test]
+    fn the_encoder_takes_any_event_data_without_panicking() {
+        let run = RunId::new("r").unwrap();
+        let kinds = [
+            "start",
+            "step-start",
+            "text-delta",
+            "reasoning-delta",
+            "tool-call",
+            "tool-call-approval",
+            "tool-result",
+            "tool-error",
+            "step-finish",
+            "step-restart",
+            "suspended",
+            "finish",
+            "error",
+            "abort",
+            "my-kind",
+        ];
+        let datas = [
+            json!(null),
+            json!(1),
+            json!("x"),
+            json!({"text": 5}),
+            json!({"step": "a"}),
+            json!({"tool_call_id": null, "error": {"x": 1}}),
+            json!({"declined": "yes"}),
+        ];
+        let mut enc = UiEncoder::new(&run);
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        for k in kinds {
+            for d in &datas {
+                let ev = Event {
+                    run_id: run.clone(),
+                    cursor,
+                    kind: EventKind::parse(k).unwrap(),
+                    data: Json::from(d.clone()),
+                    at: 0,
+                };
+                enc.encode(&ev, &mut out);
+                cursor += 1;
+            }
+        }
+        assert!(out.iter().all(|c| c["type"].is_string()));
+    }
+
+    #[test]
+    fn client_messages_of_any_shape_never_panic() {
+        for m in [
+            json!(null),
+            json!({"parts": 1}),
+            json!({"parts": [1, {"type": "text"}]}),
+            json!({"parts": [{"state": "approval-responded"}]}),
+            json!({"parts": [{"state": "approval-responded", "toolCallId": "c", "approval": {"approved": "no"}}]}),
+        ] {
+            let _ = text_of(&m);
+            assert!(approval_answer(&m).is_none());
+        }
+        let ok = json!({"parts": [{"state": "approval-responded", "toolCallId": "c", "approval": {"id": "a", "approved": false, "reason": "no"}}]});
+        let d = approval_answer(&ok).unwrap();
+        assert!(!d.approved);
+        assert_eq!(d.tool_call_id.as_deref(), Some("c"));
+    }
 }

@@ -568,3 +568,64 @@ pub(crate) async fn list_runs(
         .collect();
     Ok(Json(json!({ "runs": runs })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_bytes(seed: &mut u64, alphabet: &[u8], max: usize) -> Vec<u8> {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let len = (*seed % max as u64) as usize;
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                alphabet[(*seed % alphabet.len() as u64) as usize]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offsets_and_run_ids_from_any_input_never_panic() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let alphabet = b"0123456789 -+x.*>/:%\t\xff\x00a";
+        for _ in 0..5000 {
+            let bytes = rand_bytes(&mut seed, alphabet, 40);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                h.insert("last-event-id", v);
+            }
+            match resume_offset(&h, Some(&text)) {
+                Ok(_) => {}
+                Err(p) => assert_eq!(p.status, 400),
+            }
+            if let Err(p) = parse_run_id(&text) {
+                assert_eq!(p.status, 400);
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert("last-event-id", HeaderValue::from_static("7"));
+        assert_eq!(
+            resume_offset(&h, Some("2")).ok(),
+            Some(8),
+            "Last-Event-ID wins"
+        );
+        assert_eq!(resume_offset(&HeaderMap::new(), Some("2")).ok(), Some(2));
+    }
+
+    #[test]
+    fn stream_bodies_from_any_json_never_panic() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let alphabet = br#"{}[]":,0123456789 truefalsn-prompt messages untilIdle"#;
+        for _ in 0..5000 {
+            let bytes = rand_bytes(&mut seed, alphabet, 80);
+            let _ = serde_json::from_slice::<StreamBody>(&bytes);
+            let _ = serde_json::from_slice::<ResumeBody>(&bytes);
+            let _ = serde_json::from_slice::<ObserveBody>(&bytes);
+        }
+    }
+}

@@ -571,3 +571,19 @@ async fn every_status_code_has_a_problem_body() {
     .await;
     problem(reqwest::get(&events).await.unwrap(), 410).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evented_agent_is_served_the_same_way() {
+    let durable = agent("ev", ScriptedModel::new([Turn::text("queued then run")]));
+    let evented = durable_core::agent::EventedAgent::builder(durable)
+        .workers(1)
+        .start()
+        .await
+        .unwrap();
+    let server = DurableServer::builder().agent(evented).build().unwrap();
+    let url = start(&server).await;
+    let res = post_stream(&url, "ev", json!({"prompt": "hi"})).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let frames = frames(res).await;
+    assert_eq!(frames.last().unwrap().event.as_deref(), Some("finish"));
+}
