@@ -257,8 +257,7 @@ pub(crate) async fn stream(
     let run_id = run.run_id().clone();
     let base = uri.path().strip_suffix("/stream").unwrap_or(uri.path());
     let location = format!("{base}/runs/{run_id}");
-    let mut res =
-        sse::native(run, server.config().heartbeat, server.config().retry).into_response();
+    let mut res = sse::native(run, server.config().heartbeat, server.config().retry);
     *res.status_mut() = StatusCode::CREATED;
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -340,8 +339,7 @@ async fn observe_response(
         }
         Err(p) => return Err(p),
     }
-    let mut res =
-        sse::native(run, server.config().heartbeat, server.config().retry).into_response();
+    let mut res = sse::native(run, server.config().heartbeat, server.config().retry);
     sse_headers(res.headers_mut());
     Ok(res)
 }
@@ -407,8 +405,7 @@ async fn resume_response(
     authorize(server, agent, &run_id, headers, None).await?;
     server.timed(agent.record(&run_id)).await?;
     let run = server.timed(agent.resume(&run_id, data)).await?;
-    let mut res =
-        sse::native(run, server.config().heartbeat, server.config().retry).into_response();
+    let mut res = sse::native(run, server.config().heartbeat, server.config().retry);
     sse_headers(res.headers_mut());
     Ok(res)
 }

@@ -186,6 +186,10 @@ impl Child {
         Ok(Self { child, url })
     }
 
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     fn rss_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default()
@@ -202,6 +206,21 @@ impl Drop for Child {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU seconds of a process, from its `/proc/<pid>/stat` (clock ticks of 10 ms,
+/// the Linux default).
+fn cpu_secs(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let after = text.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Follow one SSE body: (events delivered, latencies in µs of the text deltas).
@@ -244,6 +263,8 @@ struct Outcome {
     lat: Vec<u32>,
     rss_kib: u64,
     peak_kib: u64,
+    server_cpu: f64,
+    client_cpu: f64,
 }
 
 async fn scenario(
@@ -288,6 +309,7 @@ async fn scenario(
         ready_rx.recv().await.ok_or("a client ended early")?;
     }
     let idle_kib = child.rss_kib("VmRSS");
+    let (server_cpu0, client_cpu0) = (child.cpu_secs(), cpu_secs("/proc/self/stat"));
     let started = Instant::now();
     http.post(format!("{}/bench/go", child.url))
         .send()
@@ -309,6 +331,8 @@ async fn scenario(
         lat,
         rss_kib,
         peak_kib: child.rss_kib("VmHWM"),
+        server_cpu: child.cpu_secs() - server_cpu0,
+        client_cpu: cpu_secs("/proc/self/stat") - client_cpu0,
     })
 }
 
@@ -326,8 +350,8 @@ async fn main() -> Result<(), String> {
     if args.serve {
         return serve(args).await;
     }
-    println!("| scenario | mode | events delivered | time | delivered/s | p50 ms | p99 ms | server RSS MiB (peak) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| scenario | mode | events delivered | time | delivered/s | p50 ms | p99 ms | server RSS MiB (peak) | CPU s server / clients |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, many, deltas) in [
         ("1 run x N observers", false, args.deltas_one),
         ("N runs x 1 observer", true, args.deltas_many),
@@ -338,7 +362,7 @@ async fn main() -> Result<(), String> {
         ] {
             let o = scenario(many, args.clients, deltas, pause).await?;
             println!(
-                "| {name} (N={}) | {mode} | {} | {:.2} s | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}) |",
+                "| {name} (N={}) | {mode} | {} | {:.2} s | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}) | {:.1} / {:.1} |",
                 args.clients,
                 o.events,
                 o.elapsed.as_secs_f64(),
@@ -347,6 +371,8 @@ async fn main() -> Result<(), String> {
                 pct(&o.lat, 0.99),
                 o.rss_kib as f64 / 1024.0,
                 o.peak_kib as f64 / 1024.0,
+                o.server_cpu,
+                o.client_cpu,
             );
         }
     }
