@@ -170,6 +170,18 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> Problem {
     )
 }
 
+/// A known route with another method: a problem body, not an empty 405.
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
 /// Body of `POST /api/agents/{agent_id}/stream`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

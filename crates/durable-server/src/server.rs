@@ -357,6 +357,7 @@ impl DurableServer {
             .route("/api/chat/{chat_id}/stream", get(chat::resume_chat))
             .route("/health", get(routes::health))
             .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.config.body_limit))
             .with_state(self.clone())
     }

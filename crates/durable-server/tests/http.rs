@@ -400,6 +400,13 @@ async fn every_status_code_has_a_problem_body() {
     )
     .await;
     problem(reqwest::get(format!("{url}/nowhere")).await.unwrap(), 404).await;
+    problem(
+        reqwest::get(format!("{url}/api/agents/a/stream"))
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
 
     // 400: bad bodies. 413: oversized body.
     for body in [
