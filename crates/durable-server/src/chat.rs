@@ -450,6 +450,7 @@ pub(crate) async fn post_chat(
                 .timed(agent.stream(Message::user(text).into(), options))
                 .await?;
             let run_id = run.run_id().clone();
+            server.inner.metrics.runs_started.inc();
             tracing::info!(chat = %body.id, run_id = %run_id, "chat turn started");
             Ok(ui_response(&server, &run_id, run, 0))
         }

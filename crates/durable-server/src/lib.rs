@@ -4,6 +4,7 @@ pub mod auth;
 pub mod chat;
 pub mod client;
 pub mod demo;
+pub mod metrics;
 pub mod problem;
 mod routes;
 mod server;

@@ -269,7 +269,12 @@ pub(crate) async fn stream(
     let run_id = run.run_id().clone();
     let base = uri.path().strip_suffix("/stream").unwrap_or(uri.path());
     let location = format!("{base}/runs/{run_id}");
-    let mut res = sse::native(run, server.config().heartbeat, server.config().retry);
+    let mut res = sse::native(
+        run,
+        server.config().heartbeat,
+        server.config().retry,
+        server.inner.metrics.observer(),
+    );
     *res.status_mut() = StatusCode::CREATED;
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -279,6 +284,7 @@ pub(crate) async fn stream(
         h.insert(k, v);
     }
     sse_headers(h);
+    server.inner.metrics.runs_started.inc();
     tracing::info!(agent = %agent_id, run_id = %run_id, "run started");
     Ok(res)
 }
@@ -351,7 +357,12 @@ async fn observe_response(
         }
         Err(p) => return Err(p),
     }
-    let mut res = sse::native(run, server.config().heartbeat, server.config().retry);
+    let mut res = sse::native(
+        run,
+        server.config().heartbeat,
+        server.config().retry,
+        server.inner.metrics.observer(),
+    );
     sse_headers(res.headers_mut());
     Ok(res)
 }
@@ -417,7 +428,12 @@ async fn resume_response(
     authorize(server, agent, &run_id, headers, None).await?;
     server.timed(agent.record(&run_id)).await?;
     let run = server.timed(agent.resume(&run_id, data)).await?;
-    let mut res = sse::native(run, server.config().heartbeat, server.config().retry);
+    let mut res = sse::native(
+        run,
+        server.config().heartbeat,
+        server.config().retry,
+        server.inner.metrics.observer(),
+    );
     sse_headers(res.headers_mut());
     Ok(res)
 }

@@ -167,6 +167,7 @@ impl Default for ServerConfig {
 }
 
 pub(crate) struct Inner {
+    pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) agents: BTreeMap<String, Mounted>,
     pub(crate) order: Vec<String>,
     pub(crate) config: ServerConfig,
@@ -274,6 +275,7 @@ impl DurableServerBuilder {
         }
         Ok(DurableServer {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::Metrics::new(),
                 agents,
                 order,
                 config: self.config,
@@ -356,6 +358,7 @@ impl DurableServer {
             .route("/api/chat", post(chat::post_chat))
             .route("/api/chat/{chat_id}/stream", get(chat::resume_chat))
             .route("/health", get(routes::health))
+            .route("/metrics", get(crate::metrics::metrics))
             .fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.config.body_limit))

@@ -49,6 +49,7 @@ pub struct NativeBody<S> {
     heartbeat: Duration,
     retry: Option<Duration>,
     done: bool,
+    meter: crate::metrics::Meter,
 }
 
 impl<S> Stream for NativeBody<S>
@@ -71,6 +72,7 @@ where
             match this.events.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(ev))) => {
                     write_frame(&mut buf, &ev);
+                    this.meter.delivered(&ev);
                     frames += 1;
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -110,7 +112,12 @@ where
 
 /// A run's events as an SSE response body (see [`NativeBody`]); the first chunk carries
 /// `retry: <retry>`, how soon a browser's `EventSource` reconnects.
-pub fn native<S>(events: S, heartbeat: Duration, retry: Duration) -> Response
+pub(crate) fn native<S>(
+    events: S,
+    heartbeat: Duration,
+    retry: Duration,
+    meter: crate::metrics::Meter,
+) -> Response
 where
     S: Stream<Item = durable_core::Result<Event>> + Send + 'static,
 {
@@ -120,6 +127,7 @@ where
         heartbeat,
         retry: Some(retry),
         done: false,
+        meter,
     };
     let mut res = Response::new(Body::from_stream(body));
     let h = res.headers_mut();

@@ -92,6 +92,25 @@ async fn stream_answers_201_with_location_and_cursor_frames() {
         .await
         .unwrap();
     assert_eq!(support::frames(observed).await, frames[2..]);
+    // Prometheus metrics: what this test did, and no observer left connected.
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    for line in [
+        "durable_runs_started_total 1",
+        "durable_runs_active 0",
+        "durable_observers_connected 0",
+        &format!(
+            "durable_events_delivered_total {}",
+            frames.len() * 2 + frames.len() - 2
+        ),
+        &format!(
+            "durable_delivery_lag_seconds_count {}",
+            frames.len() * 3 - 2
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 }
 
 #[tokio::test]
