@@ -166,3 +166,100 @@ async fn the_durable_binary_serves_observes_and_lists() {
     assert!(runs.status.success());
     assert!(String::from_utf8_lossy(&runs.stdout).contains(run_id.as_str()));
 }
+
+/// A proxy that sends each new connection to the next upstream in turn and cuts it after
+/// `budget` response bytes: every reconnect lands on another server instance.
+async fn rotating_proxy(upstreams: Vec<SocketAddr>, budget: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstreams[n % upstreams.len()];
+            n += 1;
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut sent = 0u64;
+                let mut buf = [0u8; 512];
+                while let Ok(k @ 1..) = sr.read(&mut buf).await {
+                    let take = (k as u64).min(budget - sent) as usize;
+                    if cw.write_all(&buf[..take]).await.is_err() {
+                        break;
+                    }
+                    sent += take as u64;
+                    if sent >= budget {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_across_server_instances_on_shared_backends_are_exact() {
+    use durable_core::agent::{Agent, DurableAgent};
+    use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
+    use durable_core::{PubSub, ServerCache, WorkflowStore};
+
+    let words = (0..120)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let model = ScriptedModel::new([Turn::text(&words)]).with_delay(Duration::from_micros(300));
+    let cache: Arc<dyn ServerCache> = Arc::new(InMemoryCache::new());
+    let pubsub: Arc<dyn PubSub> = Arc::new(InMemoryPubSub::new());
+    let store: Arc<dyn WorkflowStore> = Arc::new(InMemoryWorkflowStore::new());
+    let mut urls = Vec::new();
+    for worker in ["instance-a", "instance-b", "instance-c"] {
+        let agent = DurableAgent::builder(
+            Agent::builder()
+                .id("a")
+                .model(model.clone())
+                .build()
+                .unwrap(),
+        )
+        .cache_arc(cache.clone())
+        .pubsub_arc(pubsub.clone())
+        .store_arc(store.clone())
+        .worker_id(worker)
+        .build()
+        .unwrap();
+        let server = DurableServer::builder().agent(agent).build().unwrap();
+        urls.push(start(&server).await);
+    }
+    let addrs: Vec<SocketAddr> = urls
+        .iter()
+        .map(|u| u.trim_start_matches("http://").parse().unwrap())
+        .collect();
+    let proxy = rotating_proxy(addrs, 1500).await;
+    let (run_id, first) = Client::new(&urls[0])
+        .stream("a", &json!({"prompt": "hi"}))
+        .await
+        .unwrap();
+    drop(first);
+    let client = Client::new(format!("http://{proxy}")).reconnect(Reconnect::new(
+        Duration::from_millis(1),
+        Duration::from_millis(50),
+        1000,
+    ));
+    let mut s = client.observe("a", &run_id, 0).into_stream();
+    let mut seen = Vec::new();
+    while let Some(ev) = within("event through the rotating proxy", s.next()).await {
+        seen.push(ev.unwrap());
+    }
+    let mut reference = Vec::new();
+    let mut all = Client::new(&urls[2]).observe("a", &run_id, 0).into_stream();
+    while let Some(ev) = within("direct event", all.next()).await {
+        reference.push(ev.unwrap());
+    }
+    assert_eq!(seen, reference);
+    assert_eq!(seen.last().unwrap().kind, EventKind::Finish);
+}
