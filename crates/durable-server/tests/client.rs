@@ -263,3 +263,40 @@ async fn reconnects_across_server_instances_on_shared_backends_are_exact() {
     assert_eq!(seen, reference);
     assert_eq!(seen.last().unwrap().kind, EventKind::Finish);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_serve_mounts_an_openai_compatible_assistant() {
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_durable"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--openai-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+        ])
+        .env_remove("OPENAI_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let line = within("the listening line", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let url = line.strip_prefix("listening on ").unwrap().to_owned();
+    let health = Client::new(&url).health().await.unwrap();
+    assert_eq!(health["agents"], json!(["demo", "assistant"]));
+    let missing_model = tokio::process::Command::new(env!("CARGO_BIN_EXE_durable"))
+        .args(["serve", "--openai-url", "http://127.0.0.1:9/v1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !missing_model.status.success(),
+        "--openai-url needs --model"
+    );
+}

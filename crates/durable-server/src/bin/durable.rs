@@ -1,7 +1,8 @@
 //! `durable`: serve durable agents over HTTP, follow a run, list runs.
 //!
-//! - `durable serve [--listen ADDR] [--delay-ms N]`: the built-in demo agent (scripted model)
-//!   on in-memory backends, the demo page at `/`, the routes under `/api`.
+//! - `durable serve [--listen ADDR] [--delay-ms N] [--openai-url URL --model NAME]`: the
+//!   built-in demo agent (scripted model) on in-memory backends, optionally an `assistant` on an
+//!   OpenAI-compatible server, the demo page at `/`, the routes under `/api`.
 //! - `durable observe URL RUN_ID [--agent ID] [--offset N]`: print a run's events (one JSON
 //!   envelope per line) as they arrive, reconnecting from the last cursor.
 //! - `durable runs URL [--agent ID] [--status S]`: list runs.
@@ -43,6 +44,14 @@ enum Command {
         /// Require run tokens, signed with the key in this environment variable (≥ 32 bytes).
         #[arg(long)]
         token_key_env: Option<String>,
+        /// Also serve `assistant`, an agent on an OpenAI-compatible chat-completions server at
+        /// this base URL (`http://127.0.0.1:11434/v1`); the key comes from `OPENAI_API_KEY`. It
+        /// answers `/api/chat`.
+        #[arg(long, requires = "model")]
+        openai_url: Option<String>,
+        /// The model name for `--openai-url`.
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Print a run's events as they arrive, reconnecting from the last cursor.
     Observe {
@@ -98,11 +107,31 @@ async fn run(cli: Cli) -> Result<(), String> {
             delay_ms,
             heartbeat_secs,
             token_key_env,
+            openai_url,
+            model,
         } => {
             let agent = demo::agent(Duration::from_millis(delay_ms)).map_err(|e| e.to_string())?;
             let mut builder = DurableServer::builder()
                 .agent(DurableAgent::new(agent))
                 .heartbeat(Duration::from_secs(heartbeat_secs.max(1)));
+            if let (Some(url), Some(model)) = (openai_url, model) {
+                let llm = durable_openai::OpenAiModel::builder()
+                    .base_url(url)
+                    .model(model);
+                let llm = match std::env::var("OPENAI_API_KEY") {
+                    Ok(key) if !key.is_empty() => llm.api_key(key),
+                    _ => llm,
+                };
+                let assistant = durable_core::agent::Agent::builder()
+                    .id("assistant")
+                    .instructions("You are a helpful assistant.")
+                    .model(llm.build().map_err(|e| e.to_string())?)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                builder = builder
+                    .agent(DurableAgent::new(assistant))
+                    .chat_agent("assistant");
+            }
             if let Some(var) = token_key_env {
                 let key = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;
                 let tokens = RunTokens::new(key, Duration::from_secs(3600))?;
