@@ -22,7 +22,7 @@ use durable_server::DurableServer;
 use serde_json::json;
 use support::*;
 
-const DELAY: Duration = Duration::from_millis(20);
+const DELAY: Duration = Duration::from_millis(30);
 const ANSWER: &str = "It is sunny in the city today with a light breeze from the west and a few high clouds, warm enough for a walk along the river before dinner, and the evening should stay dry and calm until late.";
 
 /// The AI SDK install, or why there is none.
