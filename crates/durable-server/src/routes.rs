@@ -28,19 +28,33 @@ pub const RUN_TOKEN_HEADER: &str = "x-run-token";
 /// for anything that is not the expected JSON.
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<DurableServer> for JsonBody<T> {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            let status = r.status();
-            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "payload_too_large"
-            } else {
-                "invalid_input"
-            };
-            Problem::new(status, kind, r.body_text())
-        })?;
+    async fn from_request(req: Request, state: &DurableServer) -> Result<Self, Self::Rejection> {
+        // A body trickled in slower than the request timeout is cut off (408).
+        let read = tokio::time::timeout(
+            state.config().request_timeout,
+            Bytes::from_request(req, state),
+        );
+        let bytes = read
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request body did not arrive within the request timeout",
+                )
+            })?
+            .map_err(|r| {
+                let status = r.status();
+                let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "payload_too_large"
+                } else {
+                    "invalid_input"
+                };
+                Problem::new(status, kind, r.body_text())
+            })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))

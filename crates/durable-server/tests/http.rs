@@ -613,3 +613,36 @@ async fn an_evented_agent_is_served_the_same_way() {
     let frames = frames(res).await;
     assert_eq!(frames.last().unwrap().event.as_deref(), Some("finish"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_the_request_timeout_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = DurableServer::builder()
+        .agent(agent("a", ScriptedModel::new([Turn::text("x")])))
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let url = start(&server).await;
+    let mut conn = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Headers announce 100 bytes; only 10 ever come.
+    conn.write_all(
+        b"POST /api/agents/a/stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"prompt\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    within("the 408", async {
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+}
