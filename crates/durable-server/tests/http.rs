@@ -646,3 +646,23 @@ async fn a_body_slower_than_the_request_timeout_gets_408() {
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("application/problem+json"), "{head}");
 }
+
+#[tokio::test]
+async fn a_failing_run_ends_with_an_error_frame() {
+    let model = ScriptedModel::new([Turn::new().words("half an ").fail("the provider broke")]);
+    let (_s, url) = server_with(agent("a", model)).await;
+    let res = post_stream(&url, "a", json!({"prompt": "hi"})).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let frames = frames(res).await;
+    let last = frames.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"));
+    assert!(
+        last.id.is_some(),
+        "the run's own error event has its cursor"
+    );
+    let ev: Value = serde_json::from_str(&last.data).unwrap();
+    assert!(ev["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the provider broke"));
+}
