@@ -117,6 +117,50 @@ const BACKENDS: &[BackendEntry] = &[
             Ok(Started::server(server, "DURABLE_TEST_LLM_URL", url))
         },
     },
+    BackendEntry {
+        name: "ai-sdk",
+        krate: "durable-server",
+        env: &["DURABLE_TEST_AI_SDK_DIR", "DURABLE_TEST_CHROMIUM"],
+        source: "real clients of durable-server: npm ai@7.0.185 (the AI SDK chat transport) + Debian chromium (EventSource)",
+        install: |ctx| {
+            // Pinned: the chat test asserts the reducer's behaviour of this exact release.
+            const AI_SDK: &str = "ai@7.0.185";
+            let dir = ctx.tools().join("npm-ai");
+            let installed = std::fs::read_to_string(dir.join("node_modules/ai/package.json"))
+                .unwrap_or_default();
+            if !installed.contains("\"version\": \"7.0.185\"") {
+                if services::find_binary("npm", &[]).is_none() {
+                    apt_install(&["nodejs", "npm"])?;
+                }
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                run(
+                    &format!("npm install {AI_SDK} (cached in the tools dir)"),
+                    Command::new("npm").current_dir(&dir).args([
+                        "install", "--no-audit", "--no-fund", "--silent", AI_SDK,
+                    ]),
+                )?;
+            }
+            apt_binary("chromium", &["chromium"])
+        },
+        start: |ctx| {
+            let chromium = services::find_binary("chromium", &[])
+                .ok_or("chromium is not on PATH")?;
+            Ok(Started {
+                processes: Vec::new(),
+                env: vec![
+                    (
+                        "DURABLE_TEST_AI_SDK_DIR".to_owned(),
+                        ctx.tools().join("npm-ai").to_string_lossy().into_owned(),
+                    ),
+                    (
+                        "DURABLE_TEST_CHROMIUM".to_owned(),
+                        chromium.to_string_lossy().into_owned(),
+                    ),
+                ],
+            })
+        },
+    },
 ];
 
 /// `apt-get install packages` unless `binary` is already in `PATH`.

@@ -13,3 +13,6 @@ pub use durable_redis as redis;
 #[cfg(feature = "sqlite")]
 #[doc(inline)]
 pub use durable_sqlite as sqlite;
+#[cfg(feature = "server")]
+#[doc(inline)]
+pub use durable_server as server;
