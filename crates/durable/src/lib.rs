@@ -10,9 +10,9 @@ pub use durable_openai as openai;
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use durable_redis as redis;
-#[cfg(feature = "sqlite")]
-#[doc(inline)]
-pub use durable_sqlite as sqlite;
 #[cfg(feature = "server")]
 #[doc(inline)]
 pub use durable_server as server;
+#[cfg(feature = "sqlite")]
+#[doc(inline)]
+pub use durable_sqlite as sqlite;
