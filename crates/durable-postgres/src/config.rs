@@ -292,6 +292,10 @@ impl Postgres {
         &self.inner.pool
     }
 
+    pub(crate) fn connect_options(&self) -> &PgConnectOptions {
+        &self.inner.opts
+    }
+
     /// Create the schema if needed and apply every pending migration (`sqlx::migrate!`, with
     /// its bookkeeping table inside the schema). Idempotent, and safe to call from several
     /// processes at once: it runs under a session advisory lock on a dedicated connection.

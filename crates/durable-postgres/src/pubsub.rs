@@ -100,7 +100,17 @@ impl Registry {
 
 impl PostgresPubSub {
     pub(crate) async fn new(pg: Postgres) -> Result<Self> {
-        let mut listener = PgListener::connect_with(pg.pool())
+        // Its own one-connection pool: the LISTEN session never takes a slot from the
+        // pool that serves appends, and it is named so operators can find it.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(pg.config().acquire_timeout)
+            .connect_lazy_with(
+                pg.connect_options()
+                    .clone()
+                    .application_name(&listener_name(&pg.config().schema)),
+            );
+        let mut listener = PgListener::connect_with(&pool)
             .await
             .map_err(|e| from_sqlx("subscribe", e))?;
         let control = format!(
@@ -198,6 +208,12 @@ impl PostgresPubSub {
             _guard: guard,
         })
     }
+}
+
+/// The `application_name` of a pubsub's LISTEN session on `schema` (PostgreSQL keeps its first
+/// 63 bytes).
+pub(crate) fn listener_name(schema: &str) -> String {
+    format!("durable-listen-{schema}")
 }
 
 static CONTROL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -340,7 +340,9 @@ fn as_postgres(program: PathBuf, args: Vec<OsString>) -> (PathBuf, Vec<OsString>
 /// Start a throwaway PostgreSQL cluster on a spare port: `initdb` (trust authentication, user
 /// `postgres`) into a fresh directory under the system temp dir (the `postgres` user must
 /// reach it), then `postgres` listening on 127.0.0.1 only, without a Unix socket, with
-/// `fsync`, `synchronous_commit` and `full_page_writes` off (test data is disposable).
+/// `fsync` and `full_page_writes` off (test data is disposable). `synchronous_commit` stays on:
+/// a commit is then written to the OS before it is acknowledged, so killing the server (not
+/// the machine) loses no acknowledged commit, which restart tests rely on.
 /// Connect with `postgres://postgres@127.0.0.1:<port>/postgres`. As root, both run as the
 /// `postgres` user. [`ServerProcess::restart`] keeps the data.
 ///
@@ -397,7 +399,6 @@ pub fn postgres(options: &PostgresOptions) -> Result<ServerProcess, String> {
         "listen_addresses=127.0.0.1".to_owned(),
         "unix_socket_directories=".to_owned(),
         "fsync=off".to_owned(),
-        "synchronous_commit=off".to_owned(),
         "full_page_writes=off".to_owned(),
         format!("max_connections={max_connections}"),
     ] {
@@ -406,4 +407,29 @@ pub fn postgres(options: &PostgresOptions) -> Result<ServerProcess, String> {
     }
     let (program, args) = as_postgres(bin.join("postgres"), args);
     ServerProcess::start("postgres", program, args, port, dir, postgres_ready)
+}
+
+/// Whether no process of a killed PostgreSQL server (`dir` as returned by
+/// [`ServerProcess::dir`] of [`postgres`]) is left: after `SIGKILL` of the postmaster its
+/// backends exit on their own, and a new server refuses to start while any of them still
+/// holds the old shared memory. Wait on this between [`ServerProcess::kill`] and
+/// [`ServerProcess::restart`].
+pub fn postgres_released(dir: &Path) -> bool {
+    let pidfile =
+        std::fs::read_to_string(dir.join("data").join("postmaster.pid")).unwrap_or_default();
+    // Line 7 of postmaster.pid: "<shm key> <shm id>".
+    let Some(shmid) = pidfile
+        .lines()
+        .nth(6)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_owned)
+    else {
+        return true;
+    };
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    // Columns: key shmid perms size cpid lpid nattch …
+    !table.lines().skip(1).any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.get(1) == Some(&shmid.as_str()) && cols.get(6).is_some_and(|n| *n != "0")
+    })
 }
