@@ -92,19 +92,20 @@ impl PostgresServerCache {
             Some((c, h, t)) => (Some(c), Some(h), Some(t)),
             None => (None, None, None),
         };
-        let first: i64 =
+        let first: i64 = crate::error::retry_unsent(|| {
             sqlx::query_scalar("SELECT durable_append($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(log)
-                .bind(rows)
+                .bind(rows.clone())
                 .bind(fence)
                 .bind(max_len)
                 .bind(options.must_exist)
-                .bind(channel)
-                .bind(head)
-                .bind(tail)
+                .bind(channel.clone())
+                .bind(head.clone())
+                .bind(tail.clone())
                 .fetch_one(self.pg.pool())
-                .await
-                .map_err(|e| from_sqlx(op, e))?;
+        })
+        .await
+        .map_err(|e| from_sqlx(op, e))?;
         cursor_to_u64(op, first)
     }
 }
@@ -125,12 +126,14 @@ impl ServerCache for PostgresServerCache {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         check("get", "key", key)?;
-        let row = sqlx::query(
-            "SELECT is_log, value FROM cache_items \
+        let row = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "SELECT is_log, value FROM cache_items \
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
-        )
-        .bind(key)
-        .fetch_optional(self.pg.pool())
+            )
+            .bind(key)
+            .fetch_optional(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("get", e))?;
         let Some(row) = row else { return Ok(None) };
@@ -144,34 +147,40 @@ impl ServerCache for PostgresServerCache {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         check("set", "key", key)?;
-        sqlx::query("SELECT durable_set($1, $2, $3)")
-            .bind(key)
-            .bind(value.as_ref())
-            .bind(ttl_ms(ttl))
-            .execute(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("set", e))?;
+        crate::error::retry_unsent(|| {
+            sqlx::query("SELECT durable_set($1, $2, $3)")
+                .bind(key)
+                .bind(value.as_ref())
+                .bind(ttl_ms(ttl))
+                .execute(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("set", e))?;
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         check("delete", "key", key)?;
-        sqlx::query_scalar("SELECT durable_delete($1)")
-            .bind(key)
-            .fetch_one(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("delete", e))
+        crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_delete($1)")
+                .bind(key)
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("delete", e))
     }
 
     async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
         check("increment", "key", key)?;
-        sqlx::query_scalar("SELECT durable_increment($1, $2, $3)")
-            .bind(key)
-            .bind(by)
-            .bind(ttl_ms(ttl))
-            .fetch_one(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("increment", e))
+        crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_increment($1, $2, $3)")
+                .bind(key)
+                .bind(by)
+                .bind(ttl_ms(ttl))
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("increment", e))
     }
 
     async fn append_many(
@@ -190,19 +199,21 @@ impl ServerCache for PostgresServerCache {
         let from_i = i64::try_from(from).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         // One statement, one snapshot: the entries and the length agree.
-        let rows = sqlx::query(
-            "WITH l AS (SELECT is_log, next_cursor FROM cache_items \
+        let rows = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "WITH l AS (SELECT is_log, next_cursor FROM cache_items \
                  WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())) \
              SELECT l.is_log, l.next_cursor, e.payload FROM l LEFT JOIN LATERAL \
                  (SELECT cursor, payload FROM log_events \
                    WHERE name = $1 AND cursor >= $2 AND cursor < l.next_cursor \
                    ORDER BY cursor LIMIT $3) e ON l.is_log \
              ORDER BY e.cursor",
-        )
-        .bind(log)
-        .bind(from_i)
-        .bind(limit_i)
-        .fetch_all(self.pg.pool())
+            )
+            .bind(log)
+            .bind(from_i)
+            .bind(limit_i)
+            .fetch_all(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("read", e))?;
         let Some(head) = rows.first() else {
@@ -236,12 +247,14 @@ impl ServerCache for PostgresServerCache {
 
     async fn len(&self, log: &str) -> Result<Option<u64>> {
         check("len", "log", log)?;
-        let row = sqlx::query(
-            "SELECT is_log, next_cursor FROM cache_items \
+        let row = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "SELECT is_log, next_cursor FROM cache_items \
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
-        )
-        .bind(log)
-        .fetch_optional(self.pg.pool())
+            )
+            .bind(log)
+            .fetch_optional(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("len", e))?;
         let Some(row) = row else { return Ok(None) };
@@ -257,15 +270,17 @@ impl ServerCache for PostgresServerCache {
 
     async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
         check("expire", "log", log)?;
-        let is_log: Option<bool> = sqlx::query_scalar(
-            "UPDATE cache_items SET expires_at = CASE WHEN is_log \
+        let is_log: Option<bool> = crate::error::retry_unsent(|| {
+            sqlx::query_scalar(
+                "UPDATE cache_items SET expires_at = CASE WHEN is_log \
                  THEN now() + $2 * interval '1 millisecond' ELSE expires_at END \
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp()) \
              RETURNING is_log",
-        )
-        .bind(log)
-        .bind(ttl_ms(Some(ttl)))
-        .fetch_optional(self.pg.pool())
+            )
+            .bind(log)
+            .bind(ttl_ms(Some(ttl)))
+            .fetch_optional(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("expire", e))?;
         match is_log {
@@ -290,12 +305,14 @@ impl ServerCache for PostgresServerCache {
             .map_err(|e| e.with_backend(BACKEND).with_operation("keys"))?;
         // Names hold [A-Za-z0-9_-.:/]: only `_` is special in LIKE.
         let pattern = format!("{}%", prefix.replace('_', "\\_"));
-        let mut names: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM cache_items WHERE name LIKE $1 ESCAPE '\\' \
+        let mut names: Vec<String> = crate::error::retry_unsent(|| {
+            sqlx::query_scalar(
+                "SELECT name FROM cache_items WHERE name LIKE $1 ESCAPE '\\' \
                AND (expires_at IS NULL OR expires_at > clock_timestamp()) ORDER BY name",
-        )
-        .bind(pattern)
-        .fetch_all(self.pg.pool())
+            )
+            .bind(&pattern)
+            .fetch_all(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("keys", e))?;
         names.sort();

@@ -341,11 +341,13 @@ impl Postgres {
     /// # Errors
     /// The server's error.
     pub async fn purge(&self, limit: u32) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT durable_purge($1, 60000)")
-            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-            .fetch_one(self.pool())
-            .await
-            .map_err(|e| from_sqlx("purge", e))?;
+        let n: i64 = crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_purge($1, 60000)")
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .fetch_one(self.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("purge", e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

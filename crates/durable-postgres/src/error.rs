@@ -76,3 +76,27 @@ pub(crate) fn from_sqlx(op: &'static str, e: sqlx::Error) -> Error {
         other => out.with_source(other),
     }
 }
+
+/// Whether `e` is tokio refusing I/O on a pooled socket of a runtime that has shut down (a
+/// connection opened by a process-like runtime that is gone): the request never left this
+/// process, so running it again on another connection is safe.
+fn never_sent(e: &sqlx::Error) -> bool {
+    // tokio's own message for I/O on a shut-down driver; no error kind distinguishes it.
+    matches!(e, sqlx::Error::Io(io) if io.to_string().contains("is being shutdown"))
+}
+
+/// Run `f` again (on another pooled connection) while it fails with a request that
+/// [`never_sent`] reports unsent; a broken connection is dropped by the pool after its error.
+pub(crate) async fn retry_unsent<T, F, Fut>(mut f: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if never_sent(&e) && tries < 32 => tries += 1,
+            other => return other,
+        }
+    }
+}

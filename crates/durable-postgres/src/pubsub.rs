@@ -174,11 +174,13 @@ impl PostgresPubSub {
             .send(Command::Listen(channel, ack))
             .map_err(|_| err(ErrorKind::Unavailable, op, "the listener task has stopped"))?;
         // Wake the listener out of its wait so it runs the LISTEN now.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.hub.control)
-            .execute(self.hub.pg.pool())
-            .await
-            .map_err(|e| from_sqlx(op, e))?;
+        crate::error::retry_unsent(|| {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&self.hub.control)
+                .execute(self.hub.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx(op, e))?;
         match tokio::time::timeout(self.hub.pg.config().acquire_timeout * 2, done).await {
             Ok(Ok(r)) => r.map_err(|e| e.with_operation(op))?,
             _ => {
@@ -193,12 +195,14 @@ impl PostgresPubSub {
             None
         } else {
             let token = CONTROL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(notify::channel(self.schema(), topic))
-                .bind(format!("{topic} s{token}"))
-                .execute(self.hub.pg.pool())
-                .await
-                .map_err(|e| from_sqlx(op, e))?;
+            crate::error::retry_unsent(|| {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(notify::channel(self.schema(), topic))
+                    .bind(format!("{topic} s{token}"))
+                    .execute(self.hub.pg.pool())
+            })
+            .await
+            .map_err(|e| from_sqlx(op, e))?;
             Some(token)
         };
         Ok(Attached {
@@ -345,11 +349,12 @@ async fn dispatch(registry: &Registry, pg: &Postgres, payload: &str) {
             log,
         } => read_frame(pg, first, count, max, log).await,
         Notice::Outbox(id) => {
-            let row: std::result::Result<Option<Vec<u8>>, _> =
+            let row: std::result::Result<Option<Vec<u8>>, _> = crate::error::retry_unsent(|| {
                 sqlx::query_scalar("SELECT payload FROM outbox WHERE id = $1")
                     .bind(id)
                     .fetch_optional(pg.pool())
-                    .await;
+            })
+            .await;
             match row {
                 Ok(Some(p)) => Bytes::from(p),
                 _ => {
@@ -365,14 +370,16 @@ async fn dispatch(registry: &Registry, pg: &Postgres, payload: &str) {
 /// The frame of a batch announced by reference: read from the log, or the range alone when
 /// it cannot be read (the observer then reads the log itself).
 async fn read_frame(pg: &Postgres, first: u64, count: u64, max: usize, log: &str) -> Bytes {
-    let rows: std::result::Result<Vec<Vec<u8>>, _> = sqlx::query_scalar(
-        "SELECT payload FROM log_events WHERE name = $1 AND cursor >= $2 AND cursor < $3 \
+    let rows: std::result::Result<Vec<Vec<u8>>, _> = crate::error::retry_unsent(|| {
+        sqlx::query_scalar(
+            "SELECT payload FROM log_events WHERE name = $1 AND cursor >= $2 AND cursor < $3 \
          ORDER BY cursor",
-    )
-    .bind(log)
-    .bind(i64::try_from(first).unwrap_or(i64::MAX))
-    .bind(i64::try_from(first.saturating_add(count)).unwrap_or(i64::MAX))
-    .fetch_all(pg.pool())
+        )
+        .bind(log)
+        .bind(i64::try_from(first).unwrap_or(i64::MAX))
+        .bind(i64::try_from(first.saturating_add(count)).unwrap_or(i64::MAX))
+        .fetch_all(pg.pool())
+    })
     .await;
     match rows {
         Ok(rows) if rows.len() as u64 == count => {
@@ -393,11 +400,13 @@ struct PgAcker {
 impl JobAcker for PgAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         async move {
-            sqlx::query("DELETE FROM queue_jobs WHERE id = $1")
-                .bind(self.id)
-                .execute(self.pg.pool())
-                .await
-                .map_err(|e| from_sqlx("ack", e))?;
+            crate::error::retry_unsent(|| {
+                sqlx::query("DELETE FROM queue_jobs WHERE id = $1")
+                    .bind(self.id)
+                    .execute(self.pg.pool())
+            })
+            .await
+            .map_err(|e| from_sqlx("ack", e))?;
             Ok(())
         }
         .boxed()
@@ -405,14 +414,16 @@ impl JobAcker for PgAcker {
 
     fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         async move {
-            sqlx::query(
-                "WITH u AS (UPDATE queue_jobs SET visible_at = now() WHERE id = $1) \
+            crate::error::retry_unsent(|| {
+                sqlx::query(
+                    "WITH u AS (UPDATE queue_jobs SET visible_at = now() WHERE id = $1) \
                  SELECT pg_notify($2, $3)",
-            )
-            .bind(self.id)
-            .bind(&self.channel)
-            .bind(&self.wake)
-            .execute(self.pg.pool())
+                )
+                .bind(self.id)
+                .bind(&self.channel)
+                .bind(&self.wake)
+                .execute(self.pg.pool())
+            })
             .await
             .map_err(|e| from_sqlx("nack", e))?;
             Ok(())
@@ -434,18 +445,20 @@ impl Consumer {
     async fn fetch(&self) -> Result<Option<Job>> {
         let visibility =
             i64::try_from(self.pg.config().visibility_timeout.as_millis()).unwrap_or(i64::MAX);
-        let row = sqlx::query(
-            "UPDATE queue_jobs SET attempt = attempt + 1, \
+        let row = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "UPDATE queue_jobs SET attempt = attempt + 1, \
                     visible_at = now() + $3 * interval '1 millisecond' \
              WHERE id = (SELECT id FROM queue_jobs \
                           WHERE topic = $1 AND grp = $2 AND visible_at <= now() \
                           ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, payload, attempt",
-        )
-        .bind(&self.topic)
-        .bind(&self.group)
-        .bind(visibility)
-        .fetch_optional(self.pg.pool())
+            )
+            .bind(&self.topic)
+            .bind(&self.group)
+            .bind(visibility)
+            .fetch_optional(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("subscribe_group", e))?;
         let Some(row) = row else { return Ok(None) };
@@ -510,30 +523,31 @@ impl PubSub for PostgresPubSub {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         check("publish", "topic", topic)?;
         let channel = notify::channel(self.schema(), topic);
-        let q = match notify::message(topic, &payload) {
-            Some(text) => sqlx::query(
+        let (sql, tail) = match notify::message(topic, &payload) {
+            Some(text) => (
                 "WITH j AS (INSERT INTO queue_jobs (topic, grp, payload) \
                      SELECT $1, grp, $2 FROM queue_groups WHERE topic = $1) \
                  SELECT pg_notify($3, $4)",
-            )
-            .bind(topic)
-            .bind(payload.as_ref())
-            .bind(channel)
-            .bind(text),
-            None => sqlx::query(
+                text,
+            ),
+            None => (
                 "WITH j AS (INSERT INTO queue_jobs (topic, grp, payload) \
                      SELECT $1, grp, $2 FROM queue_groups WHERE topic = $1), \
                  o AS (INSERT INTO outbox (payload) VALUES ($2) RETURNING id) \
                  SELECT pg_notify($3, $4 || id) FROM o",
-            )
-            .bind(topic)
-            .bind(payload.as_ref())
-            .bind(channel)
-            .bind(format!("{topic} p")),
+                format!("{topic} p"),
+            ),
         };
-        q.execute(self.hub.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("publish", e))?;
+        crate::error::retry_unsent(|| {
+            sqlx::query(sql)
+                .bind(topic)
+                .bind(payload.as_ref())
+                .bind(&channel)
+                .bind(&tail)
+                .execute(self.hub.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("publish", e))?;
         Ok(())
     }
 
@@ -574,12 +588,16 @@ impl PubSub for PostgresPubSub {
     async fn subscribe_group(&self, topic: &str, group: &str) -> Result<GroupSubscription> {
         check("subscribe_group", "topic", topic)?;
         check("subscribe_group", "group", group)?;
-        sqlx::query("INSERT INTO queue_groups (topic, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        crate::error::retry_unsent(|| {
+            sqlx::query(
+                "INSERT INTO queue_groups (topic, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
             .bind(topic)
             .bind(group)
             .execute(self.hub.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("subscribe_group", e))?;
+        })
+        .await
+        .map_err(|e| from_sqlx("subscribe_group", e))?;
         let attached = self.attach("subscribe_group", topic, true).await?;
         let consumer = Consumer {
             pg: self.hub.pg.clone(),

@@ -90,13 +90,13 @@ impl PostgresWorkflowStore {
         Self { pg }
     }
 
-    async fn one(
+    /// Run the query `q` builds (again, if it never reached the server) and decode its row.
+    async fn one<'q>(
         &self,
         op: &'static str,
-        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        q: impl Fn() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> + Sync,
     ) -> Result<RunRecord> {
-        let row = q
-            .fetch_one(self.pg.pool())
+        let row = crate::error::retry_unsent(|| q().fetch_one(self.pg.pool()))
             .await
             .map_err(|e| from_sqlx(op, e))?;
         record(op, &row)
@@ -118,14 +118,13 @@ impl WorkflowStore for PostgresWorkflowStore {
     async fn create_run(&self, run: NewRun) -> Result<RunRecord> {
         let data = json_text("create_run", &run.data)?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_create_run($1, $2, $3, $4)");
-        self.one(
-            "create_run",
+        self.one("create_run", || {
             sqlx::query(&sql)
                 .bind(run.run_id.as_str())
                 .bind(run.status.as_str())
-                .bind(run.resource_id)
-                .bind(data),
-        )
+                .bind(run.resource_id.clone())
+                .bind(data.clone())
+        })
         .await
     }
 
@@ -134,11 +133,13 @@ impl WorkflowStore for PostgresWorkflowStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1 \
              AND (expires_at IS NULL OR expires_at > clock_timestamp())"
         );
-        let row = sqlx::query(&sql)
-            .bind(run_id.as_str())
-            .fetch_optional(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("get_run", e))?;
+        let row = crate::error::retry_unsent(|| {
+            sqlx::query(&sql)
+                .bind(run_id.as_str())
+                .fetch_optional(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("get_run", e))?;
         row.map(|r| record("get_run", &r)).transpose()
     }
 
@@ -150,11 +151,13 @@ impl WorkflowStore for PostgresWorkflowStore {
              FROM runs r WHERE run_id = $1 \
              AND (expires_at IS NULL OR expires_at > clock_timestamp())"
         );
-        let Some(row) = sqlx::query(&sql)
-            .bind(run_id.as_str())
-            .fetch_optional(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("load", e))?
+        let Some(row) = crate::error::retry_unsent(|| {
+            sqlx::query(&sql)
+                .bind(run_id.as_str())
+                .fetch_optional(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("load", e))?
         else {
             return Ok(None);
         };
@@ -178,13 +181,12 @@ impl WorkflowStore for PostgresWorkflowStore {
         check("claim", "owner", owner)?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_claim($1, $2, $3)");
         let rec = self
-            .one(
-                "claim",
+            .one("claim", || {
                 sqlx::query(&sql)
                     .bind(run_id.as_str())
                     .bind(owner)
-                    .bind(ms(ttl)),
-            )
+                    .bind(ms(ttl))
+            })
             .await?;
         Ok(Lease {
             run_id: run_id.clone(),
@@ -197,14 +199,13 @@ impl WorkflowStore for PostgresWorkflowStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_renew($1, $2, $3, $4)");
         let rec = self
-            .one(
-                "renew",
+            .one("renew", || {
                 sqlx::query(&sql)
                     .bind(lease.run_id.as_str())
                     .bind(epoch_i64(lease.epoch))
                     .bind(&lease.owner)
-                    .bind(ms(ttl)),
-            )
+                    .bind(ms(ttl))
+            })
             .await?;
         Ok(Lease {
             expires_at: rec.lease_expires_at.unwrap_or_default(),
@@ -213,12 +214,14 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
-        sqlx::query("SELECT durable_release($1, $2)")
-            .bind(lease.run_id.as_str())
-            .bind(epoch_i64(lease.epoch))
-            .execute(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("release", e))?;
+        crate::error::retry_unsent(|| {
+            sqlx::query("SELECT durable_release($1, $2)")
+                .bind(lease.run_id.as_str())
+                .bind(epoch_i64(lease.epoch))
+                .execute(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("release", e))?;
         Ok(())
     }
 
@@ -231,14 +234,16 @@ impl WorkflowStore for PostgresWorkflowStore {
     ) -> Result<Value> {
         check("checkpoint", "step key", key)?;
         let text = json_text("checkpoint", &output)?;
-        let stored: String = sqlx::query_scalar("SELECT durable_checkpoint($1, $2, $3, $4)")
-            .bind(run_id.as_str())
-            .bind(epoch_i64(epoch))
-            .bind(key)
-            .bind(&text)
-            .fetch_one(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("checkpoint", e))?;
+        let stored: String = crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_checkpoint($1, $2, $3, $4)")
+                .bind(run_id.as_str())
+                .bind(epoch_i64(epoch))
+                .bind(key)
+                .bind(&text)
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("checkpoint", e))?;
         if stored == text {
             return Ok(output);
         }
@@ -256,14 +261,13 @@ impl WorkflowStore for PostgresWorkflowStore {
     ) -> Result<RunRecord> {
         let data = data.map(|d| json_text("set_status", &d)).transpose()?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_set_status($1, $2, $3, $4)");
-        self.one(
-            "set_status",
+        self.one("set_status", || {
             sqlx::query(&sql)
                 .bind(run_id.as_str())
                 .bind(epoch.map(epoch_i64))
                 .bind(status.as_str())
-                .bind(data),
-        )
+                .bind(data.clone())
+        })
         .await
     }
 
@@ -273,22 +277,26 @@ impl WorkflowStore for PostgresWorkflowStore {
              AND (expires_at IS NULL OR expires_at > clock_timestamp()) \
              ORDER BY created_at, run_id"
         );
-        let rows = sqlx::query(&sql)
-            .bind(status.map(RunStatus::as_str))
-            .fetch_all(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("list_runs", e))?;
+        let rows = crate::error::retry_unsent(|| {
+            sqlx::query(&sql)
+                .bind(status.map(RunStatus::as_str))
+                .fetch_all(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("list_runs", e))?;
         rows.iter().map(|r| record("list_runs", r)).collect()
     }
 
     async fn expire_run(&self, run_id: &RunId, ttl: Duration) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE runs SET expires_at = now() + $2 * interval '1 millisecond' \
+        let n = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "UPDATE runs SET expires_at = now() + $2 * interval '1 millisecond' \
              WHERE run_id = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
-        )
-        .bind(run_id.as_str())
-        .bind(ms(ttl))
-        .execute(self.pg.pool())
+            )
+            .bind(run_id.as_str())
+            .bind(ms(ttl))
+            .execute(self.pg.pool())
+        })
         .await
         .map_err(|e| from_sqlx("expire_run", e))?
         .rows_affected();
@@ -296,10 +304,12 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn delete_run(&self, run_id: &RunId) -> Result<bool> {
-        sqlx::query_scalar("SELECT durable_delete_run($1)")
-            .bind(run_id.as_str())
-            .fetch_one(self.pg.pool())
-            .await
-            .map_err(|e| from_sqlx("delete_run", e))
+        crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_delete_run($1)")
+                .bind(run_id.as_str())
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("delete_run", e))
     }
 }
