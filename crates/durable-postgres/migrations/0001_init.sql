@@ -326,11 +326,8 @@ BEGIN
 END $$;
 
 CREATE FUNCTION durable_delete_run(p_run text) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    v_live boolean;
 BEGIN
-    SELECT expires_at IS NULL OR expires_at > clock_timestamp() INTO v_live
-      FROM runs WHERE run_id = p_run FOR UPDATE;
+    PERFORM 1 FROM runs WHERE run_id = p_run FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
