@@ -88,6 +88,25 @@ const BACKENDS: &[BackendEntry] = &[
         },
     },
     BackendEntry {
+        name: "postgres",
+        krate: "durable-postgres",
+        env: &["DURABLE_TEST_POSTGRES_URL"],
+        source: "PostgreSQL 15 (Debian apt postgresql), a throwaway cluster per run",
+        install: |_| {
+            if std::path::Path::new("/usr/lib/postgresql").is_dir()
+                || services::find_binary("initdb", &[]).is_some()
+            {
+                return Ok(());
+            }
+            apt_install(&["postgresql"])
+        },
+        start: |_| {
+            let server = services::postgres(&services::PostgresOptions::default())?;
+            let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
+            Ok(Started::server(server, "DURABLE_TEST_POSTGRES_URL", url))
+        },
+    },
+    BackendEntry {
         name: "upstash",
         krate: "durable-redis",
         env: &["DURABLE_TEST_UPSTASH_URL", "DURABLE_TEST_UPSTASH_TOKEN"],

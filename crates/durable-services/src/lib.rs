@@ -259,3 +259,177 @@ pub fn redis(options: &RedisOptions) -> Result<ServerProcess, String> {
     }
     ServerProcess::start("redis-server", program, args, port, dir, redis_ready)
 }
+
+/// Whether a PostgreSQL server on `port` accepts sessions: a startup message for user
+/// `postgres` is answered with an authentication request, not with an error such as "the
+/// database system is starting up".
+pub fn postgres_ready(port: u16) -> bool {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut msg = Vec::with_capacity(8 + params.len());
+    msg.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    msg.extend_from_slice(&196_608u32.to_be_bytes()); // protocol 3.0
+    msg.extend_from_slice(params);
+    if s.write_all(&msg).is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(s.read(&mut first), Ok(1) if first[0] == b'R')
+}
+
+/// Options of [`postgres`].
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// `max_connections` of the server (default 200: each test process opens a pool).
+    pub max_connections: Option<u32>,
+}
+
+/// The `bin` directory of the newest PostgreSQL installed the Debian way
+/// (`/usr/lib/postgresql/<major>/bin`), or the directory of `postgres` in `PATH`.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").is_file().then_some((major, bin))
+        })
+        .collect();
+    majors.sort();
+    majors.pop().map(|(_, bin)| bin).or_else(|| {
+        find_binary("postgres", &[])?
+            .parent()
+            .map(Path::to_path_buf)
+    })
+}
+
+/// Whether this process runs as root (`/proc/self` belongs to the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `program args`, as the `postgres` user when running as root (PostgreSQL refuses root).
+/// `setpriv` execs in place, so the child's pid is the server's and killing it kills the
+/// server.
+fn as_postgres(program: PathBuf, args: Vec<OsString>) -> (PathBuf, Vec<OsString>) {
+    if !is_root() {
+        return (program, args);
+    }
+    let mut all: Vec<OsString> = [
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+        "--",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    all.push(program.into_os_string());
+    all.extend(args);
+    (PathBuf::from("setpriv"), all)
+}
+
+/// Start a throwaway PostgreSQL cluster on a spare port: `initdb` (trust authentication, user
+/// `postgres`) into a fresh directory under the system temp dir (the `postgres` user must
+/// reach it), then `postgres` listening on 127.0.0.1 only, without a Unix socket, with
+/// `fsync` and `full_page_writes` off (test data is disposable). `synchronous_commit` stays on:
+/// a commit is then written to the OS before it is acknowledged, so killing the server (not
+/// the machine) loses no acknowledged commit, which restart tests rely on.
+/// Connect with `postgres://postgres@127.0.0.1:<port>/postgres`. As root, both run as the
+/// `postgres` user. [`ServerProcess::restart`] keeps the data.
+///
+/// # Errors
+/// When PostgreSQL is not installed, `initdb` fails, or the server does not start.
+pub fn postgres(options: &PostgresOptions) -> Result<ServerProcess, String> {
+    let bin = postgres_bin()
+        .ok_or("PostgreSQL is not installed (cargo xtask test installs the postgresql package)")?;
+    let port = spare_port()?;
+    let dir = std::env::temp_dir().join(format!("durable-pg-{port}-{}", std::process::id()));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if is_root() {
+        let chown = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .map_err(|e| format!("cannot run chown: {e}"))?;
+        if !chown.success() {
+            return Err(format!("chown postgres {} failed", dir.display()));
+        }
+    }
+    let (program, args) = as_postgres(
+        bin.join("initdb"),
+        [
+            OsString::from("-D"),
+            data.clone().into_os_string(),
+            "-U".into(),
+            "postgres".into(),
+            "-A".into(),
+            "trust".into(),
+            "-E".into(),
+            "UTF8".into(),
+            "--no-locale".into(),
+            "--no-sync".into(),
+        ]
+        .into(),
+    );
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run initdb: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let max_connections = options.max_connections.unwrap_or(200);
+    let mut args: Vec<OsString> = vec!["-D".into(), data.into_os_string()];
+    for setting in [
+        format!("port={port}"),
+        "listen_addresses=127.0.0.1".to_owned(),
+        "unix_socket_directories=".to_owned(),
+        "fsync=off".to_owned(),
+        "full_page_writes=off".to_owned(),
+        format!("max_connections={max_connections}"),
+    ] {
+        args.push("-c".into());
+        args.push(setting.into());
+    }
+    let (program, args) = as_postgres(bin.join("postgres"), args);
+    ServerProcess::start("postgres", program, args, port, dir, postgres_ready)
+}
+
+/// Whether no process of a killed PostgreSQL server (`dir` as returned by
+/// [`ServerProcess::dir`] of [`postgres`]) is left: after `SIGKILL` of the postmaster its
+/// backends exit on their own, and a new server refuses to start while any of them still
+/// holds the old shared memory. Wait on this between [`ServerProcess::kill`] and
+/// [`ServerProcess::restart`].
+pub fn postgres_released(dir: &Path) -> bool {
+    let pidfile =
+        std::fs::read_to_string(dir.join("data").join("postmaster.pid")).unwrap_or_default();
+    // Line 7 of postmaster.pid: "<shm key> <shm id>".
+    let Some(shmid) = pidfile
+        .lines()
+        .nth(6)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_owned)
+    else {
+        return true;
+    };
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    // Columns: key shmid perms size cpid lpid nattch …
+    !table.lines().skip(1).any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.get(1) == Some(&shmid.as_str()) && cols.get(6).is_some_and(|n| *n != "0")
+    })
+}

@@ -123,3 +123,25 @@ fn redis_server_starts_restarts_and_is_removed_on_drop() {
     assert!(!dir.exists());
     assert!(!tcp_ready(port));
 }
+
+#[test]
+fn postgres_starts_restarts_and_is_removed_on_drop() {
+    if durable_services::find_binary("initdb", &[]).is_none()
+        && !std::path::Path::new("/usr/lib/postgresql").is_dir()
+    {
+        eprintln!("skipped: PostgreSQL is not installed");
+        return;
+    }
+    let mut server =
+        durable_services::postgres(&durable_services::PostgresOptions::default()).unwrap();
+    let (port, dir) = (server.port(), server.dir().to_path_buf());
+    let pid = server.pid().unwrap();
+    assert!(durable_services::postgres_ready(port));
+    server.restart().unwrap();
+    assert_eq!(server.port(), port);
+    assert_ne!(server.pid(), Some(pid));
+    assert!(durable_services::postgres_ready(port));
+    drop(server);
+    assert!(!dir.exists());
+    assert!(!tcp_ready(port));
+}

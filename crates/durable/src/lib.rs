@@ -7,6 +7,9 @@ pub use durable_core::{agent, memory, names};
 #[cfg(feature = "openai")]
 #[doc(inline)]
 pub use durable_openai as openai;
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use durable_postgres as postgres;
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use durable_redis as redis;

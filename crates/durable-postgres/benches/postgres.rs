@@ -1,0 +1,422 @@
+//! Benchmarks against a real PostgreSQL (`DURABLE_TEST_POSTGRES_URL`; skipped with a message if unset).
+//!
+//! `DURABLE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:15432/postgres cargo bench -p durable-postgres --bench postgres`
+//!
+//! - `postgres_append/sequential`: one task, `ServerCache::append` of one 16-byte delta at a time
+//!   (one round trip each).
+//! - `postgres_append/16_producers`: 16 tasks appending to the same log concurrently (G1 holds).
+//! - `postgres_replay/10k`: `EventLog::observe(0)` of a finished 10,000-event run, to the end.
+//! - `postgres_e2e/writer_10k`: one run streaming 10,000 deltas through `EventLog::writer` (batches
+//!   while an append is in flight) with one observer, PostgreSQL log + PostgreSQL PubSub, until the
+//!   observer has the finish event.
+//! - `postgres_e2e/durable_agent_10k`: a `DurableAgent` run of the scripted model streaming 10,000
+//!   16-byte deltas on PostgreSQL only (log, wake-ups, run record, lease, checkpoint), drained by its
+//!   observer: the multi-instance configuration end to end.
+//! - `latency`: append → observer receipt at 1 ms pacing, p50/p99 over 2,000 events (printed).
+//! - statements per `DurableAgent` turn (3 steps, 2 tool calls, 1,000 deltas), counted from
+//!   `pg_stat_database` (printed; run the bench alone on its server).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use durable_conformance::services::env_url;
+use durable_core::{
+    EventKind, EventLog, Json, LogConfig, NewEvent, ObserveOptions, RunId, ServerCache,
+    ServerCacheExt,
+};
+use durable_postgres::{Postgres, PostgresConfig};
+use futures::StreamExt;
+
+static URL: OnceLock<String> = OnceLock::new();
+const N: u64 = 10_000;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn connect(rt: &tokio::runtime::Runtime) -> Postgres {
+    let url = URL.get().expect("url").clone();
+    rt.block_on(PostgresConfig::new(url).schema("durable_bench").connect())
+        .expect("connect")
+}
+
+async fn event_log(pg: &Postgres) -> EventLog {
+    let mut config = LogConfig::default();
+    config.namespace = "bench".to_owned();
+    EventLog::new(
+        Arc::new(pg.server_cache().with_announce()),
+        Arc::new(pg.pubsub().await.expect("pubsub")),
+    )
+    .with_config(config)
+}
+
+fn delta() -> NewEvent {
+    static DELTA: OnceLock<NewEvent> = OnceLock::new();
+    DELTA
+        .get_or_init(|| {
+            NewEvent::new(
+                EventKind::TextDelta,
+                Json::from_text(r#""0123456789abcdef""#).expect("json"),
+            )
+        })
+        .clone()
+}
+
+fn finish() -> NewEvent {
+    NewEvent::new(EventKind::Finish, Json::null())
+}
+
+fn payload() -> Bytes {
+    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
+}
+
+fn bench_append(c: &mut Criterion) {
+    let rt = rt();
+    let pg = connect(&rt);
+    let cache = pg.server_cache();
+    let mut g = c.benchmark_group("postgres_append");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("sequential", |b| {
+        b.iter_batched(
+            || format!("bench/seq/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    for _ in 0..N {
+                        cache.append(&log, payload()).await.expect("append");
+                    }
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("16_producers", |b| {
+        b.iter_batched(
+            || format!("bench/par/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..16)
+                        .map(|_| {
+                            let (cache, log) = (cache.clone(), log.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..N / 16 {
+                                    cache.append(&log, payload()).await.expect("append");
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("producer");
+                    }
+                    assert_eq!(cache.len(&log).await.expect("len"), Some(N / 16 * 16));
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn bench_replay(c: &mut Criterion) {
+    let rt = rt();
+    let pg = connect(&rt);
+    let log = rt.block_on(event_log(&pg));
+    let run = RunId::generate();
+    rt.block_on(async {
+        log.create(&run, None).await.expect("create");
+        let batch: Vec<_> = (0..N).map(|_| delta()).collect();
+        log.append(&run, &batch, None).await.expect("append");
+        log.append(&run, &[finish()], None).await.expect("finish");
+    });
+    let mut g = c.benchmark_group("postgres_replay");
+    g.throughput(Throughput::Elements(N + 1));
+    let cache = pg.server_cache();
+    let name = log.log_name(&run);
+    g.bench_function("10k_raw_reads", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut from = 0;
+                while from < N + 1 {
+                    from += cache
+                        .read(&name, from, 512)
+                        .await
+                        .expect("read")
+                        .entries
+                        .len() as u64;
+                }
+            })
+        });
+    });
+    g.bench_function("10k", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = log
+                    .observe(&run, ObserveOptions::from(0))
+                    .await
+                    .expect("observe");
+                let n = s.fold(0u64, |n, _| async move { n + 1 }).await;
+                assert_eq!(n, N + 1);
+            })
+        });
+    });
+    g.finish();
+    rt.block_on(log.delete(&run)).expect("delete");
+}
+
+fn bench_e2e(c: &mut Criterion) {
+    let rt = rt();
+    let pg = connect(&rt);
+    let log = rt.block_on(event_log(&pg));
+    let mut g = c.benchmark_group("postgres_e2e");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("writer_10k", |b| {
+        b.iter_batched(
+            || {
+                let run = RunId::generate();
+                rt.block_on(log.create(&run, None)).expect("create");
+                let stream = rt
+                    .block_on(log.observe(&run, ObserveOptions::from(0)))
+                    .expect("observe");
+                let obs =
+                    rt.spawn(async move { stream.fold(0u64, |n, _| async move { n + 1 }).await });
+                (run, obs)
+            },
+            |(run, obs)| {
+                rt.block_on(async {
+                    let w = log.writer(run.clone(), None, 4096);
+                    for _ in 0..N {
+                        w.send(delta()).await.expect("send");
+                    }
+                    w.send(finish()).await.expect("finish");
+                    w.flush().await.expect("flush");
+                    assert_eq!(obs.await.expect("observer"), N + 1);
+                    log.delete(&run).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    let mut config = LogConfig::default();
+    config.namespace = "bench-agent".to_owned();
+    config.retention = Duration::from_secs(5);
+    let agent = durable_core::agent::Agent::builder()
+        .id("bench")
+        .model(durable_core::agent::ScriptedModel::new([
+            durable_core::agent::Turn::new().deltas(N as usize, "0123456789abcdef"),
+        ]))
+        .build()
+        .expect("agent");
+    let durable = rt.block_on(async {
+        durable_core::agent::DurableAgent::builder(agent)
+            .cache(pg.server_cache().with_announce())
+            .pubsub(pg.pubsub().await.expect("pubsub"))
+            .store(pg.workflow_store())
+            .log_config(config)
+            .build()
+            .expect("durable agent")
+    });
+    g.bench_function("durable_agent_10k", |b| {
+        b.to_async(&rt).iter(|| async {
+            let run = durable
+                .stream("go", durable_core::agent::StreamOptions::new())
+                .await
+                .expect("stream");
+            let n = run
+                .fold(0u64, |n, e| async move {
+                    e.expect("event");
+                    n + 1
+                })
+                .await;
+            assert!(n > N);
+        });
+    });
+    g.finish();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report_latency(_: &mut Criterion) {
+    ping_baseline();
+    let multi = rt();
+    latency("2 worker threads", &multi);
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    latency("current thread", &single);
+}
+
+/// The machine's own floor: a bare `SELECT 1` round trip at the same 1 ms pacing, same pool.
+fn ping_baseline() {
+    let rt = rt();
+    let pg = connect(&rt);
+    let mut sorted = rt.block_on(async {
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        let mut out = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            pace.tick().await;
+            let t = Instant::now();
+            let _: i32 = sqlx::query_scalar("SELECT 1")
+                .fetch_one(pg.pool())
+                .await
+                .expect("select");
+            out.push(t.elapsed());
+        }
+        out
+    });
+    sorted.sort();
+    eprintln!(
+        "baseline: bare SELECT 1 round trip at 1 ms pacing over {} calls: p50 {:?}, p99 {:?}, max {:?}",
+        sorted.len(),
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
+/// Transactions the database committed or rolled back so far (every statement this crate
+/// sends runs in its own transaction, so the difference counts statements). Sessions report
+/// their counts to `pg_stat_database` when they have been idle for 10 s at the latest
+/// (PostgreSQL's `PGSTAT_IDLE_INTERVAL`), so this first waits that out: a server-side
+/// reporting interval, not a race being papered over.
+async fn transactions(pg: &Postgres) -> i64 {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(pg.pool())
+    .await
+    .expect("pg_stat_database")
+}
+
+/// SQL statements of one `DurableAgent` turn: 3 steps (2 tool calls), 1,000 deltas. Counted
+/// from `pg_stat_database` around the run (run the bench alone on its server).
+fn report_statements(_: &mut Criterion) {
+    use durable_core::agent::{
+        Agent, DurableAgent, FnTool, ScriptedModel, StreamOptions, ToolContext, ToolError, Turn,
+    };
+    let rt = rt();
+    let pg = connect(&rt);
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct Args {
+        city: String,
+    }
+    let tool = FnTool::new(
+        "weather",
+        "Weather",
+        |a: Args, _ctx: ToolContext| async move {
+            Ok::<_, ToolError>(serde_json::json!({ "city": a.city }))
+        },
+    );
+    let turns = vec![
+        Turn::new().deltas(500, "0123456789abcdef").tool_call(
+            "c0",
+            "weather",
+            serde_json::json!({ "city": "Paris" }),
+        ),
+        Turn::new().deltas(250, "0123456789abcdef").tool_call(
+            "c1",
+            "weather",
+            serde_json::json!({ "city": "Oslo" }),
+        ),
+        Turn::new().deltas(250, "0123456789abcdef"),
+    ];
+    let agent = Agent::builder()
+        .id("stmts")
+        .model(ScriptedModel::new(turns))
+        .tool(tool)
+        .build()
+        .expect("agent");
+    let mut config = LogConfig::default();
+    config.namespace = "bench-stmts".to_owned();
+    let (before, after, events) = rt.block_on(async {
+        let durable = DurableAgent::builder(agent)
+            .cache(pg.server_cache().with_announce())
+            .pubsub(pg.pubsub().await.expect("pubsub"))
+            .store(pg.workflow_store())
+            .log_config(config)
+            .build()
+            .expect("durable agent");
+        let before = transactions(&pg).await;
+        let run = durable
+            .stream("go", StreamOptions::new())
+            .await
+            .expect("stream");
+        let events = run
+            .fold(0u64, |n, e| async move {
+                e.expect("event");
+                n + 1
+            })
+            .await;
+        let after = transactions(&pg).await;
+        (before, after, events)
+    });
+    // The first pg_stat_database read counts itself once.
+    eprintln!(
+        "statements per DurableAgent turn (3 steps, 2 tool calls, 1,000 deltas, {events} events): {}",
+        after - before - 1
+    );
+}
+
+fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {
+    let pg = connect(rt);
+    // Percentiles per event: criterion reports means of samples, so measure directly.
+    let samples = rt.block_on(async {
+        let log = event_log(&pg).await;
+        let run = RunId::generate();
+        log.create(&run, None).await.expect("create");
+        let mut stream = log
+            .observe(&run, ObserveOptions::from(0))
+            .await
+            .expect("observe");
+        let ev = [delta()];
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            pace.tick().await;
+            let t = Instant::now();
+            log.append(&run, &ev, None).await.expect("append");
+            stream.next().await.expect("event").expect("ok");
+            out.push(t.elapsed());
+        }
+        log.delete(&run).await.expect("delete");
+        out
+    });
+    let mut sorted = samples;
+    sorted.sort();
+    eprintln!(
+        "postgres latency append→observer at 1 ms pacing over {} events ({flavor}): p50 {:?}, p99 {:?}, max {:?}",
+        sorted.len(),
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5));
+    targets = report_statements, report_latency, bench_append, bench_replay, bench_e2e
+}
+
+fn main() {
+    let Some(url) = env_url("postgres") else {
+        eprintln!("postgres bench skipped: DURABLE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let _ = URL.set(url);
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

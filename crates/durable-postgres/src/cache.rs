@@ -1,0 +1,356 @@
+//! [`PostgresServerCache`]: keys with TTL and run logs in two tables.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use durable_core::{
+    Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, ErrorKind, LogSlice,
+    Result, ServerCache,
+};
+use sqlx::Row;
+
+use crate::config::Postgres;
+use crate::error::{check, err, from_sqlx, BACKEND};
+use crate::notify;
+
+/// The run log and key/value cache on PostgreSQL.
+///
+/// - Logs: a row per log in `cache_items` (next cursor, fence, expiry) and a row per event in
+///   `log_events` keyed `(name, cursor)`. `append_many` is one call of the `durable_append`
+///   function: it locks the log's row (so appenders of *one* log queue behind each other and
+///   appenders of different logs never do), checks the fence, then `max_len`, inserts the
+///   whole batch with one `INSERT … SELECT unnest(…)`, moves the cursor and the fence, and —
+///   for [`append_announce`](ServerCache::append_announce) — sends the wake-up with
+///   `pg_notify` in the same transaction. One statement, one round trip per batch.
+/// - Keys: rows of the same table, so a key and a log can never share a name.
+/// - Expiry is checked on every read; expired rows are removed when touched and by
+///   [`Postgres::purge`].
+#[derive(Clone, Debug)]
+pub struct PostgresServerCache {
+    pg: Postgres,
+    announce: bool,
+}
+
+fn ttl_ms(ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|t| i64::try_from(durable_core::ttl_ms(t)).unwrap_or(i64::MAX))
+}
+
+fn cursor_to_u64(op: &'static str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| err(ErrorKind::Corrupt, op, format!("negative cursor {v}")))
+}
+
+fn conflict(op: &'static str, name: &str, is_log: bool) -> durable_core::Error {
+    let what = if is_log { "a log" } else { "a key" };
+    err(
+        ErrorKind::Conflict,
+        op,
+        format!("{name:?} is {what}: a key and a log may not share a name"),
+    )
+}
+
+impl PostgresServerCache {
+    pub(crate) fn new(pg: Postgres) -> Self {
+        Self {
+            pg,
+            announce: false,
+        }
+    }
+
+    /// Connect to `url` with default settings (migrating); see
+    /// [`PostgresConfig`](crate::PostgresConfig) for more.
+    ///
+    /// # Errors
+    /// As [`PostgresConfig::connect`](crate::PostgresConfig::connect).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Ok(Postgres::connect(url).await?.server_cache())
+    }
+
+    /// Announce appends on the channels of every [`PostgresPubSub`](crate::PostgresPubSub) of
+    /// the same database and schema ([`ServerCache::append_announce`]): the event log then
+    /// sends one `pg_notify` per batch inside the append's transaction.
+    #[must_use]
+    pub fn with_announce(mut self) -> Self {
+        self.announce = true;
+        self
+    }
+
+    async fn append_inner(
+        &self,
+        op: &'static str,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        notify: Option<(String, String, String)>,
+    ) -> Result<Cursor> {
+        let fence = options.fence.map(|f| i64::try_from(f).unwrap_or(i64::MAX));
+        let max_len = options
+            .max_len
+            .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let rows: Vec<&[u8]> = payloads.iter().map(|p| p.as_ref()).collect();
+        let (channel, head, tail) = match notify {
+            Some((c, h, t)) => (Some(c), Some(h), Some(t)),
+            None => (None, None, None),
+        };
+        let first: i64 = crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_append($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(log)
+                .bind(rows.clone())
+                .bind(fence)
+                .bind(max_len)
+                .bind(options.must_exist)
+                .bind(channel.clone())
+                .bind(head.clone())
+                .bind(tail.clone())
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx(op, e))?;
+        cursor_to_u64(op, first)
+    }
+}
+
+#[async_trait]
+impl ServerCache for PostgresServerCache {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> CacheCapabilities {
+        CacheCapabilities::default()
+            .with_ttl(true)
+            .with_list_keys(true)
+            .with_shared(true)
+            .with_announce(self.announce)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        check("get", "key", key)?;
+        let row = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "SELECT is_log, value FROM cache_items \
+             WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
+            )
+            .bind(key)
+            .fetch_optional(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("get", e))?;
+        let Some(row) = row else { return Ok(None) };
+        let is_log: bool = row.try_get(0).map_err(|e| from_sqlx("get", e))?;
+        if is_log {
+            return Err(conflict("get", key, true));
+        }
+        let value: Option<Vec<u8>> = row.try_get(1).map_err(|e| from_sqlx("get", e))?;
+        Ok(Some(Bytes::from(value.unwrap_or_default())))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        check("set", "key", key)?;
+        crate::error::retry_unsent(|| {
+            sqlx::query("SELECT durable_set($1, $2, $3)")
+                .bind(key)
+                .bind(value.as_ref())
+                .bind(ttl_ms(ttl))
+                .execute(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("set", e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        check("delete", "key", key)?;
+        crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_delete($1)")
+                .bind(key)
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("delete", e))
+    }
+
+    async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
+        check("increment", "key", key)?;
+        crate::error::retry_unsent(|| {
+            sqlx::query_scalar("SELECT durable_increment($1, $2, $3)")
+                .bind(key)
+                .bind(by)
+                .bind(ttl_ms(ttl))
+                .fetch_one(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("increment", e))
+    }
+
+    async fn append_many(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+    ) -> Result<Cursor> {
+        check("append", "log", log)?;
+        self.append_inner("append", log, payloads, options, None)
+            .await
+    }
+
+    async fn read(&self, log: &str, from: Cursor, limit: usize) -> Result<LogSlice> {
+        check("read", "log", log)?;
+        let from_i = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One statement, one snapshot: the entries and the length agree.
+        let rows = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "WITH l AS (SELECT is_log, next_cursor FROM cache_items \
+                 WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())) \
+             SELECT l.is_log, l.next_cursor, e.payload FROM l LEFT JOIN LATERAL \
+                 (SELECT cursor, payload FROM log_events \
+                   WHERE name = $1 AND cursor >= $2 AND cursor < l.next_cursor \
+                   ORDER BY cursor LIMIT $3) e ON l.is_log \
+             ORDER BY e.cursor",
+            )
+            .bind(log)
+            .bind(from_i)
+            .bind(limit_i)
+            .fetch_all(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("read", e))?;
+        let Some(head) = rows.first() else {
+            return Err(err(ErrorKind::NotFound, "read", format!("no log {log}")));
+        };
+        let is_log: bool = head.try_get(0).map_err(|e| from_sqlx("read", e))?;
+        if !is_log {
+            return Err(conflict("read", log, false));
+        }
+        let next = cursor_to_u64("read", head.try_get(1).map_err(|e| from_sqlx("read", e))?)?;
+        if from > next {
+            return Err(err(
+                ErrorKind::OffsetAhead,
+                "read",
+                format!("cursor {from} is beyond the end {next} of {log}"),
+            ));
+        }
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let payload: Option<Vec<u8>> = row.try_get(2).map_err(|e| from_sqlx("read", e))?;
+            if let Some(p) = payload {
+                entries.push(Bytes::from(p));
+            }
+        }
+        Ok(LogSlice {
+            first: from,
+            entries,
+            next,
+        })
+    }
+
+    async fn len(&self, log: &str) -> Result<Option<u64>> {
+        check("len", "log", log)?;
+        let row = crate::error::retry_unsent(|| {
+            sqlx::query(
+                "SELECT is_log, next_cursor FROM cache_items \
+             WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
+            )
+            .bind(log)
+            .fetch_optional(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("len", e))?;
+        let Some(row) = row else { return Ok(None) };
+        let is_log: bool = row.try_get(0).map_err(|e| from_sqlx("len", e))?;
+        if !is_log {
+            return Err(conflict("len", log, false));
+        }
+        Ok(Some(cursor_to_u64(
+            "len",
+            row.try_get(1).map_err(|e| from_sqlx("len", e))?,
+        )?))
+    }
+
+    async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
+        check("expire", "log", log)?;
+        let is_log: Option<bool> = crate::error::retry_unsent(|| {
+            sqlx::query_scalar(
+                "UPDATE cache_items SET expires_at = CASE WHEN is_log \
+                 THEN now() + $2 * interval '1 millisecond' ELSE expires_at END \
+             WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp()) \
+             RETURNING is_log",
+            )
+            .bind(log)
+            .bind(ttl_ms(Some(ttl)))
+            .fetch_optional(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("expire", e))?;
+        match is_log {
+            None => Ok(false),
+            Some(false) => Err(conflict("expire", log, false)),
+            Some(true) => {
+                // Retention is set when a run ends: a good moment to bound table growth,
+                // off the caller's path.
+                let pg = self.pg.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pg.purge(256).await {
+                        tracing::debug!(error = %e, "purge of expired rows failed; retried on the next expire");
+                    }
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        durable_core::validate_prefix("keys", prefix)
+            .map_err(|e| e.with_backend(BACKEND).with_operation("keys"))?;
+        // Names hold [A-Za-z0-9_-.:/]: only `_` is special in LIKE.
+        let pattern = format!("{}%", prefix.replace('_', "\\_"));
+        let mut names: Vec<String> = crate::error::retry_unsent(|| {
+            sqlx::query_scalar(
+                "SELECT name FROM cache_items WHERE name LIKE $1 ESCAPE '\\' \
+               AND (expires_at IS NULL OR expires_at > clock_timestamp()) ORDER BY name",
+            )
+            .bind(&pattern)
+            .fetch_all(self.pg.pool())
+        })
+        .await
+        .map_err(|e| from_sqlx("keys", e))?;
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        self.announce.then(|| notify::domain(&self.pg))
+    }
+
+    async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        check("append", "log", log)?;
+        check("append", "topic", announce.topic)?;
+        if !self.announce {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "append_announce",
+                "this PostgresServerCache does not announce (see with_announce)",
+            ));
+        }
+        let schema = &self.pg.config().schema;
+        let channel = notify::channel(schema, announce.topic);
+        let (head, tail) =
+            notify::frame_parts(announce.topic, log, payloads, announce.max_frame_bytes);
+        self.append_inner(
+            "append",
+            log,
+            payloads,
+            options,
+            Some((channel, head, tail)),
+        )
+        .await
+    }
+}

@@ -1,0 +1,102 @@
+//! The one place where driver errors become [`durable_core::Error`].
+
+use durable_core::{Error, ErrorKind};
+
+/// Backend name of every type of this crate.
+pub(crate) const BACKEND: &str = "postgres";
+
+/// An error of `kind` raised by this crate's own checks.
+pub(crate) fn err(kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Error {
+    Error::new(kind, msg.into())
+        .with_backend(BACKEND)
+        .with_operation(op)
+}
+
+/// Check a name with [`durable_core::validate_name`], attributing the error to `op`.
+pub(crate) fn check(op: &'static str, what: &'static str, name: &str) -> durable_core::Result<()> {
+    durable_core::validate_name(what, name).map_err(|e| e.with_backend(BACKEND).with_operation(op))
+}
+
+/// Map an `sqlx` error.
+///
+/// - The SQLSTATEs raised by this crate's functions (`DUR01`…`DUR05`) become `Fenced`,
+///   `LimitExceeded`, `NotFound`, `Conflict`, `InvalidState`.
+/// - Connection problems (I/O, TLS, pool timeouts, class `08`, `57P01`–`57P03` admin shutdown
+///   and restarts, class `53` resources) are retryable `Unavailable`.
+/// - Serialization failures and deadlocks (`40001`, `40P01`) are retryable `Conflict`.
+/// - Numeric overflow (`22003`) is `InvalidInput`; anything else `Unexpected`.
+pub(crate) fn from_sqlx(op: &'static str, e: sqlx::Error) -> Error {
+    let (kind, retryable, message): (ErrorKind, bool, String) = match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let text = db.message().to_owned();
+            match code.as_str() {
+                "DUR01" => (ErrorKind::Fenced, false, text),
+                "DUR02" => (ErrorKind::LimitExceeded, false, text),
+                "DUR03" => (ErrorKind::NotFound, false, text),
+                "DUR04" => (ErrorKind::Conflict, false, text),
+                "DUR05" => (ErrorKind::InvalidState, false, text),
+                "40001" | "40P01" => (ErrorKind::Conflict, true, text),
+                "22003" => (ErrorKind::InvalidInput, false, text),
+                c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+                    (ErrorKind::Unavailable, true, text)
+                }
+                _ => (ErrorKind::Unexpected, false, text),
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => (
+            ErrorKind::Unavailable,
+            true,
+            "cannot reach the PostgreSQL server".to_owned(),
+        ),
+        sqlx::Error::Configuration(_) => (
+            ErrorKind::InvalidInput,
+            false,
+            "bad PostgreSQL configuration".to_owned(),
+        ),
+        _ => (
+            ErrorKind::Unexpected,
+            false,
+            "unexpected PostgreSQL error".to_owned(),
+        ),
+    };
+    // Database messages hold names and epochs, never credentials; the source is kept.
+    let out = Error::new(kind, message)
+        .with_backend(BACKEND)
+        .with_operation(op)
+        .with_retryable(retryable);
+    match e {
+        // Our own SQLSTATEs are complete in the message: no source needed.
+        sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("DUR")) => out,
+        other => out.with_source(other),
+    }
+}
+
+/// Whether `e` is tokio refusing I/O on a pooled socket of a runtime that has shut down (a
+/// connection opened by a process-like runtime that is gone): the request never left this
+/// process, so running it again on another connection is safe.
+fn never_sent(e: &sqlx::Error) -> bool {
+    // tokio's own message for I/O on a shut-down driver; no error kind distinguishes it.
+    matches!(e, sqlx::Error::Io(io) if io.to_string().contains("is being shutdown"))
+}
+
+/// Run `f` again (on another pooled connection) while it fails with a request that
+/// [`never_sent`] reports unsent; a broken connection is dropped by the pool after its error.
+pub(crate) async fn retry_unsent<T, F, Fut>(mut f: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if never_sent(&e) && tries < 32 => tries += 1,
+            other => return other,
+        }
+    }
+}

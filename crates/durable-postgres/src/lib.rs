@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+mod cache;
+mod config;
+mod error;
+mod notify;
+mod pubsub;
+mod store;
+
+pub use cache::PostgresServerCache;
+pub use config::{Postgres, PostgresConfig, DEFAULT_SCHEMA, URL_ENV_VARS};
+pub use pubsub::PostgresPubSub;
+pub use store::PostgresWorkflowStore;

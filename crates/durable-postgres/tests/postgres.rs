@@ -1,0 +1,118 @@
+//! PostgreSQL-specific behaviour beyond the conformance suite: schemas isolate applications,
+//! expired rows are physically purged, configuration is validated before anything connects.
+
+#![allow(clippy::unwrap_used)] // test code panics on purpose
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_conformance::harness::require_backends;
+use durable_core::{AppendOptions, ErrorKind, ServerCache};
+use durable_postgres::PostgresConfig;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn url_or_skip() -> Option<String> {
+    let url = support::url();
+    if url.is_none() {
+        assert!(!require_backends(), "DURABLE_TEST_POSTGRES_URL is not set");
+        eprintln!("SKIPPED: DURABLE_TEST_POSTGRES_URL is not set");
+    }
+    url
+}
+
+#[tokio::test]
+async fn two_schemas_share_a_database_without_seeing_each_other() {
+    let Some(url) = url_or_skip() else { return };
+    let a = PostgresConfig::new(&url)
+        .schema(format!("{}_a", support::schema("iso")))
+        .connect()
+        .await
+        .unwrap()
+        .server_cache();
+    let b = PostgresConfig::new(&url)
+        .schema(format!("{}_b", support::schema("iso")))
+        .connect()
+        .await
+        .unwrap()
+        .server_cache();
+    a.set("app/key", Bytes::from_static(b"a"), None)
+        .await
+        .unwrap();
+    a.append_many(
+        "app/log",
+        &[Bytes::from_static(b"x")],
+        AppendOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.get("app/key").await.unwrap(), None);
+    assert_eq!(b.len("app/log").await.unwrap(), None);
+    assert!(b.keys("app/").await.unwrap().is_empty());
+    assert_eq!(a.keys("app/").await.unwrap(), ["app/key", "app/log"]);
+}
+
+#[tokio::test]
+async fn purge_removes_expired_logs_and_their_events() {
+    let Some(url) = url_or_skip() else { return };
+    let pg = PostgresConfig::new(&url)
+        .schema(support::schema("purge"))
+        .connect()
+        .await
+        .unwrap();
+    let cache = pg.server_cache();
+    let log = "purge/run/events";
+    let batch: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("{i}"))).collect();
+    cache
+        .append_many(log, &batch, AppendOptions::default())
+        .await
+        .unwrap();
+    assert!(cache.expire(log, Duration::from_millis(1)).await.unwrap());
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while cache.len(log).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "log never expired");
+        tokio::task::yield_now().await;
+    }
+    // Expired is invisible at once; purge makes it gone from the tables.
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM cache_items WHERE name = $1) \
+                  + (SELECT count(*) FROM log_events WHERE name = $1)",
+        )
+        .bind(log)
+        .fetch_one(pg.pool())
+        .await
+        .unwrap()
+    };
+    while rows().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "rows never purged");
+        pg.purge(1000).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bad_schema_is_invalid_input_before_connecting() {
+    for schema in ["a;drop", "Upper", "\"q\"", "pg_catalog", ""] {
+        let e = PostgresConfig::new("postgres://nobody@127.0.0.1:1/x")
+            .schema(schema)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{schema}: {e}");
+        assert_eq!(e.backend(), "postgres");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_server_is_retryable_unavailable() {
+    let e = PostgresConfig::new("postgres://nobody:secret@127.0.0.1:1/x")
+        .acquire_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+    assert!(!format!("{e} {e:?}").contains("secret"));
+}
