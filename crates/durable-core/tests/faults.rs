@@ -19,9 +19,8 @@ use durable_core::agent::{
 use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use durable_core::{
     Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, Error, ErrorKind, Event,
-    EventKind, LogConfig, LogSlice, ObserveOptions, Result, RunId, RunStatus, ServerCache,
+    EventKind, LogConfig, LogSlice, Result, RunId, RunStatus, ServerCache,
 };
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -297,36 +296,14 @@ async fn reference() -> Vec<(String, serde_json::Value)> {
     client_view(&support::collect(run, DEADLINE).await)
 }
 
-/// Read a run the way a reconnecting client does: on an error, observe again from the next
-/// cursor; returns the stitched events.
+/// Read a run the way a reconnecting client does (see `support::follow`), within the deadline.
 async fn follow(agent: &DurableAgent, run_id: &RunId) -> Vec<Event> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut events: Vec<Event> = Vec::new();
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "run never ended");
-        let from = events.len() as u64;
-        let mut s = match agent.observe(run_id, ObserveOptions::from(from)).await {
-            Ok(s) => s,
-            Err(e) if e.is_retryable() => {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            Err(e) => panic!("observe: {e}"),
-        };
-        while let Some(ev) = tokio::time::timeout(DEADLINE, s.next()).await.unwrap() {
-            match ev {
-                Ok(ev) => {
-                    let end = ev.kind.is_terminal();
-                    events.push(ev);
-                    if end {
-                        return events;
-                    }
-                }
-                Err(e) if e.is_retryable() => break,
-                Err(e) => panic!("observe failed: {e}"),
-            }
-        }
-    }
+    tokio::time::timeout(
+        DEADLINE,
+        support::follow(agent.log().clone(), run_id.clone()),
+    )
+    .await
+    .expect("run never ended")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,14 +15,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use durable_conformance::agent::follow;
 use durable_conformance::harness::require_backends;
 use durable_conformance::services;
 use durable_core::{
-    Event, EventKind, EventLog, LogConfig, NewEvent, NewRun, ObserveOptions, RunId, RunStatus,
-    WorkflowStore,
+    Event, EventKind, EventLog, LogConfig, NewEvent, NewRun, RunId, RunStatus, WorkflowStore,
 };
 use durable_postgres::{Postgres, PostgresConfig};
-use futures::StreamExt;
 use tokio::sync::watch;
 
 const EVENTS: u64 = 2000;
@@ -72,40 +71,6 @@ async fn append_once(
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(err) => panic!("append {i}: {err}"),
-        }
-    }
-}
-
-/// Observe to the end, re-observing from the last cursor whenever the stream fails.
-async fn observe_all(log: EventLog, run: RunId) -> Vec<Event> {
-    let mut events: Vec<Event> = Vec::new();
-    loop {
-        let next = events.len() as u64;
-        let mut stream = match log.observe(&run, ObserveOptions::from(next)).await {
-            Ok(s) => s,
-            Err(e) if e.is_retryable() => {
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-            Err(e) => panic!("observe: {e}"),
-        };
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(ev) => {
-                    assert_eq!(
-                        ev.cursor,
-                        events.len() as u64,
-                        "observer saw a gap or a dup"
-                    );
-                    let terminal = ev.kind.is_terminal();
-                    events.push(ev);
-                    if terminal {
-                        return events;
-                    }
-                }
-                Err(e) if e.is_retryable() => break,
-                Err(e) => panic!("observer: {e}"),
-            }
         }
     }
 }
@@ -161,7 +126,7 @@ async fn start_run(pg: &Postgres) -> Running {
         .unwrap();
     log.create(&run, Some(lease.epoch)).await.unwrap();
     let observers = (0..2)
-        .map(|_| tokio::spawn(observe_all(log.clone(), run.clone())))
+        .map(|_| tokio::spawn(follow(log.clone(), run.clone())))
         .collect();
     let (progress_tx, progress) = watch::channel(0u64);
     let (errors_tx, errors) = watch::channel(0usize);

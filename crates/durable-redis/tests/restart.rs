@@ -7,14 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use durable_conformance::agent::follow;
 use durable_conformance::services::{self, RedisOptions};
 use durable_core::{ErrorKind, NewRun, PubSub, Result};
-use durable_core::{
-    Event, EventKind, EventLog, LogConfig, NewEvent, ObserveOptions, RunId, RunStatus,
-    WorkflowStore,
-};
+use durable_core::{EventKind, EventLog, LogConfig, NewEvent, RunId, RunStatus, WorkflowStore};
 use durable_redis::RedisConfig;
-use futures::StreamExt;
 
 const EVENTS: u64 = 5000;
 const RESTART_AT: u64 = 1000;
@@ -68,42 +65,6 @@ async fn append_once(
     }
 }
 
-/// Observe to the end, re-observing from the last cursor whenever the stream fails.
-async fn observe_all(log: EventLog, run: RunId) -> (Vec<Event>, usize) {
-    let mut events: Vec<Event> = Vec::new();
-    let mut reconnects = 0;
-    loop {
-        let next = events.len() as u64;
-        let mut stream = match log.observe(&run, ObserveOptions::from(next)).await {
-            Ok(s) => s,
-            Err(e) if e.is_retryable() => {
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-            Err(e) => panic!("observe: {e}"),
-        };
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(ev) => {
-                    assert_eq!(
-                        ev.cursor,
-                        events.len() as u64,
-                        "observer saw a gap or a dup"
-                    );
-                    let terminal = ev.kind.is_terminal();
-                    events.push(ev);
-                    if terminal {
-                        return (events, reconnects);
-                    }
-                }
-                Err(e) if e.is_retryable() => break,
-                Err(e) => panic!("observer: {e}"),
-            }
-        }
-        reconnects += 1;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
     let server = match services::redis(&RedisOptions { appendonly: true }) {
@@ -137,7 +98,7 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
     log.create(&run, Some(lease.epoch)).await?;
 
     let observers: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(observe_all(log.clone(), run.clone())))
+        .map(|_| tokio::spawn(follow(log.clone(), run.clone())))
         .collect();
 
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
@@ -187,7 +148,7 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
         .expect("producer did not finish")
         .expect("producer panicked");
     for o in observers {
-        let (events, _reconnects) = tokio::time::timeout(deadline, o)
+        let events = tokio::time::timeout(deadline, o)
             .await
             .expect("observer did not finish")
             .expect("observer panicked");
@@ -308,7 +269,7 @@ async fn a_durable_agent_continues_by_itself_after_a_server_restart() -> Result<
     let run = worker.stream("go", StreamOptions::new()).await?;
     let run_id = run.run_id().clone();
     drop(run);
-    let follower = tokio::spawn(observe_all(viewer.log().clone(), run_id.clone()));
+    let follower = tokio::spawn(follow(viewer.log().clone(), run_id.clone()));
     // Mid-answer: kill the server and keep it down for 1.5 s (the fault, not a wait for a
     // condition), then bring it back on the same port and data.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -330,7 +291,7 @@ async fn a_durable_agent_continues_by_itself_after_a_server_restart() -> Result<
     .expect("restart task")
     .unwrap_or_else(|e| panic!("redis did not come back: {e}"));
 
-    let (events, _reconnects) = tokio::time::timeout(Duration::from_secs(120), follower)
+    let events = tokio::time::timeout(Duration::from_secs(120), follower)
         .await
         .expect("the run did not finish by itself")
         .expect("observer panicked");

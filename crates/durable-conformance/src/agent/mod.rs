@@ -10,7 +10,8 @@ use std::time::Duration;
 use durable_core::agent::{Agent, DurableAgent, DurableAgentBuilder, DurableRun};
 use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use durable_core::{
-    Event, EventKind, ObserveOptions, PubSub, RunId, RunStatus, ServerCache, WorkflowStore,
+    Event, EventKind, EventLog, ObserveOptions, PubSub, RunId, RunStatus, ServerCache,
+    WorkflowStore,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -32,6 +33,42 @@ pub async fn collect(mut run: DurableRun, stall: Duration) -> Vec<Event> {
         out.push(ev.unwrap_or_else(|e| panic!("observe failed: {e}")));
     }
     out
+}
+
+/// Read a run to its end the way a reconnecting client does: observe from cursor 0 and, when the
+/// stream (or `observe` itself) fails with a retryable error, observe again from the next cursor.
+/// Panics on a gap, a duplicate or a non-retryable error; bound it with a timeout.
+pub async fn follow(log: EventLog, run: RunId) -> Vec<Event> {
+    let mut events: Vec<Event> = Vec::new();
+    loop {
+        let next = events.len() as u64;
+        let mut stream = match log.observe(&run, ObserveOptions::from(next)).await {
+            Ok(s) => s,
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => panic!("observe {run}: {e}"),
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ev) => {
+                    assert_eq!(
+                        ev.cursor,
+                        events.len() as u64,
+                        "observer saw a gap or a dup"
+                    );
+                    let terminal = ev.kind.is_terminal();
+                    events.push(ev);
+                    if terminal {
+                        return events;
+                    }
+                }
+                Err(e) if e.is_retryable() => break,
+                Err(e) => panic!("observe {run} failed: {e}"),
+            }
+        }
+    }
 }
 
 /// Every event of the run, from cursor 0 to its end.
