@@ -91,19 +91,38 @@ const BACKENDS: &[BackendEntry] = &[
         name: "postgres",
         krate: "durable-postgres",
         env: &["DURABLE_TEST_POSTGRES_URL"],
-        source: "PostgreSQL 15 (Debian apt postgresql), a throwaway cluster per run",
+        source: "PostgreSQL 15 (Debian apt postgresql), a throwaway cluster per run; \
+                 PgBouncer (Debian apt pgbouncer) started by the pooler tests",
         install: |_| {
-            if std::path::Path::new("/usr/lib/postgresql").is_dir()
-                || services::find_binary("initdb", &[]).is_some()
+            let mut missing = Vec::new();
+            if !std::path::Path::new("/usr/lib/postgresql").is_dir()
+                && services::find_binary("initdb", &[]).is_none()
             {
+                missing.push("postgresql");
+            }
+            if services::find_binary("pgbouncer", &[std::path::PathBuf::from("/usr/sbin")])
+                .is_none()
+            {
+                missing.push("pgbouncer");
+            }
+            if missing.is_empty() {
                 return Ok(());
             }
-            apt_install(&["postgresql"])
+            apt_install(&missing)
         },
         start: |_| {
             let server = services::postgres(&services::PostgresOptions::default())?;
             let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
-            Ok(Started::server(server, "DURABLE_TEST_POSTGRES_URL", url))
+            // The pooler tests reach the same server through PgBouncer (transaction mode).
+            let bouncer = services::pgbouncer(server.port())?;
+            let pooled = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port());
+            Ok(Started {
+                processes: vec![server, bouncer],
+                env: vec![
+                    ("DURABLE_TEST_POSTGRES_URL".to_owned(), url),
+                    ("DURABLE_TEST_PGBOUNCER_URL".to_owned(), pooled),
+                ],
+            })
         },
     },
     BackendEntry {

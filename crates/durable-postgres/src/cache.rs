@@ -10,8 +10,9 @@ use durable_core::{
 };
 use sqlx::Row;
 
-use crate::config::Postgres;
+use crate::config::{Postgres, Wake};
 use crate::error::{check, err, from_sqlx, BACKEND};
+use crate::exec::{QueryExt, ScalarExt};
 use crate::notify;
 
 /// The run log and key/value cache on PostgreSQL.
@@ -102,7 +103,7 @@ impl PostgresServerCache {
                 .bind(channel.clone())
                 .bind(head.clone())
                 .bind(tail.clone())
-                .fetch_one(self.pg.pool())
+                .fetch_one_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx(op, e))?;
@@ -132,7 +133,7 @@ impl ServerCache for PostgresServerCache {
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
             )
             .bind(key)
-            .fetch_optional(self.pg.pool())
+            .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("get", e))?;
@@ -152,7 +153,7 @@ impl ServerCache for PostgresServerCache {
                 .bind(key)
                 .bind(value.as_ref())
                 .bind(ttl_ms(ttl))
-                .execute(self.pg.pool())
+                .execute_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("set", e))?;
@@ -164,7 +165,7 @@ impl ServerCache for PostgresServerCache {
         crate::error::retry_unsent(|| {
             sqlx::query_scalar("SELECT durable_delete($1)")
                 .bind(key)
-                .fetch_one(self.pg.pool())
+                .fetch_one_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("delete", e))
@@ -177,7 +178,7 @@ impl ServerCache for PostgresServerCache {
                 .bind(key)
                 .bind(by)
                 .bind(ttl_ms(ttl))
-                .fetch_one(self.pg.pool())
+                .fetch_one_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("increment", e))
@@ -212,7 +213,7 @@ impl ServerCache for PostgresServerCache {
             .bind(log)
             .bind(from_i)
             .bind(limit_i)
-            .fetch_all(self.pg.pool())
+            .fetch_all_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("read", e))?;
@@ -253,7 +254,7 @@ impl ServerCache for PostgresServerCache {
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
             )
             .bind(log)
-            .fetch_optional(self.pg.pool())
+            .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("len", e))?;
@@ -279,7 +280,7 @@ impl ServerCache for PostgresServerCache {
             )
             .bind(log)
             .bind(ttl_ms(Some(ttl)))
-            .fetch_optional(self.pg.pool())
+            .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("expire", e))?;
@@ -311,7 +312,7 @@ impl ServerCache for PostgresServerCache {
                AND (expires_at IS NULL OR expires_at > clock_timestamp()) ORDER BY name",
             )
             .bind(&pattern)
-            .fetch_all(self.pg.pool())
+            .fetch_all_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("keys", e))?;
@@ -344,13 +345,34 @@ impl ServerCache for PostgresServerCache {
         let channel = notify::channel(schema, announce.topic);
         let (head, tail) =
             notify::frame_parts(announce.topic, log, payloads, announce.max_frame_bytes);
-        self.append_inner(
-            "append",
-            log,
-            payloads,
-            options,
-            Some((channel, head, tail)),
-        )
-        .await
+        if self.pg.config().wake == Wake::Listen {
+            return self
+                .append_inner(
+                    "append",
+                    log,
+                    payloads,
+                    options,
+                    Some((channel, head, tail)),
+                )
+                .await;
+        }
+        // No LISTEN session hears the NOTIFY here: hand the frame to this handle's
+        // subscribers directly, after the commit. Appends of one log from this process go
+        // one at a time (they queue on the log's row anyway), so frames leave in cursor order.
+        let _order = self.pg.log_lock(log).await;
+        let first = self
+            .append_inner(
+                "append",
+                log,
+                payloads,
+                options,
+                Some((channel, head, tail)),
+            )
+            .await?;
+        if !payloads.is_empty() {
+            let frame = durable_core::frame::encode(first, payloads, announce.max_frame_bytes);
+            self.pg.local().deliver(announce.topic, frame);
+        }
+        Ok(first)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::cache::PostgresServerCache;
 use crate::error::{err, from_sqlx, BACKEND};
-use crate::pubsub::PostgresPubSub;
+use crate::exec::ScalarExt;
+use crate::pubsub::{PostgresPubSub, Registry};
 use crate::store::PostgresWorkflowStore;
 
 /// Default schema holding every table and function of this crate.
@@ -53,6 +55,31 @@ pub struct PostgresConfig {
     pub group_poll: Duration,
     /// Whether `connect` applies the migrations (default true); see [`Postgres::migrate`].
     pub migrate: bool,
+    /// How subscribers in this process hear of new events (default [`Wake::Listen`]).
+    pub wake: Wake,
+    /// Whether the URL points at a pooler in transaction mode, such as PgBouncer (default
+    /// false); see [`PostgresConfig::behind_pooler`].
+    pub pooler: bool,
+}
+
+/// How a [`PostgresPubSub`](crate::PostgresPubSub) hears of new events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wake {
+    /// One dedicated `LISTEN` session per pubsub: appends and publishes of every process
+    /// reach subscribers at once (one `NOTIFY` per appended batch).
+    Listen,
+    /// No `LISTEN` (for poolers in transaction mode, which cannot hold one). Appends and
+    /// publishes of this process still reach its own subscribers at once. An observer of a
+    /// run executing in another process hears of its events only through the event log's
+    /// idle re-read, so it sees them up to [`LogConfig::idle_check`] late (5 s by default;
+    /// lower it, e.g. to 250 ms, at the cost of one read per idle observer per interval).
+    /// Published messages of other processes are not delivered: event-log observers re-read
+    /// the log, aborts are found by the marker checked at every step, and work-queue
+    /// consumers poll their table every [`group_poll`](PostgresConfig::group_poll).
+    ///
+    /// [`LogConfig::idle_check`]: durable_core::LogConfig::idle_check
+    Poll,
 }
 
 impl PostgresConfig {
@@ -67,14 +94,18 @@ impl PostgresConfig {
             visibility_timeout: Duration::from_secs(30),
             group_poll: Duration::from_secs(1),
             migrate: true,
+            wake: Wake::Listen,
+            pooler: false,
         }
     }
 
     /// Settings from the environment: the URL from `DURABLE_POSTGRES_URL`, else
-    /// `DATABASE_URL`; the schema from `DURABLE_POSTGRES_SCHEMA` if set.
+    /// `DATABASE_URL`; the schema from `DURABLE_POSTGRES_SCHEMA` if set;
+    /// `DURABLE_POSTGRES_POOLER=1` for [`behind_pooler`](Self::behind_pooler);
+    /// `DURABLE_POSTGRES_POLL=1` for [`poll_only`](Self::poll_only).
     ///
     /// # Errors
-    /// `InvalidInput` if no URL variable is set.
+    /// `InvalidInput` if no URL variable is set, or a variable is malformed.
     pub fn from_env() -> Result<Self> {
         let url = URL_ENV_VARS
             .iter()
@@ -89,6 +120,24 @@ impl PostgresConfig {
         let mut c = Self::new(url);
         if let Ok(s) = std::env::var("DURABLE_POSTGRES_SCHEMA") {
             c.schema = s;
+        }
+        match std::env::var("DURABLE_POSTGRES_POOLER").as_deref() {
+            Ok("1" | "true") => c = c.behind_pooler(),
+            Ok("0" | "false" | "") | Err(_) => {}
+            Ok(_) => {
+                return Err(
+                    Error::invalid_input("DURABLE_POSTGRES_POOLER must be 1 or 0")
+                        .with_backend(BACKEND),
+                )
+            }
+        }
+        match std::env::var("DURABLE_POSTGRES_POLL").as_deref() {
+            Ok("1" | "true") => c = c.poll_only(),
+            Ok("0" | "false" | "") | Err(_) => {}
+            Ok(_) => {
+                return Err(Error::invalid_input("DURABLE_POSTGRES_POLL must be 1 or 0")
+                    .with_backend(BACKEND))
+            }
         }
         Ok(c)
     }
@@ -142,6 +191,34 @@ impl PostgresConfig {
         self
     }
 
+    /// No `LISTEN` session: [`Wake::Poll`].
+    #[must_use]
+    pub fn poll_only(mut self) -> Self {
+        self.wake = Wake::Poll;
+        self
+    }
+
+    /// The URL points at a pooler in transaction mode (PgBouncer's `pool_mode = transaction`),
+    /// where a server session is not kept between transactions. Then:
+    /// - no `LISTEN`: [`Wake::Poll`] (observers in other processes wake by the event log's
+    ///   idle re-read);
+    /// - no named prepared statements (sqlx's statement cache is off), which such poolers
+    ///   cannot route;
+    /// - no `search_path` startup parameter (poolers reject or drop it): set the schema for the
+    ///   role or the database instead (`ALTER ROLE app SET search_path = durable` or
+    ///   `ALTER DATABASE db SET search_path = durable`); `connect` checks that
+    ///   `current_schema()` is [`schema`](Self::schema) and fails with `InvalidInput` if not;
+    /// - no migrations on connect: they hold a session lock, so apply them once through a
+    ///   direct connection (`PostgresConfig::new(direct_url).connect()`, or
+    ///   [`Postgres::migrate`] on it); `migrate(true)` here is `InvalidInput`.
+    #[must_use]
+    pub fn behind_pooler(mut self) -> Self {
+        self.pooler = true;
+        self.migrate = false;
+        self.wake = Wake::Poll;
+        self
+    }
+
     fn connect_options(&self) -> Result<PgConnectOptions> {
         validate_schema(&self.schema)?;
         let opts = PgConnectOptions::from_str(&self.url).map_err(|e| {
@@ -152,9 +229,12 @@ impl PostgresConfig {
             )
             .with_source(e)
         })?;
-        Ok(opts
-            .options([("search_path", self.schema.as_str())])
-            .application_name("durable"))
+        let opts = opts.application_name("durable");
+        Ok(if self.pooler {
+            opts.statement_cache_capacity(0)
+        } else {
+            opts.options([("search_path", self.schema.as_str())])
+        })
     }
 
     /// Connect a pool (and, with [`migrate`](Self::migrate), apply the migrations).
@@ -163,19 +243,36 @@ impl PostgresConfig {
     /// `InvalidInput` for a bad URL or schema, `Unavailable` if the server cannot be reached.
     pub async fn connect(self) -> Result<Postgres> {
         let opts = self.connect_options()?;
+        if self.pooler && self.migrate {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "connect",
+                "migrations cannot run through a pooler in transaction mode: apply them \
+                 through a direct connection and connect here with migrate(false)",
+            ));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
             .connect_with(opts.clone())
             .await
             .map_err(|e| from_sqlx("connect", e))?;
+        let local = Arc::new(Registry::default());
         let pg = Postgres {
             inner: Arc::new(Shared {
                 pool,
                 opts,
                 config: self,
+                local,
+                id: HANDLE_SEQ.fetch_add(1, Ordering::Relaxed),
+                log_locks: (0..LOG_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         };
+        if pg.inner.config.pooler {
+            pg.check_search_path().await?;
+        }
         if pg.inner.config.migrate {
             pg.migrate().await?;
         }
@@ -220,6 +317,8 @@ impl fmt::Debug for PostgresConfig {
             .field("visibility_timeout", &self.visibility_timeout)
             .field("group_poll", &self.group_poll)
             .field("migrate", &self.migrate)
+            .field("wake", &self.wake)
+            .field("pooler", &self.pooler)
             .finish()
     }
 }
@@ -263,7 +362,19 @@ struct Shared {
     pool: PgPool,
     opts: PgConnectOptions,
     config: PostgresConfig,
+    /// The subscribers of every polling pubsub built on this handle, which its cache's
+    /// appends are announced to directly ([`Wake::Poll`]).
+    local: Arc<Registry>,
+    /// Unique per handle in this process (names the polling announce domain).
+    id: u64,
+    /// See [`Postgres::log_lock`].
+    log_locks: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Postgres::log_lock`].
+const LOG_LOCKS: usize = 256;
+
+static HANDLE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl fmt::Debug for Postgres {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -294,6 +405,47 @@ impl Postgres {
 
     pub(crate) fn connect_options(&self) -> &PgConnectOptions {
         &self.inner.opts
+    }
+
+    pub(crate) fn local(&self) -> &Arc<Registry> {
+        &self.inner.local
+    }
+
+    pub(crate) fn handle_id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// One of [`LOG_LOCKS`] locks, by a hash of `log`: held around an append and its local
+    /// announcement with [`Wake::Poll`], so one log's frames leave in cursor order.
+    pub(crate) async fn log_lock(&self, log: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        log.hash(&mut h);
+        let i = usize::try_from(h.finish() % LOG_LOCKS as u64).unwrap_or(0);
+        self.inner.log_locks[i].lock().await
+    }
+
+    /// Behind a pooler the schema comes from the role's or database's `search_path`: make sure
+    /// it does, before anything reads or writes the wrong schema.
+    async fn check_search_path(&self) -> Result<()> {
+        let current: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one_on(self)
+            .await
+            .map_err(|e| from_sqlx("connect", e))?;
+        let want = &self.inner.config.schema;
+        if current.as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        Err(err(
+            ErrorKind::InvalidInput,
+            "connect",
+            format!(
+                "behind a pooler the schema comes from the server: current_schema() is {}, \
+                 expected {want}; run `ALTER ROLE <user> SET search_path = {want}` (or ALTER \
+                 DATABASE … SET search_path) on the server",
+                current.as_deref().unwrap_or("NULL")
+            ),
+        ))
     }
 
     /// Create the schema if needed and apply every pending migration (`sqlx::migrate!`, with
@@ -344,7 +496,7 @@ impl Postgres {
         let n: i64 = crate::error::retry_unsent(|| {
             sqlx::query_scalar("SELECT durable_purge($1, 60000)")
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                .fetch_one(self.pool())
+                .fetch_one_on(self)
         })
         .await
         .map_err(|e| from_sqlx("purge", e))?;

@@ -3,11 +3,12 @@
 mod cache;
 mod config;
 mod error;
+mod exec;
 mod notify;
 mod pubsub;
 mod store;
 
 pub use cache::PostgresServerCache;
-pub use config::{Postgres, PostgresConfig, DEFAULT_SCHEMA, URL_ENV_VARS};
+pub use config::{Postgres, PostgresConfig, Wake, DEFAULT_SCHEMA, URL_ENV_VARS};
 pub use pubsub::PostgresPubSub;
 pub use store::PostgresWorkflowStore;

@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use durable_core::{frame, AnnounceDomain};
 
-use crate::config::{redact, Postgres};
+use crate::config::{redact, Postgres, Wake};
 
 /// `NOTIFY` payloads must be shorter than this many bytes.
 pub(crate) const MAX_PAYLOAD: usize = 8000;
@@ -46,11 +46,21 @@ pub(crate) fn channel(schema: &str, topic: &str) -> String {
     format!("dur_{:016x}", fnv1a(&[schema.as_bytes(), topic.as_bytes()]))
 }
 
-/// The announce domain of everything built on `pg`: its database and schema.
+/// The announce domain of everything built on `pg`: its database and schema, and with
+/// [`Wake::Poll`] also the handle itself (appends are then announced to the handle's own
+/// local subscribers, which a pubsub built on another handle does not share).
 pub(crate) fn domain(pg: &Postgres) -> AnnounceDomain {
     let url = redact(&pg.config().url);
     let url = url.split('?').next().unwrap_or_default();
-    AnnounceDomain::new(format!("postgres:{url}#{}", pg.config().schema))
+    let schema = &pg.config().schema;
+    match pg.config().wake {
+        Wake::Listen => AnnounceDomain::new(format!("postgres:{url}#{schema}")),
+        Wake::Poll => AnnounceDomain::new(format!(
+            "postgres-poll:{url}#{schema}#{}.{}",
+            std::process::id(),
+            pg.handle_id()
+        )),
+    }
 }
 
 /// Whether `s` can be sent as (part of) a NOTIFY payload.

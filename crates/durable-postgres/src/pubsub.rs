@@ -17,8 +17,9 @@ use sqlx::postgres::PgListener;
 use sqlx::Row;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use crate::config::Postgres;
+use crate::config::{Postgres, Wake};
 use crate::error::{check, err, from_sqlx, BACKEND};
+use crate::exec::{QueryExt, ScalarExt};
 use crate::notify::{self, Notice};
 
 /// PubSub on PostgreSQL `LISTEN`/`NOTIFY`, with work queues in a table.
@@ -43,6 +44,11 @@ pub struct PostgresPubSub {
 struct Hub {
     pg: Postgres,
     registry: Arc<Registry>,
+    /// The LISTEN session; `None` with [`Wake::Poll`].
+    listen: Option<Listen>,
+}
+
+struct Listen {
     commands: mpsc::UnboundedSender<Command>,
     control: String,
     task: tokio::task::JoinHandle<()>,
@@ -54,14 +60,15 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-impl Drop for Hub {
+impl Drop for Listen {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
+/// The local subscribers and consumers of a pubsub, by topic.
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     topics: Mutex<HashMap<String, Topic>>,
 }
 
@@ -96,10 +103,31 @@ impl Registry {
             t.wake.notify_waiters();
         }
     }
+
+    /// Hand `payload` to the local subscribers of `topic` and wake its local consumers
+    /// ([`Wake::Poll`]: what this process appends or publishes is heard here at once).
+    pub(crate) fn deliver(&self, topic: &str, payload: Bytes) {
+        let topics = lock(&self.topics);
+        if let Some(t) = topics.get(topic) {
+            t.wake.notify_waiters();
+            if t.tx.receiver_count() > 0 {
+                let _ = t.tx.send(Item::Delivery(Delivery::Message(payload)));
+            }
+        }
+    }
 }
 
 impl PostgresPubSub {
     pub(crate) async fn new(pg: Postgres) -> Result<Self> {
+        if pg.config().wake == Wake::Poll {
+            return Ok(Self {
+                hub: Arc::new(Hub {
+                    registry: pg.local().clone(),
+                    pg,
+                    listen: None,
+                }),
+            });
+        }
         // Its own one-connection pool: the LISTEN session never takes a slot from the
         // pool that serves appends, and it is named so operators can find it.
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -135,9 +163,11 @@ impl PostgresPubSub {
             hub: Arc::new(Hub {
                 pg,
                 registry,
-                commands,
-                control,
-                task,
+                listen: Some(Listen {
+                    commands,
+                    control,
+                    task,
+                }),
             }),
         })
     }
@@ -167,17 +197,27 @@ impl PostgresPubSub {
             topic: topic.to_owned(),
             consumer,
         };
+        let Some(listen) = &self.hub.listen else {
+            // Polling: nothing to LISTEN to, and only what is sent after this point can
+            // reach the receiver.
+            return Ok(Attached {
+                rx,
+                marker: None,
+                wake,
+                _guard: guard,
+            });
+        };
         let (ack, done) = oneshot::channel();
         let channel = notify::channel(self.schema(), topic);
-        self.hub
+        listen
             .commands
             .send(Command::Listen(channel, ack))
             .map_err(|_| err(ErrorKind::Unavailable, op, "the listener task has stopped"))?;
         // Wake the listener out of its wait so it runs the LISTEN now.
         crate::error::retry_unsent(|| {
             sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&self.hub.control)
-                .execute(self.hub.pg.pool())
+                .bind(&listen.control)
+                .execute_on(&self.hub.pg)
         })
         .await
         .map_err(|e| from_sqlx(op, e))?;
@@ -199,7 +239,7 @@ impl PostgresPubSub {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(notify::channel(self.schema(), topic))
                     .bind(format!("{topic} s{token}"))
-                    .execute(self.hub.pg.pool())
+                    .execute_on(&self.hub.pg)
             })
             .await
             .map_err(|e| from_sqlx(op, e))?;
@@ -247,9 +287,11 @@ impl Drop for Detach {
         }
         if t.consumers == 0 && t.tx.receiver_count() == 0 {
             topics.remove(&self.topic);
-            let channel = notify::channel(&self.hub.pg.config().schema, &self.topic);
-            // Sent under the registry lock: a later subscribe's Listen comes after it.
-            let _ = self.hub.commands.send(Command::Unlisten(channel));
+            if let Some(listen) = &self.hub.listen {
+                let channel = notify::channel(&self.hub.pg.config().schema, &self.topic);
+                // Sent under the registry lock: a later subscribe's Listen comes after it.
+                let _ = listen.commands.send(Command::Unlisten(channel));
+            }
         }
     }
 }
@@ -352,7 +394,7 @@ async fn dispatch(registry: &Registry, pg: &Postgres, payload: &str) {
             let row: std::result::Result<Option<Vec<u8>>, _> = crate::error::retry_unsent(|| {
                 sqlx::query_scalar("SELECT payload FROM outbox WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(pg.pool())
+                    .fetch_optional_on(pg)
             })
             .await;
             match row {
@@ -378,7 +420,7 @@ async fn read_frame(pg: &Postgres, first: u64, count: u64, max: usize, log: &str
         .bind(log)
         .bind(i64::try_from(first).unwrap_or(i64::MAX))
         .bind(i64::try_from(first.saturating_add(count)).unwrap_or(i64::MAX))
-        .fetch_all(pg.pool())
+        .fetch_all_on(pg)
     })
     .await;
     match rows {
@@ -403,7 +445,7 @@ impl JobAcker for PgAcker {
             crate::error::retry_unsent(|| {
                 sqlx::query("DELETE FROM queue_jobs WHERE id = $1")
                     .bind(self.id)
-                    .execute(self.pg.pool())
+                    .execute_on(&self.pg)
             })
             .await
             .map_err(|e| from_sqlx("ack", e))?;
@@ -422,7 +464,7 @@ impl JobAcker for PgAcker {
                 .bind(self.id)
                 .bind(&self.channel)
                 .bind(&self.wake)
-                .execute(self.pg.pool())
+                .execute_on(&self.pg)
             })
             .await
             .map_err(|e| from_sqlx("nack", e))?;
@@ -457,7 +499,7 @@ impl Consumer {
             .bind(&self.topic)
             .bind(&self.group)
             .bind(visibility)
-            .fetch_optional(self.pg.pool())
+            .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("subscribe_group", e))?;
@@ -514,8 +556,9 @@ impl PubSub for PostgresPubSub {
     }
 
     fn capabilities(&self) -> PubSubCapabilities {
+        // Polling: messages published by other processes are not delivered.
         PubSubCapabilities::default()
-            .with_shared(true)
+            .with_shared(self.hub.listen.is_some())
             .with_groups(true)
             .with_durable_groups(true)
     }
@@ -544,10 +587,15 @@ impl PubSub for PostgresPubSub {
                 .bind(payload.as_ref())
                 .bind(&channel)
                 .bind(&tail)
-                .execute(self.hub.pg.pool())
+                .execute_on(&self.hub.pg)
         })
         .await
         .map_err(|e| from_sqlx("publish", e))?;
+        if self.hub.listen.is_none() {
+            // Polling: no notification comes back, so this process's subscribers hear it
+            // here (the NOTIFY above still reaches listening processes).
+            self.hub.registry.deliver(topic, payload);
+        }
         Ok(())
     }
 
@@ -594,7 +642,7 @@ impl PubSub for PostgresPubSub {
             )
             .bind(topic)
             .bind(group)
-            .execute(self.hub.pg.pool())
+            .execute_on(&self.hub.pg)
         })
         .await
         .map_err(|e| from_sqlx("subscribe_group", e))?;

@@ -13,6 +13,7 @@ use sqlx::Row;
 
 use crate::config::Postgres;
 use crate::error::{check, err, from_sqlx, BACKEND};
+use crate::exec::{QueryExt, ScalarExt};
 
 /// The workflow store on PostgreSQL: a `runs` table and a `checkpoints` table keyed
 /// `(run_id, key)`.
@@ -96,7 +97,7 @@ impl PostgresWorkflowStore {
         op: &'static str,
         q: impl Fn() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> + Sync,
     ) -> Result<RunRecord> {
-        let row = crate::error::retry_unsent(|| q().fetch_one(self.pg.pool()))
+        let row = crate::error::retry_unsent(|| q().fetch_one_on(&self.pg))
             .await
             .map_err(|e| from_sqlx(op, e))?;
         record(op, &row)
@@ -136,7 +137,7 @@ impl WorkflowStore for PostgresWorkflowStore {
         let row = crate::error::retry_unsent(|| {
             sqlx::query(&sql)
                 .bind(run_id.as_str())
-                .fetch_optional(self.pg.pool())
+                .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("get_run", e))?;
@@ -154,7 +155,7 @@ impl WorkflowStore for PostgresWorkflowStore {
         let Some(row) = crate::error::retry_unsent(|| {
             sqlx::query(&sql)
                 .bind(run_id.as_str())
-                .fetch_optional(self.pg.pool())
+                .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("load", e))?
@@ -218,7 +219,7 @@ impl WorkflowStore for PostgresWorkflowStore {
             sqlx::query("SELECT durable_release($1, $2)")
                 .bind(lease.run_id.as_str())
                 .bind(epoch_i64(lease.epoch))
-                .execute(self.pg.pool())
+                .execute_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("release", e))?;
@@ -240,7 +241,7 @@ impl WorkflowStore for PostgresWorkflowStore {
                 .bind(epoch_i64(epoch))
                 .bind(key)
                 .bind(&text)
-                .fetch_one(self.pg.pool())
+                .fetch_one_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("checkpoint", e))?;
@@ -280,7 +281,7 @@ impl WorkflowStore for PostgresWorkflowStore {
         let rows = crate::error::retry_unsent(|| {
             sqlx::query(&sql)
                 .bind(status.map(RunStatus::as_str))
-                .fetch_all(self.pg.pool())
+                .fetch_all_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("list_runs", e))?;
@@ -295,7 +296,7 @@ impl WorkflowStore for PostgresWorkflowStore {
             )
             .bind(run_id.as_str())
             .bind(ms(ttl))
-            .execute(self.pg.pool())
+            .execute_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("expire_run", e))?
@@ -307,7 +308,7 @@ impl WorkflowStore for PostgresWorkflowStore {
         crate::error::retry_unsent(|| {
             sqlx::query_scalar("SELECT durable_delete_run($1)")
                 .bind(run_id.as_str())
-                .fetch_one(self.pg.pool())
+                .fetch_one_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("delete_run", e))

@@ -433,3 +433,47 @@ pub fn postgres_released(dir: &Path) -> bool {
         cols.get(1) == Some(&shmid.as_str()) && cols.get(6).is_some_and(|n| *n != "0")
     })
 }
+
+/// Start PgBouncer (Debian's `pgbouncer` package) on a spare port in front of the PostgreSQL
+/// server on 127.0.0.1:`pg_port`, in **transaction** pooling mode, trusting user `postgres`;
+/// every database name is passed through. As root it runs as the `postgres` user (PgBouncer
+/// refuses root). Connect with `postgres://postgres@127.0.0.1:<port>/<database>`.
+///
+/// # Errors
+/// When PgBouncer is not installed (`cargo xtask test` installs it with PostgreSQL) or does not
+/// become ready.
+pub fn pgbouncer(pg_port: u16) -> Result<ServerProcess, String> {
+    let bin = find_binary("pgbouncer", &[PathBuf::from("/usr/sbin")])
+        .ok_or("PgBouncer is not installed (cargo xtask test installs the pgbouncer package)")?;
+    let port = spare_port()?;
+    let dir = std::env::temp_dir().join(format!("durable-pgbouncer-{port}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ini = dir.join("pgbouncer.ini");
+    let users = dir.join("userlist.txt");
+    std::fs::write(&users, "\"postgres\" \"\"\n").map_err(|e| e.to_string())?;
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+             max_client_conn = 1000\ndefault_pool_size = 20\n\
+             ignore_startup_parameters = extra_float_digits\n",
+            users.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if is_root() {
+        let chown = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .map_err(|e| format!("cannot run chown: {e}"))?;
+        if !chown.success() {
+            return Err(format!("chown postgres {} failed", dir.display()));
+        }
+    }
+    let (program, args) = as_postgres(bin, vec![ini.into_os_string()]);
+    ServerProcess::start("pgbouncer", program, args, port, dir, postgres_ready)
+}
