@@ -12,9 +12,12 @@
 //! - `postgres_e2e/durable_agent_10k`: a `DurableAgent` run of the scripted model streaming 10,000
 //!   16-byte deltas on PostgreSQL only (log, wake-ups, run record, lease, checkpoint), drained by its
 //!   observer: the multi-instance configuration end to end.
+//! - `postgres_e2e/raw_insert_10k`: the floor to compare with: the same 10,000 payloads as plain
+//!   `INSERT … SELECT … unnest` statements of 1,024 rows, one in flight (plus one `DELETE`).
 //! - `latency`: append → observer receipt at 1 ms pacing, p50/p99 over 2,000 events (printed).
 //! - statements per `DurableAgent` turn (3 steps, 2 tool calls, 1,000 deltas), counted from
-//!   `pg_stat_database` (printed; run the bench alone on its server).
+//!   `pg_stat_statements` when the server preloads it (the servers `cargo xtask` starts do),
+//!   else bounded by `pg_stat_database` transactions; printed per statement.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -203,6 +206,43 @@ fn bench_e2e(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
+    // The floor: the same 10,000 payloads as plain batched INSERTs of 1,024 rows (the
+    // writer's largest batch), one statement in flight, no fence, no cursor row, no NOTIFY.
+    rt.block_on(
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS raw_events \
+             (run text, cursor bigint, payload bytea, PRIMARY KEY (run, cursor))",
+        )
+        .execute(pg.pool()),
+    )
+    .expect("raw table");
+    let rows: Vec<Vec<u8>> = (0..1024).map(|_| payload().to_vec()).collect();
+    g.bench_function("raw_insert_10k", |b| {
+        b.to_async(&rt).iter(|| async {
+            let run = RunId::generate().to_string();
+            let mut cursor = 0i64;
+            while cursor < N as i64 {
+                let n = (N as i64 - cursor).min(1024);
+                let cursors: Vec<i64> = (cursor..cursor + n).collect();
+                sqlx::query(
+                    "INSERT INTO raw_events (run, cursor, payload) \
+                     SELECT $1, c, p FROM unnest($2::bigint[], $3::bytea[]) AS t(c, p)",
+                )
+                .bind(&run)
+                .bind(&cursors)
+                .bind(&rows[..n as usize])
+                .execute(pg.pool())
+                .await
+                .expect("insert");
+                cursor += n;
+            }
+            sqlx::query("DELETE FROM raw_events WHERE run = $1")
+                .bind(&run)
+                .execute(pg.pool())
+                .await
+                .expect("delete");
+        });
+    });
     let mut config = LogConfig::default();
     config.namespace = "bench-agent".to_owned();
     config.retention = Duration::from_secs(5);
@@ -340,7 +380,7 @@ fn report_statements(_: &mut Criterion) {
         .expect("agent");
     let mut config = LogConfig::default();
     config.namespace = "bench-stmts".to_owned();
-    let (before, after, events) = rt.block_on(async {
+    let (statements, events) = rt.block_on(async {
         let durable = DurableAgent::builder(agent)
             .cache(pg.server_cache().with_announce())
             .pubsub(pg.pubsub().await.expect("pubsub"))
@@ -348,7 +388,22 @@ fn report_statements(_: &mut Criterion) {
             .log_config(config)
             .build()
             .expect("durable agent");
-        let before = transactions(&pg).await;
+        // Exact per-statement counts where the server preloads pg_stat_statements (the
+        // servers durable-services starts do); otherwise transactions of the whole database,
+        // an upper bound (autovacuum and other sessions count too).
+        let exact = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pg.pool())
+            .await
+            .is_ok();
+        let before = if exact {
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(pg.pool())
+                .await
+                .expect("pg_stat_statements_reset");
+            0
+        } else {
+            transactions(&pg).await
+        };
         let run = durable
             .stream("go", StreamOptions::new())
             .await
@@ -359,14 +414,34 @@ fn report_statements(_: &mut Criterion) {
                 n + 1
             })
             .await;
-        let after = transactions(&pg).await;
-        (before, after, events)
+        if !exact {
+            // The first pg_stat_database read counts itself.
+            return (Err(transactions(&pg).await - before - 1), events);
+        }
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database \
+             WHERE datname = current_database()) \
+             AND query NOT LIKE '%pg_stat_statements_reset%' ORDER BY calls DESC",
+        )
+        .fetch_all(pg.pool())
+        .await
+        .expect("pg_stat_statements");
+        (Ok(rows), events)
     });
-    // The first pg_stat_database read counts itself once.
-    eprintln!(
-        "statements per DurableAgent turn (3 steps, 2 tool calls, 1,000 deltas, {events} events): {}",
-        after - before - 1
+    let head = format!(
+        "statements per DurableAgent turn (3 steps, 2 tool calls, 1,000 deltas, {events} events)"
     );
+    match statements {
+        Ok(rows) => {
+            let total: i64 = rows.iter().map(|r| r.0).sum();
+            eprintln!("{head}: {total} (pg_stat_statements):");
+            for (calls, query) in rows {
+                eprintln!("  {calls:>5}  {query}");
+            }
+        }
+        Err(upper) => eprintln!("{head}: at most {upper} (pg_stat_database transactions)"),
+    }
 }
 
 fn latency(flavor: &str, rt: &tokio::runtime::Runtime) {

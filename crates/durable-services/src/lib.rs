@@ -401,6 +401,8 @@ pub fn postgres(options: &PostgresOptions) -> Result<ServerProcess, String> {
         "fsync=off".to_owned(),
         "full_page_writes=off".to_owned(),
         format!("max_connections={max_connections}"),
+        // Per-statement counts for the benches (`CREATE EXTENSION pg_stat_statements`).
+        "shared_preload_libraries=pg_stat_statements".to_owned(),
     ] {
         args.push("-c".into());
         args.push(setting.into());
