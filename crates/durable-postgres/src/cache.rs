@@ -199,32 +199,34 @@ impl ServerCache for PostgresServerCache {
         check("read", "log", log)?;
         let from_i = i64::try_from(from).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
-        // One statement, one snapshot: the entries and the length agree.
-        let rows = crate::error::retry_unsent(|| {
+        // One statement, one snapshot: the entries and the length agree. The page comes as
+        // one array in one row: per-row overhead (server and driver) would otherwise
+        // dominate a page of small events.
+        let row = crate::error::retry_unsent(|| {
             sqlx::query(
-                "WITH l AS (SELECT is_log, next_cursor FROM cache_items \
-                 WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())) \
-             SELECT l.is_log, l.next_cursor, e.payload FROM l LEFT JOIN LATERAL \
-                 (SELECT cursor, payload FROM log_events \
-                   WHERE name = $1 AND cursor >= $2 AND cursor < l.next_cursor \
-                   ORDER BY cursor LIMIT $3) e ON l.is_log \
-             ORDER BY e.cursor",
+                "SELECT l.is_log, l.next_cursor, CASE WHEN l.is_log THEN \
+                   (SELECT array_agg(e.payload ORDER BY e.cursor) FROM \
+                     (SELECT cursor, payload FROM log_events \
+                       WHERE name = $1 AND cursor >= $2 AND cursor < l.next_cursor \
+                       ORDER BY cursor LIMIT $3) e) END \
+                 FROM cache_items l \
+                 WHERE l.name = $1 AND (l.expires_at IS NULL OR l.expires_at > clock_timestamp())",
             )
             .bind(log)
             .bind(from_i)
             .bind(limit_i)
-            .fetch_all_on(&self.pg)
+            .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("read", e))?;
-        let Some(head) = rows.first() else {
+        let Some(row) = row else {
             return Err(err(ErrorKind::NotFound, "read", format!("no log {log}")));
         };
-        let is_log: bool = head.try_get(0).map_err(|e| from_sqlx("read", e))?;
+        let is_log: bool = row.try_get(0).map_err(|e| from_sqlx("read", e))?;
         if !is_log {
             return Err(conflict("read", log, false));
         }
-        let next = cursor_to_u64("read", head.try_get(1).map_err(|e| from_sqlx("read", e))?)?;
+        let next = cursor_to_u64("read", row.try_get(1).map_err(|e| from_sqlx("read", e))?)?;
         if from > next {
             return Err(err(
                 ErrorKind::OffsetAhead,
@@ -232,13 +234,12 @@ impl ServerCache for PostgresServerCache {
                 format!("cursor {from} is beyond the end {next} of {log}"),
             ));
         }
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let payload: Option<Vec<u8>> = row.try_get(2).map_err(|e| from_sqlx("read", e))?;
-            if let Some(p) = payload {
-                entries.push(Bytes::from(p));
-            }
-        }
+        let payloads: Option<Vec<Vec<u8>>> = row.try_get(2).map_err(|e| from_sqlx("read", e))?;
+        let entries: Vec<Bytes> = payloads
+            .unwrap_or_default()
+            .into_iter()
+            .map(Bytes::from)
+            .collect();
         Ok(LogSlice {
             first: from,
             entries,
