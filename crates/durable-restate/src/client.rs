@@ -106,10 +106,7 @@ impl RestateAgentBuilder {
                 "a RestateAgent needs a durable event log: its runs execute in other processes",
             ));
         }
-        let ingress = check_url(
-            "ingress URL",
-            self.ingress.as_deref().unwrap_or_default(),
-        )?;
+        let ingress = check_url("ingress URL", self.ingress.as_deref().unwrap_or_default())?;
         let admin = check_url("admin URL", self.admin.as_deref().unwrap_or_default())?;
         Ok(RestateAgent {
             agent: self.agent,
@@ -273,7 +270,10 @@ impl RestateAgent {
         }
         let output = self
             .log
-            .observe(run_id, ObserveOptions::from(len).on_suspend(OnSuspend::Wait))
+            .observe(
+                run_id,
+                ObserveOptions::from(len).on_suspend(OnSuspend::Wait),
+            )
             .await?;
         let body = DecideInput {
             step: s.step,
@@ -295,7 +295,11 @@ impl RestateAgent {
     ///
     /// # Errors
     /// As [`RestateAgent::resume`].
-    pub async fn approve_tool_call(&self, run_id: &RunId, tool_call_id: &str) -> Result<RestateRun> {
+    pub async fn approve_tool_call(
+        &self,
+        run_id: &RunId,
+        tool_call_id: &str,
+    ) -> Result<RestateRun> {
         self.resume(run_id, ResumeData::approve().for_call(tool_call_id))
             .await
     }
@@ -337,7 +341,10 @@ impl RestateAgent {
         }
         let mut waiter = self
             .log
-            .observe(run_id, ObserveOptions::from(len).on_suspend(OnSuspend::Wait))
+            .observe(
+                run_id,
+                ObserveOptions::from(len).on_suspend(OnSuspend::Wait),
+            )
             .await?;
         let invocation = self.invocation_id(run_id).await?;
         let resp = self
@@ -422,7 +429,7 @@ impl RestateAgent {
     async fn ingress_post(
         &self,
         path: &str,
-        body: &impl serde::Serialize,
+        body: &(impl serde::Serialize + Sync),
         op: &'static str,
     ) -> Result<()> {
         let resp = self
@@ -445,9 +452,11 @@ impl RestateAgent {
             502..=504 => ErrorKind::Unavailable,
             _ => ErrorKind::Unexpected,
         };
-        Err(Error::new(kind, format!("Restate answered {status}: {text}"))
-            .with_backend("restate")
-            .with_operation(op))
+        Err(
+            Error::new(kind, format!("Restate answered {status}: {text}"))
+                .with_backend("restate")
+                .with_operation(op),
+        )
     }
 }
 

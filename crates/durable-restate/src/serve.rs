@@ -46,7 +46,10 @@ pub struct RestateEndpoint {
 impl fmt::Debug for RestateEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RestateEndpoint")
-            .field("agents", &self.agents.iter().map(Agent::id).collect::<Vec<_>>())
+            .field(
+                "agents",
+                &self.agents.iter().map(Agent::id).collect::<Vec<_>>(),
+            )
             .field("log", &self.log)
             .field("model_attempts", &self.model_attempts)
             .finish()
@@ -136,9 +139,9 @@ impl RestateEndpoint {
                 .with_source(e)
                 .with_operation("bind")
         })?;
-        let local = listener.local_addr().map_err(|e| {
-            Error::new(ErrorKind::Unavailable, "no local address").with_source(e)
-        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::new(ErrorKind::Unavailable, "no local address").with_source(e))?;
         let stop = CancellationToken::new();
         let cancelled = stop.clone();
         let task = tokio::spawn(async move {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::agent::{
-    Agent, FinishReason, Message, ModelChunk, ModelRequest, ToolCall, ToolChoice,
-    ToolContext, Usage,
+    Agent, FinishReason, Message, ModelChunk, ModelRequest, ToolCall, ToolChoice, ToolContext,
+    Usage,
 };
 use durable_core::{Cursor, Error, ErrorKind, EventKind, EventLog, NewEvent, RunId};
 use futures::{FutureExt, StreamExt};
@@ -507,9 +507,15 @@ async fn stream_model(
         .ok_or_else(|| TerminalError::new(format!("run {run_id} has no event log")))?;
     let mut batch = Vec::with_capacity(64);
     if len > at {
-        batch.push(NewEvent::json(EventKind::StepRestart, &json!({ "step": step }))?);
+        batch.push(NewEvent::json(
+            EventKind::StepRestart,
+            &json!({ "step": step }),
+        )?);
     }
-    batch.push(NewEvent::json(EventKind::StepStart, &json!({ "step": step }))?);
+    batch.push(NewEvent::json(
+        EventKind::StepStart,
+        &json!({ "step": step }),
+    )?);
     let mut end = len;
     let mut out = ModelStep::default();
     let mut stream = match agent.model().stream(request).await {
@@ -575,7 +581,10 @@ fn absorb(
 ) -> durable_core::Result<bool> {
     match chunk {
         ModelChunk::TextDelta { text } => {
-            batch.push(NewEvent::json(EventKind::TextDelta, &json!({ "text": text }))?);
+            batch.push(NewEvent::json(
+                EventKind::TextDelta,
+                &json!({ "text": text }),
+            )?);
             out.text.push_str(&text);
         }
         ModelChunk::ReasoningDelta { text } => {

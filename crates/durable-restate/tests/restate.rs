@@ -155,7 +155,9 @@ fn agents(dir: &Path, hang: bool) -> Vec<Agent> {
             .unwrap(),
         Agent::builder()
             .id("failing")
-            .model(ScriptedModel::new([Turn::text("partial answer").fail("provider down")]))
+            .model(ScriptedModel::new([
+                Turn::text("partial answer").fail("provider down")
+            ]))
             .build()
             .unwrap(),
     ]
@@ -198,7 +200,12 @@ struct Handler {
 impl Handler {
     fn start(port: u16, ns: &str, dir: &Path, hang: bool, redis: &str) -> Self {
         let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_endpoint", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_endpoint",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(
                 CHILD_ENV,
                 format!(
@@ -342,9 +349,21 @@ fn a_tool_calling_run_completes() {
         assert_eq!(
             k,
             [
-                "start", "step-start", "text-delta", "text-delta", "text-delta", "tool-call",
-                "tool-call", "tool-result", "tool-result", "step-finish", "step-start",
-                "text-delta", "text-delta", "step-finish", "finish"
+                "start",
+                "step-start",
+                "text-delta",
+                "text-delta",
+                "text-delta",
+                "tool-call",
+                "tool-call",
+                "tool-result",
+                "tool-result",
+                "step-finish",
+                "step-start",
+                "text-delta",
+                "text-delta",
+                "step-finish",
+                "finish"
             ]
         );
         let finish = events.last().unwrap().data.to_value();
@@ -387,21 +406,42 @@ fn a_killed_handler_process_resumes_without_repeating_completed_tools() {
         let before = rig.log.len(&run_id).await.unwrap().unwrap();
         rig.handler = Handler::start(rig.port, &rig.ns, &rig.dir, false, &rig.env.redis);
         let events = observer.await.unwrap();
-        assert_eq!(events.last().unwrap().kind, EventKind::Finish, "{:?}", kinds(&events));
+        assert_eq!(
+            events.last().unwrap().kind,
+            EventKind::Finish,
+            "{:?}",
+            kinds(&events)
+        );
         assert_contiguous(&events);
         assert_eq!(events, rig.full_log(&run_id).await);
         assert!(before >= 7, "the crash came after the fast tool's result");
         assert_eq!(count(&rig.dir, "fast"), 1, "a completed tool ran again");
-        assert_eq!(count(&rig.dir, "slow-start"), 2, "the interrupted tool ran again");
+        assert_eq!(
+            count(&rig.dir, "slow-start"),
+            2,
+            "the interrupted tool ran again"
+        );
         // Nothing duplicated, nothing restarted: the model steps were journaled.
         let view = client_view(&events);
         let k: Vec<&str> = view.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             k,
             [
-                "start", "step-start", "text-delta", "text-delta", "text-delta", "tool-call",
-                "tool-call", "tool-result", "tool-result", "step-finish", "step-start",
-                "text-delta", "text-delta", "step-finish", "finish"
+                "start",
+                "step-start",
+                "text-delta",
+                "text-delta",
+                "text-delta",
+                "tool-call",
+                "tool-call",
+                "tool-result",
+                "tool-result",
+                "step-finish",
+                "step-start",
+                "text-delta",
+                "text-delta",
+                "step-finish",
+                "finish"
             ]
         );
         assert!(!kinds(&events).contains(&"step-restart"));
@@ -437,7 +477,15 @@ fn approval_is_answered_from_another_process() {
         let rest = collect(other.approve_tool_call(&run_id, "c-pay").await.unwrap()).await;
         assert_eq!(
             kinds(&rest),
-            ["tool-result", "step-finish", "step-start", "text-delta", "text-delta", "step-finish", "finish"]
+            [
+                "tool-result",
+                "step-finish",
+                "step-start",
+                "text-delta",
+                "text-delta",
+                "step-finish",
+                "finish"
+            ]
         );
         assert_eq!(rest[0].cursor, first.len() as u64);
         assert_eq!(count(&rig.dir, "pay"), 1);
@@ -500,7 +548,10 @@ fn a_failing_model_is_retried_then_the_run_ends_with_error() {
         // What a client shows: one attempt of the step, then the error.
         let view = client_view(&events);
         let v: Vec<&str> = view.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(v, ["start", "step-start", "text-delta", "text-delta", "error"]);
+        assert_eq!(
+            v,
+            ["start", "step-start", "text-delta", "text-delta", "error"]
+        );
         let out = agent
             .observe(&run_id, ObserveOptions::from(0))
             .await
@@ -508,5 +559,53 @@ fn a_failing_model_is_retried_then_the_run_ends_with_error() {
             .output()
             .await;
         assert!(out.is_err());
+    });
+}
+
+/// The per-step overhead of Restate against the local `DurableAgent` on the same scripted run
+/// (2 model steps, 2 tool calls), both with their run log on the same Redis. Prints, asserts
+/// nothing: `cargo test -p durable-restate --test restate -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn per_step_overhead_against_the_local_variant() {
+    rt().block_on(async {
+        let _turn = SERIAL.lock().await;
+        let Some(rig) = Rig::new(false).await else {
+            return;
+        };
+        const RUNS: u32 = 30;
+        const STEPS: u32 = 2;
+        let restate = rig.client("tooler");
+        let redis = durable_redis::RedisConfig::new(&rig.env.redis)
+            .key_prefix("durable-restate-test:")
+            .connect()
+            .await
+            .unwrap();
+        let mut config = LogConfig::default();
+        config.namespace = format!("{}local", rig.ns);
+        let local = durable_core::agent::DurableAgent::builder(restate.agent().clone())
+            .cache(redis.server_cache())
+            .pubsub(redis.pubsub().await.unwrap())
+            .store(redis.workflow_store())
+            .log_config(config)
+            .build()
+            .unwrap();
+        // Warm up both.
+        local.generate("go", StreamOptions::new()).await.unwrap();
+        restate.generate("go", StreamOptions::new()).await.unwrap();
+        let t = Instant::now();
+        for _ in 0..RUNS {
+            local.generate("go", StreamOptions::new()).await.unwrap();
+        }
+        let local_ms = t.elapsed().as_secs_f64() * 1000.0 / f64::from(RUNS);
+        let t = Instant::now();
+        for _ in 0..RUNS {
+            restate.generate("go", StreamOptions::new()).await.unwrap();
+        }
+        let restate_ms = t.elapsed().as_secs_f64() * 1000.0 / f64::from(RUNS);
+        println!(
+            "per run ({STEPS} model steps + 2 tool calls, {RUNS} runs): local DurableAgent {local_ms:.2} ms, Restate {restate_ms:.2} ms; overhead per model step {:.2} ms",
+            (restate_ms - local_ms) / f64::from(STEPS)
+        );
     });
 }

@@ -441,7 +441,9 @@ pub fn restate_binary() -> Option<PathBuf> {
     let tools = std::env::var_os("DURABLE_TOOLS_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/durable/tools")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/durable/tools"))
+        })?;
     let npm = tools.join("npm-restate/node_modules/@restatedev/restate-server-linux-x64/bin");
     find_binary("restate-server", &[npm])
 }
@@ -519,7 +521,9 @@ pub fn restate(options: &RestateOptions) -> Result<RestateServer, String> {
     args.push(dir.join("data").into_os_string());
     let process = ServerProcess::start("restate-server", program, args, admin, dir, restate_ready)?;
     if !wait_until(Duration::from_secs(20), || tcp_ready(ingress)) {
-        return Err(format!("restate-server ingress did not open port {ingress}"));
+        return Err(format!(
+            "restate-server ingress did not open port {ingress}"
+        ));
     }
     Ok(RestateServer {
         process,
