@@ -177,6 +177,7 @@ impl RestateAgent {
             return Err(Error::invalid_input("max_steps must be at least 1"));
         }
         let run_id = options.run_id.clone().unwrap_or_else(RunId::generate);
+        let existed = self.log.len(&run_id).await?.is_some();
         self.log.create(&run_id, None).await?;
         let output = self
             .log
@@ -189,8 +190,19 @@ impl RestateAgent {
             require_tool_approval: options.require_tool_approval,
             tool_choice: options.tool_choice,
         };
-        self.ingress_post(&format!("{SERVICE}/{run_id}/run/send"), &body, "stream")
-            .await?;
+        if let Err(e) = self
+            .ingress_post(&format!("{SERVICE}/{run_id}/run/send"), &body, "stream")
+            .await
+        {
+            // A caller told "it failed" must not find a run behind: remove the log this call
+            // created (never one a retried `stream` found).
+            if !existed {
+                if let Err(d) = self.log.delete(&run_id).await {
+                    tracing::warn!(run_id = %run_id, error = %d, "a failed stream left an empty run log behind");
+                }
+            }
+            return Err(e);
+        }
         Ok(RestateRun {
             run_id,
             output,
