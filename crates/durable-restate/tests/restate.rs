@@ -369,6 +369,29 @@ fn a_tool_calling_run_completes() {
         let finish = events.last().unwrap().data.to_value();
         assert_eq!(finish["text"], "All done.");
         assert_eq!(finish["steps"], 2);
+        // A DurableAgent on the same backends (what durable-server serves) observes it too.
+        let redis = durable_redis::RedisConfig::new(&rig.env.redis)
+            .key_prefix("durable-restate-test:")
+            .connect()
+            .await
+            .unwrap();
+        let mut config = LogConfig::default();
+        config.namespace = rig.ns.clone();
+        let local = durable_core::agent::DurableAgent::builder(agent.agent().clone())
+            .cache(redis.server_cache())
+            .pubsub(redis.pubsub().await.unwrap())
+            .log_config(config)
+            .build()
+            .unwrap();
+        let seen = durable_conformance::agent::collect(
+            local
+                .observe(&run_id, ObserveOptions::from(0))
+                .await
+                .unwrap(),
+            DEADLINE,
+        )
+        .await;
+        assert_eq!(seen, events);
         // A late observer from any offset sees exactly the rest.
         for k in [0, 5, events.len() as u64] {
             let late = collect(
@@ -397,6 +420,16 @@ fn a_killed_handler_process_resumes_without_repeating_completed_tools() {
             .unwrap();
         let run_id = run.run_id().clone();
         let observer = tokio::spawn(collect(run));
+        // A second client reads the first events, disconnects, and comes back after the crash.
+        let mut early = agent
+            .observe(&run_id, ObserveOptions::from(0))
+            .await
+            .unwrap();
+        let mut prefix = Vec::new();
+        for _ in 0..3 {
+            prefix.push(early.next().await.unwrap().unwrap());
+        }
+        drop(early);
         let started = durable_conformance::services::wait_until(DEADLINE, || {
             count(&rig.dir, "slow-start") == 1
         });
@@ -414,7 +447,19 @@ fn a_killed_handler_process_resumes_without_repeating_completed_tools() {
         );
         assert_contiguous(&events);
         assert_eq!(events, rig.full_log(&run_id).await);
-        assert!(before >= 7, "the crash came after the fast tool's result");
+        assert!(before >= 8, "the crash came after the fast tool's result");
+        let rest = collect(
+            agent
+                .observe(&run_id, ObserveOptions::from(prefix.len() as u64))
+                .await
+                .unwrap(),
+        )
+        .await;
+        prefix.extend(rest);
+        assert_eq!(
+            prefix, events,
+            "the reconnected client's stitched sequence is exact"
+        );
         assert_eq!(count(&rig.dir, "fast"), 1, "a completed tool ran again");
         assert_eq!(
             count(&rig.dir, "slow-start"),
