@@ -2,15 +2,17 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use durable_core::agent::{
     Agent, AgentInput, GenerateOutput, ResumeData, StreamOptions, Suspension,
 };
 use durable_core::{
-    Error, ErrorKind, Event, EventKind, EventLog, EventStream, ObserveOptions, OnSuspend, Result,
-    RunId, RunStatus,
+    Error, ErrorKind, Event, EventKind, EventLog, EventStream, ObserveOptions, OnSuspend, PubSub,
+    Result, RunId, RunStatus,
 };
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -34,6 +36,7 @@ pub const DEFAULT_ABORT_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct RestateAgent {
     agent: Agent,
     log: EventLog,
+    control: Option<Arc<dyn PubSub>>,
     ingress: String,
     admin: String,
     http: Http,
@@ -56,6 +59,7 @@ impl fmt::Debug for RestateAgent {
 pub struct RestateAgentBuilder {
     agent: Agent,
     log: Option<EventLog>,
+    control: Option<Arc<dyn PubSub>>,
     ingress: Option<String>,
     admin: Option<String>,
     abort_timeout: Duration,
@@ -66,6 +70,15 @@ impl RestateAgentBuilder {
     #[must_use]
     pub fn log(mut self, log: EventLog) -> Self {
         self.log = Some(log);
+        self
+    }
+
+    /// Publish abort requests on `pubsub` too, so an endpoint listening there
+    /// ([`RestateEndpoint::control`](crate::RestateEndpoint::control)) interrupts the step
+    /// executing at once instead of at the end of the step.
+    #[must_use]
+    pub fn control(mut self, pubsub: Arc<dyn PubSub>) -> Self {
+        self.control = Some(pubsub);
         self
     }
 
@@ -111,6 +124,7 @@ impl RestateAgentBuilder {
         Ok(RestateAgent {
             agent: self.agent,
             log,
+            control: self.control,
             ingress,
             admin,
             http: Http::new(),
@@ -125,6 +139,7 @@ impl RestateAgent {
         RestateAgentBuilder {
             agent,
             log: None,
+            control: None,
             ingress: None,
             admin: None,
             abort_timeout: DEFAULT_ABORT_TIMEOUT,
@@ -331,8 +346,9 @@ impl RestateAgent {
     }
 
     /// Abort a run from any process: its Restate invocation is cancelled, and the run ends with
-    /// an `abort` event at its next step boundary (a model step or tool call already executing
-    /// finishes first; a run waiting for approval stops at once). Returns the run's final
+    /// an `abort` event. A run waiting for approval stops at once; a model step or tool call
+    /// executing stops at once when client and endpoint share a
+    /// [`control`](RestateAgentBuilder::control) PubSub, else when it finishes. Returns the run's final
     /// status; aborting a finished run changes nothing.
     ///
     /// # Errors
@@ -374,6 +390,13 @@ impl RestateAgent {
                 format!("Restate did not cancel run {run_id}: {status} {body}"),
             )
             .with_operation("abort"));
+        }
+        if let Some(pubsub) = &self.control {
+            let topic = self.log.names().control_topic(self.agent.id());
+            let payload = Bytes::copy_from_slice(run_id.as_str().as_bytes());
+            if let Err(e) = pubsub.publish(&topic, payload).await {
+                tracing::warn!(run_id = %run_id, error = %e, "abort not announced; the run stops at its next step");
+            }
         }
         let ended = tokio::time::timeout(self.abort_timeout, async {
             while let Some(ev) = waiter.next().await {

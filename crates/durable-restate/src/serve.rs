@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use durable_core::agent::Agent;
-use durable_core::{Error, ErrorKind, EventLog, Result};
+use durable_core::{Delivery, Error, ErrorKind, EventLog, PubSub, Result, RunId, Subscription};
+use futures::StreamExt;
 use restate_sdk::endpoint::Endpoint;
 use restate_sdk::http_server::HttpServer;
 use tokio::task::JoinHandle;
@@ -38,6 +40,7 @@ pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// ```
 pub struct RestateEndpoint {
     log: EventLog,
+    control: Option<Arc<dyn PubSub>>,
     agents: Vec<Agent>,
     model_attempts: u32,
     retry_delay: Duration,
@@ -62,6 +65,7 @@ impl RestateEndpoint {
     pub fn new(log: EventLog) -> Self {
         Self {
             log,
+            control: None,
             agents: Vec::new(),
             model_attempts: DEFAULT_MODEL_ATTEMPTS,
             retry_delay: DEFAULT_RETRY_DELAY,
@@ -72,6 +76,18 @@ impl RestateEndpoint {
     #[must_use]
     pub fn agent(mut self, agent: Agent) -> Self {
         self.agents.push(agent);
+        self
+    }
+
+    /// Listen for abort requests on `pubsub` (the one the log wakes observers on), so that
+    /// [`RestateAgent::abort`](crate::RestateAgent::abort) from a client configured with the same
+    /// [`control`](crate::RestateAgentBuilder::control) interrupts a model step or tool call
+    /// executing here at once (the tool's `ToolContext::cancel` fires). Without it, or if the
+    /// message is missed, Restate's cancellation still ends the run at its next step.
+    /// Only [`RestateEndpoint::bind`] listens.
+    #[must_use]
+    pub fn control(mut self, pubsub: Arc<dyn PubSub>) -> Self {
+        self.control = Some(pubsub);
         self
     }
 
@@ -90,7 +106,7 @@ impl RestateEndpoint {
         self
     }
 
-    fn runs(self) -> Result<Runs> {
+    fn runs(self) -> Result<(Runs, Option<Arc<dyn PubSub>>)> {
         if !self.log.is_durable() {
             return Err(Error::invalid_input(
                 "a Restate endpoint needs a durable event log (with a cache): its handlers may run in any process",
@@ -109,12 +125,17 @@ impl RestateEndpoint {
                 return Err(Error::invalid_input(format!("two agents are named {id}")));
             }
         }
-        Ok(Runs {
-            agents,
-            log: self.log,
-            model_attempts: self.model_attempts,
-            retry_delay: self.retry_delay,
-        })
+        Ok((
+            Runs {
+                agents,
+                log: self.log,
+                model_attempts: self.model_attempts,
+                retry_delay: self.retry_delay,
+                inflight: Mutex::new(HashMap::new()),
+                next_step_id: AtomicU64::new(0),
+            },
+            self.control,
+        ))
     }
 
     /// The Restate endpoint, to serve with any of the SDK's servers.
@@ -122,7 +143,7 @@ impl RestateEndpoint {
     /// # Errors
     /// `InvalidInput` for no agent, two agents with one id, a live-only log, or 0 attempts.
     pub fn into_endpoint(self) -> Result<Endpoint> {
-        let runs = self.runs()?;
+        let (runs, _) = self.runs()?;
         Ok(Endpoint::builder()
             .bind(DurableAgentRuns(Arc::new(runs)))
             .build())
@@ -133,7 +154,19 @@ impl RestateEndpoint {
     /// # Errors
     /// As [`RestateEndpoint::into_endpoint`], or `Unavailable` if `addr` cannot be bound.
     pub async fn bind(self, addr: SocketAddr) -> Result<ServedEndpoint> {
-        let endpoint = self.into_endpoint()?;
+        let (runs, control) = self.runs()?;
+        let runs = Arc::new(runs);
+        let stop = CancellationToken::new();
+        if let Some(pubsub) = control {
+            let mut ids: Vec<&String> = runs.agents.keys().collect();
+            ids.sort();
+            for id in ids {
+                let topic = runs.log.names().control_topic(id);
+                let sub = pubsub.subscribe(&topic).await?;
+                tokio::spawn(listen_control(sub, Arc::downgrade(&runs), stop.clone()));
+            }
+        }
+        let endpoint = Endpoint::builder().bind(DurableAgentRuns(runs)).build();
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             Error::new(ErrorKind::Unavailable, format!("cannot listen on {addr}"))
                 .with_source(e)
@@ -142,7 +175,6 @@ impl RestateEndpoint {
         let local = listener
             .local_addr()
             .map_err(|e| Error::new(ErrorKind::Unavailable, "no local address").with_source(e))?;
-        let stop = CancellationToken::new();
         let cancelled = stop.clone();
         let task = tokio::spawn(async move {
             HttpServer::new(endpoint)
@@ -226,4 +258,28 @@ pub async fn register_deployment(admin_url: &str, endpoint_uri: &str) -> Result<
         .with_operation("register"));
     }
     Ok(())
+}
+
+/// Interrupt the steps named by abort requests (the payload is the run id) until the endpoint
+/// stops or is dropped. Dropping `sub` on return unsubscribes.
+async fn listen_control(mut sub: Subscription, runs: Weak<Runs>, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let Some(runs) = runs.upgrade() else { return };
+        let Delivery::Message(m) = msg else { continue };
+        let Some(run_id) = std::str::from_utf8(&m)
+            .ok()
+            .and_then(|s| RunId::new(s).ok())
+        else {
+            continue;
+        };
+        runs.interrupt(&run_id);
+    }
 }

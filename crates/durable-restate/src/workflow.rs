@@ -20,7 +20,8 @@
 #![allow(missing_docs, unreachable_pub)] // the service macro generates undocumented items
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use durable_core::agent::{
@@ -125,6 +126,67 @@ pub(crate) struct Runs {
     pub(crate) log: EventLog,
     pub(crate) model_attempts: u32,
     pub(crate) retry_delay: Duration,
+    /// The steps executing in this process, by run: an abort request cancels them at once
+    /// (Restate's own cancellation only reaches a handler between steps).
+    pub(crate) inflight: Mutex<HashMap<RunId, (u64, CancellationToken)>>,
+    pub(crate) next_step_id: AtomicU64,
+}
+
+impl Runs {
+    /// Cancel the step of `run_id` executing here, if any.
+    pub(crate) fn interrupt(&self, run_id: &RunId) {
+        if let Some((_, token)) = lock(&self.inflight).get(run_id) {
+            token.cancel();
+        }
+    }
+
+    fn enter(&self, run_id: &RunId) -> Inflight<'_> {
+        let token = CancellationToken::new();
+        let id = self.next_step_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inflight).insert(run_id.clone(), (id, token.clone()));
+        Inflight {
+            runs: self,
+            run_id: run_id.clone(),
+            id,
+            token,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A step executing in this process; deregistered on drop.
+struct Inflight<'a> {
+    runs: &'a Runs,
+    run_id: RunId,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl Inflight<'_> {
+    /// Run `work` unless the run is aborted first: then the step ends as a terminal failure
+    /// with the code of a cancellation, journaled, so a replay ends the run the same way.
+    async fn guard<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, HandlerError>>,
+    ) -> Result<T, HandlerError> {
+        tokio::select! {
+            biased;
+            () = self.token.cancelled() => Err(TerminalError::new_with_code(CODE_CANCELLED, "aborted").into()),
+            r = work => r,
+        }
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(&self.runs.inflight);
+        if map.get(&self.run_id).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.run_id);
+        }
+    }
 }
 
 /// The workflow: see the module doc.
@@ -164,7 +226,7 @@ impl DurableAgentRuns {
                 exec.end(EventKind::Abort, json!({"reason": "aborted"}))
                     .await
                     .map_err(retryable)?;
-                Err(TerminalError::new_with_code(409, "aborted").into())
+                Err(TerminalError::new_with_code(CODE_CANCELLED, "aborted").into())
             }
             Err(Stop::Failed(e)) => {
                 let kind = if e.code() == CODE_NOT_RETRYABLE {
@@ -206,6 +268,9 @@ impl DurableAgentRuns {
 /// The code of the terminal error for a model error that retrying cannot fix.
 const CODE_NOT_RETRYABLE: u16 = 422;
 
+/// The code Restate gives a cancelled invocation's awaits (and this crate an aborted step).
+const CODE_CANCELLED: u16 = 409;
+
 /// Why execution stopped before the end.
 enum Stop {
     /// The invocation was cancelled (abort).
@@ -221,7 +286,7 @@ fn retryable(e: Error) -> HandlerError {
 }
 
 fn stop_on(e: TerminalError) -> Stop {
-    if e.code() == 409 {
+    if e.code() == CODE_CANCELLED {
         Stop::Cancelled
     } else {
         Stop::Failed(e)
@@ -371,9 +436,12 @@ impl Execution<'_> {
         let policy = RunRetryPolicy::default()
             .initial_delay(self.runs.retry_delay)
             .max_attempts(self.runs.model_attempts);
+        let runs = self.runs;
         let result = ctx
             .run(|| async move {
-                stream_model(&log, &run_id, &agent, step, at, request)
+                let inflight = runs.enter(&run_id);
+                inflight
+                    .guard(stream_model(&log, &run_id, &agent, step, at, request))
                     .await
                     .map(Json)
             })
@@ -425,23 +493,29 @@ impl Execution<'_> {
                 let call_id = call.id.clone();
                 let name = call.name.clone();
                 let args = call.arguments.clone();
+                let runs = self.runs;
                 let Json(o) = ctx
                     .run(|| async move {
                         let Some(tool) = tool else {
                             return Ok(Json(ToolOutcome::Error(format!("unknown tool {name:?}"))));
                         };
+                        let inflight = runs.enter(&run_id);
                         let tctx = ToolContext::new(
                             run_id,
                             step,
                             index,
                             call_id,
                             1,
-                            CancellationToken::new(),
+                            inflight.token.clone(),
                         );
-                        Ok(Json(match tool.execute(args, tctx).await {
-                            Ok(v) => ToolOutcome::Ok(v),
-                            Err(e) => ToolOutcome::Error(e.message().to_owned()),
-                        }))
+                        inflight
+                            .guard(async {
+                                Ok(Json(match tool.execute(args, tctx).await {
+                                    Ok(v) => ToolOutcome::Ok(v),
+                                    Err(e) => ToolOutcome::Error(e.message().to_owned()),
+                                }))
+                            })
+                            .await
                     })
                     .name(format!("s{step}-tool-{index}"))
                     .await

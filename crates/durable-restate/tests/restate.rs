@@ -16,7 +16,9 @@ use durable_conformance::agent::{assert_contiguous, client_view};
 use durable_core::agent::{
     Agent, FnTool, ScriptedModel, StreamOptions, ToolContext, ToolError, Turn,
 };
-use durable_core::{Event, EventKind, EventLog, LogConfig, ObserveOptions, RunId, RunStatus};
+use durable_core::{
+    Event, EventKind, EventLog, LogConfig, ObserveOptions, PubSub, RunId, RunStatus,
+};
 use durable_restate::{RestateAgent, RestateEndpoint, RestateRun};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -61,7 +63,8 @@ fn env() -> Option<Env> {
     }
 }
 
-async fn log(redis_url: &str, ns: &str) -> EventLog {
+/// The run log on Redis, and its PubSub (also the channel of abort requests).
+async fn log(redis_url: &str, ns: &str) -> (EventLog, Arc<dyn PubSub>) {
     let redis = durable_redis::RedisConfig::new(redis_url)
         .key_prefix("durable-restate-test:")
         .connect()
@@ -69,11 +72,9 @@ async fn log(redis_url: &str, ns: &str) -> EventLog {
         .unwrap();
     let mut config = LogConfig::default();
     config.namespace = ns.to_owned();
-    EventLog::new(
-        Arc::new(redis.server_cache()),
-        Arc::new(redis.pubsub().await.unwrap()),
-    )
-    .with_config(config)
+    let pubsub: Arc<dyn PubSub> = Arc::new(redis.pubsub().await.unwrap());
+    let log = EventLog::new(Arc::new(redis.server_cache()), pubsub.clone()).with_config(config);
+    (log, pubsub)
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -176,8 +177,9 @@ fn child_endpoint() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let log = log(redis, ns).await;
+        let (log, pubsub) = log(redis, ns).await;
         let mut endpoint = RestateEndpoint::new(log)
+            .control(pubsub)
             .model_attempts(3)
             .retry_delay(Duration::from_millis(20));
         for a in agents(Path::new(dir), hang) {
@@ -244,6 +246,7 @@ struct Rig {
     port: u16,
     handler: Handler,
     log: EventLog,
+    pubsub: Arc<dyn PubSub>,
 }
 
 impl Rig {
@@ -257,7 +260,7 @@ impl Rig {
         durable_restate::register_deployment(&env.admin, &format!("http://127.0.0.1:{port}"))
             .await
             .unwrap();
-        let log = log(&env.redis, &ns).await;
+        let (log, pubsub) = log(&env.redis, &ns).await;
         Some(Self {
             env,
             ns,
@@ -265,6 +268,7 @@ impl Rig {
             port,
             handler,
             log,
+            pubsub,
         })
     }
 
@@ -276,6 +280,7 @@ impl Rig {
             .unwrap();
         RestateAgent::builder(agent)
             .log(self.log.clone())
+            .control(self.pubsub.clone())
             .ingress_url(&self.env.ingress)
             .admin_url(&self.env.admin)
             .abort_timeout(DEADLINE)
@@ -563,6 +568,36 @@ fn abort_cancels_a_suspended_run() {
         assert_eq!(agent.abort(&run_id).await.unwrap(), RunStatus::Aborted);
         let err = agent.approve_tool_call(&run_id, "c-pay").await.unwrap_err();
         assert_eq!(err.kind(), durable_core::ErrorKind::InvalidState);
+    });
+}
+
+#[test]
+fn abort_interrupts_a_running_tool() {
+    rt().block_on(async {
+        let _turn = SERIAL.lock().await;
+        let Some(rig) = Rig::new(true).await else {
+            return;
+        };
+        let agent = rig.client("tooler");
+        let run = agent
+            .stream("use your tools", StreamOptions::new())
+            .await
+            .unwrap();
+        let run_id = run.run_id().clone();
+        let observer = tokio::spawn(collect(run));
+        let started = durable_conformance::services::wait_until(DEADLINE, || {
+            count(&rig.dir, "slow-start") == 1
+        });
+        assert!(started, "the slow tool never started");
+        // The slow tool never returns by itself: only the abort request can end it.
+        assert_eq!(agent.abort(&run_id).await.unwrap(), RunStatus::Aborted);
+        let events = observer.await.unwrap();
+        assert_contiguous(&events);
+        assert_eq!(events, rig.full_log(&run_id).await);
+        let k = kinds(&events);
+        assert_eq!(k[k.len() - 2..], ["tool-result", "abort"], "{k:?}");
+        assert_eq!(count(&rig.dir, "fast"), 1);
+        assert_eq!(count(&rig.dir, "slow-start"), 1);
     });
 }
 
