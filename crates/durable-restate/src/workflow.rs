@@ -204,15 +204,22 @@ impl DurableAgentRuns {
     ) -> Result<Json<RunEnd>, HandlerError> {
         let input = input.into_inner();
         let run_id = RunId::new(ctx.key()).map_err(|e| TerminalError::new(e.to_string()))?;
-        let agent = self.0.agents.get(&input.agent_id).ok_or_else(|| {
-            TerminalError::new(format!(
-                "agent {:?} is not served by this endpoint",
-                input.agent_id
-            ))
-        })?;
         let emitter = Emitter::start(self.0.log.clone(), run_id.clone())
             .await
             .map_err(retryable)?;
+        let Some(agent) = self.0.agents.get(&input.agent_id) else {
+            // Observers wait for the run's end: give them one.
+            let message = format!("agent {:?} is not served by this endpoint", input.agent_id);
+            end_run(
+                &self.0.log,
+                &run_id,
+                EventKind::Error,
+                json!({"message": message, "kind": "not_found"}),
+            )
+            .await
+            .map_err(retryable)?;
+            return Err(TerminalError::new(message).into());
+        };
         let mut exec = Execution {
             runs: &self.0,
             agent,
@@ -544,24 +551,32 @@ impl Execution<'_> {
         Ok(outcome)
     }
 
-    /// Append a terminal event unless the log already ends with one (an earlier attempt got
-    /// this far), then start the run's retention.
     async fn end(&mut self, kind: EventKind, data: Value) -> durable_core::Result<()> {
-        let log = &self.out.log;
-        let len = log.len(&self.run_id).await?.unwrap_or(0);
-        let last = match len {
-            0 => None,
-            n => log.read(&self.run_id, n - 1, 1).await?.pop(),
-        };
-        if !last.is_some_and(|e| e.kind.is_terminal()) {
-            log.append(&self.run_id, &[NewEvent::json(kind, &data)?], None)
-                .await?;
-        }
-        if let Err(e) = log.retire(&self.run_id).await {
-            tracing::warn!(run_id = %self.run_id, error = %e, "retention not scheduled");
-        }
-        Ok(())
+        end_run(&self.out.log, &self.run_id, kind, data).await
     }
+}
+
+/// Append a terminal event unless the log already ends with one (an earlier attempt got this
+/// far), then start the run's retention.
+async fn end_run(
+    log: &EventLog,
+    run_id: &RunId,
+    kind: EventKind,
+    data: Value,
+) -> durable_core::Result<()> {
+    let len = log.len(run_id).await?.unwrap_or(0);
+    let last = match len {
+        0 => None,
+        n => log.read(run_id, n - 1, 1).await?.pop(),
+    };
+    if !last.is_some_and(|e| e.kind.is_terminal()) {
+        log.append(run_id, &[NewEvent::json(kind, &data)?], None)
+            .await?;
+    }
+    if let Err(e) = log.retire(run_id).await {
+        tracing::warn!(run_id = %run_id, error = %e, "retention not scheduled");
+    }
+    Ok(())
 }
 
 /// The body of a model step: `step-restart` if an abandoned attempt left events past `at`,

@@ -639,6 +639,26 @@ fn a_failing_model_is_retried_then_the_run_ends_with_error() {
             .output()
             .await;
         assert!(out.is_err());
+        // An agent no endpoint serves: the run ends with an error instead of leaving its
+        // observers waiting.
+        let unserved = Agent::builder()
+            .id("unserved")
+            .model(ScriptedModel::new([Turn::text("never")]))
+            .build()
+            .unwrap();
+        let unserved = RestateAgent::builder(unserved)
+            .log(rig.log.clone())
+            .ingress_url(&rig.env.ingress)
+            .admin_url(&rig.env.admin)
+            .build()
+            .unwrap();
+        let run = unserved
+            .stream("hello", StreamOptions::new())
+            .await
+            .unwrap();
+        let events = collect(run).await;
+        assert_eq!(kinds(&events), ["error"]);
+        assert_eq!(events[0].data.to_value()["kind"], "not_found");
     });
 }
 
