@@ -161,7 +161,8 @@ impl RestateAgent {
     /// only detaches: the run goes on.
     ///
     /// Starting the same run id again does not start a second run (Restate runs a workflow
-    /// once per key): the stream shows the existing run.
+    /// once per key): while the run's log exists the stream shows that run, and after its
+    /// retention the id is refused (`Conflict`).
     ///
     /// # Errors
     /// `InvalidInput` for an empty input or 0 `max_steps`, `Unsupported` for options this
@@ -205,10 +206,23 @@ impl RestateAgent {
             require_tool_approval: options.require_tool_approval,
             tool_choice: options.tool_choice,
         };
-        if let Err(e) = self
+        let sent = self
             .ingress_post(&format!("{SERVICE}/{run_id}/run/send"), &body, "stream")
             .await
-        {
+            .and_then(|answer| {
+                // Restate keeps a workflow's key after its end: a key it already ran whose log
+                // is gone (retention elapsed) would never get an event again.
+                let again = answer.contains("PreviouslyAccepted");
+                if again && !existed {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!("run id {run_id} was used by an earlier run"),
+                    )
+                    .with_operation("stream"));
+                }
+                Ok(())
+            });
+        if let Err(e) = sent {
             // A caller told "it failed" must not find a run behind: remove the log this call
             // created (never one a retried `stream` found).
             if !existed {
@@ -466,7 +480,7 @@ impl RestateAgent {
         path: &str,
         body: &(impl serde::Serialize + Sync),
         op: &'static str,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let resp = self
             .http
             .client
@@ -476,10 +490,10 @@ impl RestateAgent {
             .await
             .map_err(|e| unavailable(op, e))?;
         let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
         let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(text);
+        }
         let kind = match status.as_u16() {
             404 => ErrorKind::NotFound,
             409 => ErrorKind::Conflict,

@@ -397,6 +397,16 @@ fn a_tool_calling_run_completes() {
         )
         .await;
         assert_eq!(seen, events);
+        // A retried stream with the same run id shows that run; it does not start another.
+        let again = agent
+            .stream(
+                "use your tools",
+                StreamOptions::new().run_id(run_id.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(collect(again).await, events);
+        assert_eq!(count(&rig.dir, "fast"), 1);
         // A late observer from any offset sees exactly the rest.
         for k in [0, 5, events.len() as u64] {
             let late = collect(
@@ -408,6 +418,17 @@ fn a_tool_calling_run_completes() {
             .await;
             assert_eq!(late, events[k as usize..]);
         }
+        // Once its log is gone, the run id is refused, and nothing is left behind.
+        rig.log.delete(&run_id).await.unwrap();
+        let err = agent
+            .stream(
+                "use your tools",
+                StreamOptions::new().run_id(run_id.clone()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), durable_core::ErrorKind::Conflict);
+        assert_eq!(rig.log.len(&run_id).await.unwrap(), None);
     });
 }
 
