@@ -397,6 +397,24 @@ fn a_tool_calling_run_completes() {
         )
         .await;
         assert_eq!(seen, events);
+        // And durable-server serves it unchanged: SSE with cursors, from any offset.
+        let server = durable_server::DurableServer::builder()
+            .agent(local)
+            .build()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(durable_server::serve(listener, server.router(), shutdown));
+        let client = durable_server::client::Client::new(base);
+        let mut sse = client.observe("tooler", &run_id, 3).into_stream();
+        let mut over_http = Vec::new();
+        while let Some(ev) = tokio::time::timeout(DEADLINE, sse.next()).await.unwrap() {
+            over_http.push(ev.unwrap());
+        }
+        assert_eq!(over_http, events[3..]);
+        stop.cancel();
         // A retried stream with the same run id shows that run; it does not start another.
         let again = agent
             .stream(
