@@ -415,6 +415,29 @@ fn a_tool_calling_run_completes() {
         }
         assert_eq!(over_http, events[3..]);
         stop.cancel();
+        // Restate shows the run with one journal entry per step.
+        let query = format!(
+            "SELECT j.name FROM sys_journal j JOIN sys_invocation i ON j.id = i.id \
+             WHERE i.target_service_key = '{run_id}' AND i.target_handler_name = 'run' \
+             AND j.entry_type = 'Command: Run' ORDER BY j.index"
+        );
+        let rows: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/query", rig.env.admin))
+            .header("accept", "application/json")
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let steps: Vec<&str> = rows["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["s0-model", "s0-tool-0", "s0-tool-1", "s1-model"]);
         // A retried stream with the same run id shows that run; it does not start another.
         let again = agent
             .stream(
