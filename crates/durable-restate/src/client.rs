@@ -17,7 +17,7 @@ use durable_core::{
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use crate::http::{check_url, unavailable, Http};
+use crate::http::{check_url, redact, unavailable, Http};
 use crate::workflow::{DecideInput, RunInput, SERVICE};
 
 /// Default time [`RestateAgent::abort`] waits for the run to end after cancelling it.
@@ -47,15 +47,14 @@ impl fmt::Debug for RestateAgent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RestateAgent")
             .field("agent", &self.agent.id())
-            .field("ingress", &self.ingress)
-            .field("admin", &self.admin)
+            .field("ingress", &redact(&self.ingress))
+            .field("admin", &redact(&self.admin))
             .field("log", &self.log)
             .finish()
     }
 }
 
 /// Builds a [`RestateAgent`]; see [`RestateAgent::builder`].
-#[derive(Debug)]
 pub struct RestateAgentBuilder {
     agent: Agent,
     log: Option<EventLog>,
@@ -63,6 +62,16 @@ pub struct RestateAgentBuilder {
     ingress: Option<String>,
     admin: Option<String>,
     abort_timeout: Duration,
+}
+
+impl fmt::Debug for RestateAgentBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestateAgentBuilder")
+            .field("agent", &self.agent.id())
+            .field("ingress", &self.ingress.as_deref().map(redact))
+            .field("admin", &self.admin.as_deref().map(redact))
+            .finish()
+    }
 }
 
 impl RestateAgentBuilder {

@@ -42,3 +42,25 @@ pub(crate) fn unavailable(op: &'static str, e: reqwest::Error) -> Error {
         .with_backend("restate")
         .with_operation(op)
 }
+
+/// `url` with any `user:password@` replaced by `***@`, for Debug output and messages.
+pub(crate) fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(redact("http://u:p@h:1/x"), "http://***@h:1/x");
+        assert_eq!(redact("http://h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(redact("https://h"), "https://h");
+    }
+}

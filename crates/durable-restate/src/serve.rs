@@ -15,7 +15,7 @@ use restate_sdk::http_server::HttpServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{check_url, unavailable, Http};
+use crate::http::{check_url, redact, unavailable, Http};
 use crate::workflow::{DurableAgentRuns, Runs};
 
 /// Default number of attempts of a model step (the first call and its retries) before the run
@@ -253,7 +253,10 @@ pub async fn register_deployment(admin_url: &str, endpoint_uri: &str) -> Result<
         let body = resp.text().await.unwrap_or_default();
         return Err(Error::new(
             ErrorKind::Unexpected,
-            format!("Restate refused deployment {uri}: {status} {body}"),
+            format!(
+                "Restate refused deployment {}: {status} {body}",
+                redact(&uri)
+            ),
         )
         .with_operation("register"));
     }
