@@ -199,6 +199,51 @@ const BACKENDS: &[BackendEntry] = &[
             })
         },
     },
+    BackendEntry {
+        name: "restate",
+        krate: "durable-restate",
+        env: &["DURABLE_TEST_RESTATE_URL", "DURABLE_TEST_RESTATE_ADMIN_URL"],
+        source: "restate-server 1.7.12 (npm @restatedev/restate-server, cached in the tools dir)",
+        install: |ctx| {
+            const RESTATE: &str = "@restatedev/restate-server@1.7.12";
+            let dir = ctx.tools().join("npm-restate");
+            let installed = std::fs::read_to_string(
+                dir.join("node_modules/@restatedev/restate-server/package.json"),
+            )
+            .unwrap_or_default();
+            let binary = dir.join("node_modules/@restatedev/restate-server-linux-x64/bin/restate-server");
+            if installed.contains("\"version\": \"1.7.12\"") && binary.is_file() {
+                return Ok(());
+            }
+            if services::find_binary("npm", &[]).is_none() {
+                apt_install(&["nodejs", "npm"])?;
+            }
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            run(
+                &format!("npm install {RESTATE} (cached in the tools dir)"),
+                Command::new("npm").current_dir(&dir).args([
+                    "install", "--no-audit", "--no-fund", "--silent", RESTATE,
+                ]),
+            )
+        },
+        start: |ctx| {
+            let binary = ctx.tools().join(
+                "npm-restate/node_modules/@restatedev/restate-server-linux-x64/bin/restate-server",
+            );
+            let server = services::restate(&services::RestateOptions {
+                binary: Some(binary),
+            })?;
+            let env = vec![
+                ("DURABLE_TEST_RESTATE_URL".to_owned(), server.ingress_url()),
+                ("DURABLE_TEST_RESTATE_ADMIN_URL".to_owned(), server.admin_url()),
+            ];
+            Ok(Started {
+                processes: vec![server.process],
+                env,
+            })
+        },
+    },
 ];
 
 /// `apt-get install packages` unless `binary` is already in `PATH`.

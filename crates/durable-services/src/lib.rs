@@ -479,3 +479,101 @@ pub fn pgbouncer(pg_port: u16) -> Result<ServerProcess, String> {
     let (program, args) = as_postgres(bin, vec![ini.into_os_string()]);
     ServerProcess::start("pgbouncer", program, args, port, dir, postgres_ready)
 }
+
+/// The `restate-server` binary: `restate-server` in `PATH`, else the copy `cargo xtask` installs
+/// from npm (`@restatedev/restate-server`) under `$DURABLE_TOOLS_DIR/npm-restate` (default
+/// `~/.cache/durable/tools`).
+pub fn restate_binary() -> Option<PathBuf> {
+    let tools = std::env::var_os("DURABLE_TOOLS_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/durable/tools"))
+        })?;
+    let npm = tools.join("npm-restate/node_modules/@restatedev/restate-server-linux-x64/bin");
+    find_binary("restate-server", &[npm])
+}
+
+/// Whether a Restate server's admin API on `port` answers `GET /health` with 200.
+pub fn restate_ready(port: u16) -> bool {
+    matches!(http_get(port, "/health"), Some((200, _)))
+}
+
+/// A throwaway Restate server started by [`restate`].
+#[derive(Debug)]
+pub struct RestateServer {
+    /// The process; its [`port`](ServerProcess::port) is the admin API's.
+    pub process: ServerProcess,
+    /// The ingress (where invocations are sent): `http://127.0.0.1:<ingress_port>`.
+    pub ingress_port: u16,
+    /// The admin API (deployments, invocations, SQL queries): `http://127.0.0.1:<admin_port>`.
+    pub admin_port: u16,
+}
+
+impl RestateServer {
+    /// `http://127.0.0.1:<ingress_port>`.
+    pub fn ingress_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingress_port)
+    }
+
+    /// `http://127.0.0.1:<admin_port>`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+}
+
+/// Options of [`restate`].
+#[derive(Debug, Clone, Default)]
+pub struct RestateOptions {
+    /// The `restate-server` binary (default: [`restate_binary`]).
+    pub binary: Option<PathBuf>,
+}
+
+/// Start a throwaway `restate-server` (single node, TCP only, loopback) with its ingress, admin
+/// API and node port on spare ports and its data in a fresh directory under [`services_dir`].
+/// Installs nothing: see [`restate_binary`].
+///
+/// # Errors
+/// When the binary is missing or the server does not become ready.
+pub fn restate(options: &RestateOptions) -> Result<RestateServer, String> {
+    let program = options.binary.clone().or_else(restate_binary).ok_or(
+        "restate-server is not installed (cargo xtask test installs @restatedev/restate-server from npm)",
+    )?;
+    let (admin, ingress, node) = (spare_port()?, spare_port()?, spare_port()?);
+    let dir = services_dir().join(format!("restate-{admin}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Ports go in a config file: the command line has a flag only for the node port.
+    let config = dir.join("restate.toml");
+    std::fs::write(
+        &config,
+        format!("[admin]\nbind-port = {admin}\n\n[ingress]\nbind-port = {ingress}\n"),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let mut args: Vec<OsString> = [
+        "--no-logo",
+        "--listen-mode",
+        "tcp",
+        "--bind-ip",
+        "127.0.0.1",
+        "--bind-port",
+        &node.to_string(),
+        "--config-file",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(config.into_os_string());
+    args.push("--base-dir".into());
+    args.push(dir.join("data").into_os_string());
+    let process = ServerProcess::start("restate-server", program, args, admin, dir, restate_ready)?;
+    if !wait_until(Duration::from_secs(20), || tcp_ready(ingress)) {
+        return Err(format!(
+            "restate-server ingress did not open port {ingress}"
+        ));
+    }
+    Ok(RestateServer {
+        process,
+        ingress_port: ingress,
+        admin_port: admin,
+    })
+}

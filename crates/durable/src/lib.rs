@@ -13,6 +13,9 @@ pub use durable_postgres as postgres;
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use durable_redis as redis;
+#[cfg(feature = "restate")]
+#[doc(inline)]
+pub use durable_restate as restate;
 #[cfg(feature = "server")]
 #[doc(inline)]
 pub use durable_server as server;

@@ -215,6 +215,28 @@ impl Agent {
         self.def.tools.get(name)
     }
 
+    /// The instructions (the system message of every model call; empty for none). With
+    /// [`Agent::model`], [`Agent::tool_specs`] and [`Agent::max_steps`], what an execution
+    /// strategy outside this crate (such as `durable-restate`) needs to run the loop itself.
+    pub fn instructions(&self) -> &str {
+        &self.def.instructions
+    }
+
+    /// The language model.
+    pub fn model(&self) -> &Arc<dyn LanguageModel> {
+        &self.def.model
+    }
+
+    /// The tools as offered to the model, in the order they were added.
+    pub fn tool_specs(&self) -> &[ToolSpec] {
+        &self.def.specs
+    }
+
+    /// The default maximum number of model steps of a run.
+    pub fn max_steps(&self) -> u32 {
+        self.def.max_steps
+    }
+
     /// Run the agentic loop in a task of this process and stream its events. Not durable:
     /// nothing is stored, and dropping the stream stops the run. Cursors count from 0 as in a
     /// durable run, so the same client code consumes both.
@@ -337,7 +359,14 @@ pub struct GenerateOutput {
 }
 
 impl GenerateOutput {
-    pub(crate) async fn collect(
+    /// Drain a run's event stream to its final answer: the `finish` event's, or the suspended
+    /// call at `suspended`. Public for execution strategies outside this crate (such as
+    /// `durable-restate`) whose runs write the same events.
+    ///
+    /// # Errors
+    /// The run's `error` (`Unexpected`), `abort` (`InvalidState`), the stream's error, or
+    /// `Unexpected` if the stream ends without a terminal event.
+    pub async fn collect(
         run_id: RunId,
         mut stream: impl Stream<Item = Result<Event>> + Unpin,
     ) -> Result<Self> {

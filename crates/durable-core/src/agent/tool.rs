@@ -44,6 +44,26 @@ pub struct ToolContext {
 }
 
 impl ToolContext {
+    /// The context of attempt `attempt` of call `index` of step `step`, for execution
+    /// strategies outside this crate (such as `durable-restate`) that run tools themselves.
+    pub fn new(
+        run_id: RunId,
+        step: u32,
+        index: u32,
+        tool_call_id: impl Into<String>,
+        attempt: u32,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            run_id,
+            step,
+            index,
+            tool_call_id: tool_call_id.into(),
+            attempt,
+            cancel,
+        }
+    }
+
     /// A key that identifies this tool call across every attempt and every process:
     /// `<run id>/<step>/<index>/<tool call id>`. Pass it to an external API as its idempotency
     /// key (or store it beside the side effect) so a call restarted after a crash does not do
