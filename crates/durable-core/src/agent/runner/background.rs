@@ -93,8 +93,9 @@ impl Runner {
         };
         loop {
             while let Some(done) = self.background.try_join_next() {
-                if let Ok(d) = done {
-                    pending.push(self.complete_background(d).await?);
+                match done {
+                    Ok(d) => pending.push(self.complete_background(d).await?),
+                    Err(e) => background_failed(&self.run_id, &e)?,
                 }
             }
             if !pending.is_empty() {
@@ -116,9 +117,7 @@ impl Runner {
                     return Ok(Next::IdleTimeout);
                 }
                 Ok(Some(Ok(d))) => pending.push(self.complete_background(d).await?),
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(run_id = %self.run_id, error = %e, "background task panicked");
-                }
+                Ok(Some(Err(e))) => background_failed(&self.run_id, &e)?,
                 Ok(None) => {}
             }
         }
@@ -178,4 +177,15 @@ pub(super) fn injection(task: &str, call: &ToolCall, outcome: &ToolOutcome) -> I
             outcome.for_model()
         )),
     }
+}
+
+/// A background task that ended without a result. Cancelled means its runtime is shutting
+/// down (this runner never aborts one it still waits for): stop, and leave the run to recovery
+/// rather than finish it as if the task were done. A panic is logged and the task dropped.
+fn background_failed(run_id: &RunId, e: &tokio::task::JoinError) -> Step<()> {
+    if e.is_cancelled() {
+        return Err(Halt::Cancelled);
+    }
+    tracing::warn!(run_id = %run_id, error = %e, "background task panicked");
+    Ok(())
 }
