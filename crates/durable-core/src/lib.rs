@@ -10,6 +10,7 @@ pub mod memory;
 pub mod names;
 mod pubsub;
 mod store;
+pub mod telemetry;
 
 pub use cache::{
     Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, LogSlice, ServerCache,

@@ -58,6 +58,7 @@ pub struct AgentBuilder {
     tools: Vec<Arc<dyn Tool>>,
     max_steps: Option<u32>,
     tool_concurrency: Option<usize>,
+    trace_chunks: bool,
 }
 
 impl fmt::Debug for AgentBuilder {
@@ -134,6 +135,15 @@ impl AgentBuilder {
         self
     }
 
+    /// Emit one `TRACE` event (target `durable::chunk`) per streamed model chunk inside the
+    /// model call's span (default off: it multiplies trace volume by the number of deltas;
+    /// see [`telemetry`](crate::telemetry)).
+    #[must_use]
+    pub fn trace_chunks(mut self, on: bool) -> Self {
+        self.trace_chunks = on;
+        self
+    }
+
     /// Build the agent.
     ///
     /// # Errors
@@ -189,6 +199,7 @@ impl AgentBuilder {
                 specs,
                 max_steps,
                 tool_concurrency,
+                trace_chunks: self.trace_chunks,
             }),
         })
     }

@@ -27,6 +27,7 @@ pub(crate) struct AgentDef {
     pub(crate) specs: Vec<ToolSpec>,
     pub(crate) max_steps: u32,
     pub(crate) tool_concurrency: usize,
+    pub(crate) trace_chunks: bool,
 }
 
 /// The input of a run: one user message, or a conversation.
@@ -183,6 +184,10 @@ pub(crate) struct RunSpec {
     pub(crate) tool_choice: ToolChoice,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) suspension: Option<Suspension>,
+    /// The trace context the run was created in (W3C `traceparent`), so every execution,
+    /// in any process, continues that trace ([`telemetry`](crate::telemetry)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) traceparent: Option<String>,
 }
 
 impl RunSpec {
@@ -212,6 +217,7 @@ impl RunSpec {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             tool_choice: options.tool_choice.clone(),
             suspension: None,
+            traceparent: crate::telemetry::capture(),
         })
     }
 }

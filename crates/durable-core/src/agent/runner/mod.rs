@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::model::{FinishReason, Message, ModelChunk, ModelRequest, ToolCall, Usage};
 use super::spec::{AgentDef, RunSpec, Suspension};
@@ -191,6 +192,19 @@ pub(crate) struct Runner {
 impl Runner {
     /// Execute until the run finishes, suspends, fails, is aborted, or must stop.
     pub(crate) async fn run(mut self) -> Outcome {
+        let span = crate::telemetry::run_span(
+            &self.def.id,
+            &self.def.name,
+            self.run_id.as_str(),
+            self.spec.thread_id.as_deref(),
+            self.spec.traceparent.as_deref(),
+        );
+        let outcome = self.run_traced().instrument(span.clone()).await;
+        span.record("durable.outcome", tracing::field::debug(&outcome));
+        outcome
+    }
+
+    async fn run_traced(&mut self) -> Outcome {
         let result = self.run_inner().await;
         let outcome = match result {
             Ok(o) => Ok(o),
@@ -379,12 +393,48 @@ impl Runner {
         self.journal.marks.insert(format!("step-start:{step}"));
         self.emit(EventKind::StepStart, &json!({ "step": step }))
             .await?;
+        let span =
+            crate::telemetry::model_span(self.def.model.model_id(), self.run_id.as_str(), step);
+        let result = self
+            .model_call(step, conv, injected, &span)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(out) => {
+                span.record("gen_ai.usage.input_tokens", out.usage.input_tokens);
+                span.record("gen_ai.usage.output_tokens", out.usage.output_tokens);
+                if let Some(r) = &out.finish_reason {
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::display(reason_name(r)),
+                    );
+                }
+            }
+            Err(Halt::Failed(e) | Halt::Fatal(e)) => {
+                span.record("error.type", tracing::field::debug(e.kind()));
+            }
+            Err(Halt::Cancelled) => {
+                span.record("error.type", "cancelled");
+            }
+        }
+        result
+    }
+
+    /// The model call of a step, streamed into the log, then checkpointed.
+    async fn model_call(
+        &mut self,
+        step: u32,
+        conv: &[Message],
+        injected: Vec<Injection>,
+        span: &tracing::Span,
+    ) -> Step<StepOutput> {
         let request = ModelRequest {
             messages: conv.to_vec(),
             tools: self.def.specs.clone(),
             tool_choice: self.spec.tool_choice.clone(),
             ..ModelRequest::default()
         };
+        let chunks = self.def.trace_chunks;
         let model = self.def.model.clone();
         let cancel = self.cancel.clone();
         let mut stream = tokio::select! {
@@ -413,6 +463,9 @@ impl Runner {
                         return Err(Halt::Failed(e));
                     }
                     Some(Ok(chunk)) => {
+                        if chunks {
+                            tracing::trace!(target: "durable::chunk", parent: span, chunk = ?chunk);
+                        }
                         if absorb(step, chunk, &mut out, &mut batch)? {
                             ended = true;
                             break;

@@ -264,8 +264,17 @@ pub(super) async fn execute(def: &AgentDef, call: &ToolCall, ctx: ToolContext) -
 }
 
 pub(super) async fn run_tool(tool: &dyn Tool, args: Value, ctx: ToolContext) -> ToolOutcome {
-    match tool.execute(args, ctx).await {
+    let span = crate::telemetry::tool_span(
+        tool.name(),
+        &ctx.tool_call_id,
+        ctx.run_id.as_str(),
+        ctx.step,
+    );
+    match tool.execute(args, ctx).instrument(span.clone()).await {
         Ok(v) => ToolOutcome::Ok(v),
-        Err(e) => ToolOutcome::Error(e.message().to_owned()),
+        Err(e) => {
+            span.record("error.type", "tool_error");
+            ToolOutcome::Error(e.message().to_owned())
+        }
     }
 }
