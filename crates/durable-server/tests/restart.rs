@@ -39,7 +39,7 @@ async fn a_client_sees_one_exact_sequence_across_server_restarts_on_redis() {
         r#"
         backend = "{url}"
         namespace = "{ns}"
-        lease_ms = 500
+        lease_ms = 1500
         [[agents]]
         id = "demo"
         model = "demo"

@@ -89,7 +89,7 @@ async fn killed_mid_run_and_recovered(backend: &str) {
             listen = "127.0.0.1:0"
             backend = "{backend}"
             namespace = "{ns}"
-            lease_ms = 400
+            lease_ms = 1500
             workers = 2
             [[agents]]
             id = "demo"
@@ -115,6 +115,8 @@ async fn killed_mid_run_and_recovered(backend: &str) {
     drop(run);
     first.kill();
     let second = Serve::start(&config, &[]);
+    // Recovery waits for the dead executor's lease (1.5 s: long enough that a worker starved
+    // of CPU on a loaded machine keeps its lease).
     let events = all_events(&second.url, &run_id).await;
     assert_exact(&events);
     assert_eq!(

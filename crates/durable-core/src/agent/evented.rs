@@ -323,3 +323,31 @@ async fn sweeper(durable: DurableAgent, every: Duration, shutdown: CancellationT
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Agent, ScriptedModel, Turn};
+
+    #[tokio::test]
+    async fn a_clone_keeps_the_workers_until_the_last_one_goes() {
+        let agent = Agent::builder()
+            .id("a")
+            .model(ScriptedModel::new([Turn::text("one two")]))
+            .build()
+            .unwrap();
+        let first = EventedAgent::builder(DurableAgent::new(agent))
+            .workers(1)
+            .start()
+            .await
+            .unwrap();
+        let second = first.clone();
+        drop(first);
+        let run = second.stream("hi", StreamOptions::default()).await.unwrap();
+        let kinds: Vec<_> = run.map(|e| e.unwrap().kind).collect().await;
+        assert_eq!(kinds.last(), Some(&crate::event::EventKind::Finish));
+        let token = second.shared.shutdown.clone();
+        drop(second);
+        assert!(token.is_cancelled(), "the last clone stops the workers");
+    }
+}
