@@ -351,6 +351,11 @@ fn text_of(message: &Value) -> String {
 }
 
 /// The newest run of `chat_id` in one of `statuses`.
+///
+/// Core has no index of runs by thread: this lists the runs in each status and filters them,
+/// O(runs in those statuses) per request. An efficient lookup needs a `WorkflowStore` query
+/// that every adapter implements (a key per thread in Redis, an index in Postgres/SQLite), so
+/// it is not an additive change to core; until then the active statuses are few and small.
 async fn chat_run(
     server: &DurableServer,
     agent: &Mounted,

@@ -37,10 +37,28 @@ pub fn model(delay: Duration) -> ScriptedModel {
 /// # Errors
 /// Never in practice (the definition is valid).
 pub fn agent(delay: Duration) -> durable_core::Result<Agent> {
+    agent_with("demo", delay, 1)
+}
+
+/// The demo model answering [`DEMO_ANSWER`] `repeat` times in one text turn (a long run).
+pub fn model_repeated(delay: Duration, repeat: u32) -> ScriptedModel {
+    let text = vec![DEMO_ANSWER; repeat.max(1) as usize].join(" ");
+    ScriptedModel::new([
+        Turn::new().tool_call("call-1", "weather", json!({"city": "Paris"})),
+        Turn::text(&text),
+    ])
+    .with_delay(delay)
+}
+
+/// The demo agent under another `id`, its answer repeated `repeat` times.
+///
+/// # Errors
+/// `InvalidInput` for an invalid id.
+pub fn agent_with(id: &str, delay: Duration, repeat: u32) -> durable_core::Result<Agent> {
     Agent::builder()
-        .id("demo")
+        .id(id)
         .instructions("Answer weather questions.")
-        .model(model(delay))
+        .model(model_repeated(delay, repeat))
         .tool(FnTool::new(
             "weather",
             "Current weather of a city",

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod chat;
 pub mod client;
+pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod problem;
@@ -21,6 +22,9 @@ pub use server::{
 /// Serve `router` on `listener` until `shutdown` completes (in-flight SSE responses end with
 /// the process; their runs go on, and clients resume with `Last-Event-ID`).
 ///
+/// Accepted connections get `TCP_NODELAY`: SSE frames are small writes, and Nagle's algorithm
+/// would hold one back until the client's (delayed, up to 40 ms) ACK of the previous one.
+///
 /// # Errors
 /// The listener's I/O error.
 pub async fn serve(
@@ -28,6 +32,12 @@ pub async fn serve(
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::trace!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

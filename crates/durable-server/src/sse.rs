@@ -26,18 +26,52 @@ const MAX_BATCH: usize = 256;
 /// Append one event's frame to `buf`: `id: <cursor>`, `event: <kind>`, `data: <event JSON>`.
 /// The same frame on every native route (stream, events, observe, resume), so
 /// `Last-Event-ID` resumes after it.
+///
+/// The envelope is written straight into `buf` (no intermediate JSON buffer, no number
+/// formatting allocation): the bytes equal `data: ` + [`Event::to_json`].
 pub fn write_frame(buf: &mut BytesMut, ev: &Event) {
+    let data = ev.data.as_bytes();
+    buf.reserve(80 + ev.run_id.as_str().len() + data.len());
     buf.put_slice(b"id: ");
-    buf.put_slice(ev.cursor.to_string().as_bytes());
+    put_dec(buf, ev.cursor);
     buf.put_slice(b"\nevent: ");
     buf.put_slice(ev.kind.as_str().as_bytes());
-    let json = ev.to_json();
-    // Event JSON has no raw line break (the log compacts it); split defensively all the same.
-    for line in json.split(|b| *b == b'\n' || *b == b'\r') {
+    buf.put_slice(b"\ndata: {\"run_id\":\"");
+    // Run ids are validated names: no quote, backslash or line break.
+    buf.put_slice(ev.run_id.as_str().as_bytes());
+    buf.put_slice(b"\",\"cursor\":");
+    put_dec(buf, ev.cursor);
+    buf.put_slice(b",\"kind\":\"");
+    buf.put_slice(ev.kind.as_str().as_bytes());
+    buf.put_slice(b"\",\"at\":");
+    put_dec(buf, ev.at);
+    buf.put_slice(b",\"data\":");
+    // Event JSON has no raw line break (the log compacts it); split defensively all the same:
+    // a line break may only come from the data.
+    let mut lines = data.split(|b| *b == b'\n' || *b == b'\r');
+    if let Some(first) = lines.next() {
+        buf.put_slice(first);
+    }
+    for line in lines {
         buf.put_slice(b"\ndata: ");
         buf.put_slice(line);
     }
-    buf.put_slice(b"\n\n");
+    buf.put_slice(b"}\n\n");
+}
+
+fn put_dec(buf: &mut BytesMut, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[i..]);
 }
 
 /// The native SSE body: every frame ready at one wake-up goes out in one chunk (one write for
@@ -68,11 +102,12 @@ where
             buf.put_slice(format!("retry: {}\n\n", retry.as_millis()).as_bytes());
         }
         let mut frames = 0;
+        let mut oldest = None;
         while frames < MAX_BATCH {
             match this.events.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(ev))) => {
                     write_frame(&mut buf, &ev);
-                    this.meter.delivered(&ev);
+                    oldest = Some(oldest.map_or(ev.at, |t: u64| t.min(ev.at)));
                     frames += 1;
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -89,7 +124,8 @@ where
                 Poll::Pending => break,
             }
         }
-        if frames > 0 {
+        if let Some(oldest) = oldest {
+            this.meter.delivered(frames as u64, oldest);
             let next = tokio::time::Instant::now() + this.heartbeat;
             this.idle.as_mut().reset(next);
         } else if !this.done && this.idle.as_mut().poll(cx).is_ready() {
@@ -138,4 +174,37 @@ where
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use durable_core::{EventKind, Json, RunId};
+
+    #[test]
+    fn frames_are_the_event_json_and_split_any_line_break() {
+        for (data, cursor, at) in [
+            ("{\"text\":\"a\"}", 0, 0),
+            ("{\n\"text\":\"b\"\r\n}", 7, 1_700_000_000_123),
+            ("null", u64::MAX, u64::MAX),
+        ] {
+            let ev = Event {
+                run_id: RunId::new("run-1").unwrap(),
+                cursor,
+                kind: EventKind::TextDelta,
+                data: Json::from_text(data.to_owned()).unwrap(),
+                at,
+            };
+            let mut buf = BytesMut::new();
+            write_frame(&mut buf, &ev);
+            let json = ev.to_json();
+            let mut expected = format!("id: {cursor}\nevent: text-delta");
+            for line in json.split(|b| *b == b'\n' || *b == b'\r') {
+                expected.push_str("\ndata: ");
+                expected.push_str(std::str::from_utf8(line).unwrap());
+            }
+            expected.push_str("\n\n");
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), expected);
+        }
+    }
 }

@@ -104,13 +104,19 @@ async fn stream_answers_201_with_location_and_cursor_frames() {
             "durable_events_delivered_total {}",
             frames.len() * 2 + frames.len() - 2
         ),
-        &format!(
-            "durable_delivery_lag_seconds_count {}",
-            frames.len() * 3 - 2
-        ),
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
+    // One lag sample per write (a write carries every frame ready at once).
+    let lag_samples: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("durable_delivery_lag_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        (3..=frames.len() * 3 - 2).contains(&lag_samples),
+        "{lag_samples} lag samples"
+    );
 }
 
 #[tokio::test]
@@ -665,4 +671,55 @@ async fn a_failing_run_ends_with_an_error_frame() {
         .as_str()
         .unwrap()
         .contains("the provider broke"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_call_records_the_reason_in_its_event() {
+    let a = DurableAgent::new(
+        Agent::builder()
+            .id("a")
+            .model(ScriptedModel::new([
+                Turn::new().tool_call("c1", "weather", json!({"city": "Oslo"})),
+                Turn::text("done"),
+            ]))
+            .tool_arc(
+                durable_server::demo::agent(Duration::ZERO)
+                    .unwrap()
+                    .tool("weather")
+                    .unwrap()
+                    .clone(),
+            )
+            .build()
+            .unwrap(),
+    );
+    let (_s, url) = server_with(a).await;
+    let res = post_stream(
+        &url,
+        "a",
+        json!({"prompt": "hi", "requireToolApproval": true}),
+    )
+    .await;
+    let run_id = res.headers()[RUN_ID_HEADER].to_str().unwrap().to_owned();
+    assert_eq!(
+        frames(res).await.last().unwrap().event.as_deref(),
+        Some("suspended")
+    );
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{url}/api/agents/a/runs/{run_id}/decline-tool-call"
+        ))
+        .json(&json!({"toolCallId": "c1", "reason": "too far north"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let frames = frames(res).await;
+    let result = frames
+        .iter()
+        .find(|f| f.event.as_deref() == Some("tool-result"))
+        .expect("a tool-result frame");
+    let data: Value = serde_json::from_str(&result.data).unwrap();
+    assert_eq!(data["data"]["declined"], true, "{data}");
+    assert_eq!(data["data"]["reason"], "too far north", "{data}");
+    assert_eq!(frames.last().unwrap().event.as_deref(), Some("finish"));
 }

@@ -1,7 +1,7 @@
 //! [`EventedAgent`]: runs queued on a PubSub work queue and executed by a worker pool.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +28,15 @@ const GROUP: &str = "workers";
 /// dead worker fenced off by epoch.
 ///
 /// Observe, resume, abort and status go through [`EventedAgent::durable`].
+///
+/// Cheap to clone: clones share the workers, which stop when the last clone is dropped (or at
+/// [`EventedAgent::shutdown`]).
+#[derive(Clone)]
 pub struct EventedAgent {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     durable: DurableAgent,
     queue: String,
     shutdown: CancellationToken,
@@ -38,8 +46,8 @@ pub struct EventedAgent {
 impl fmt::Debug for EventedAgent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventedAgent")
-            .field("durable", &self.durable)
-            .field("queue", &self.queue)
+            .field("durable", &self.shared.durable)
+            .field("queue", &self.shared.queue)
             .finish()
     }
 }
@@ -101,10 +109,12 @@ impl EventedAgentBuilder {
             )));
         }
         Ok(EventedAgent {
-            durable,
-            queue,
-            shutdown,
-            tasks: Mutex::new(tasks),
+            shared: Arc::new(Shared {
+                durable,
+                queue,
+                shutdown,
+                tasks: Mutex::new(tasks),
+            }),
         })
     }
 }
@@ -121,7 +131,7 @@ impl EventedAgent {
 
     /// The durable agent behind it (observe, resume, abort, status).
     pub fn durable(&self) -> &DurableAgent {
-        &self.durable
+        &self.shared.durable
     }
 
     /// Create the run, queue it, and return its stream from cursor 0 at once. The run
@@ -135,19 +145,25 @@ impl EventedAgent {
         input: impl Into<AgentInput>,
         options: StreamOptions,
     ) -> Result<DurableRun> {
-        let (run_id, queue) = match self.durable.create(input.into(), &options, false).await? {
+        let (run_id, queue) = match self
+            .shared
+            .durable
+            .create(input.into(), &options, false)
+            .await?
+        {
             Created::New { run_id, .. } => (run_id, true),
             // A retried `stream`: queue it again only if no worker has taken it.
             Created::Existing(record) => (record.run_id, record.status == RunStatus::Pending),
         };
         let stream = match self
+            .shared
             .durable
             .observe(&run_id, ObserveOptions::from(0).on_suspend(OnSuspend::End))
             .await
         {
             Ok(s) => s,
             Err(e) => {
-                self.durable.discard(&run_id).await;
+                self.shared.durable.discard(&run_id).await;
                 return Err(e);
             }
         };
@@ -158,11 +174,12 @@ impl EventedAgent {
     }
 
     async fn enqueue(&self, run_id: &RunId) -> Result<()> {
-        self.durable
+        self.shared
+            .durable
             .inner
             .pubsub
             .publish(
-                &self.queue,
+                &self.shared.queue,
                 Bytes::copy_from_slice(run_id.as_str().as_bytes()),
             )
             .await
@@ -173,7 +190,7 @@ impl EventedAgent {
     /// # Errors
     /// As [`DurableAgent::observe`].
     pub async fn observe(&self, run_id: &RunId, options: ObserveOptions) -> Result<DurableRun> {
-        self.durable.observe(run_id, options).await
+        self.shared.durable.observe(run_id, options).await
     }
 
     /// Answer the suspended tool call of `run_id` and queue the run to the workers (this
@@ -185,11 +202,12 @@ impl EventedAgent {
     /// stays `pending` and a worker's sweep picks it up).
     pub async fn resume(&self, run_id: &RunId, data: ResumeData) -> Result<DurableRun> {
         let (lease, output) = self
+            .shared
             .durable
             .prepare_resume(run_id, data, RunStatus::Pending)
             .await?;
         // Let any worker claim it at once, not after this lease expires.
-        self.durable.inner.store.release(&lease).await?;
+        self.shared.durable.inner.store.release(&lease).await?;
         self.enqueue(run_id).await?;
         Ok(output)
     }
@@ -228,21 +246,21 @@ impl EventedAgent {
     /// # Errors
     /// As [`DurableAgent::abort`].
     pub async fn abort(&self, run_id: &RunId) -> Result<crate::store::RunStatus> {
-        self.durable.abort(run_id).await
+        self.shared.durable.abort(run_id).await
     }
 
     /// Stop this instance's workers. Runs they execute stop where they are and are continued
     /// by other workers once their leases expire.
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
-        self.durable.shutdown();
-        for t in lock(&self.tasks).drain(..) {
+        self.shared.shutdown.cancel();
+        self.shared.durable.shutdown();
+        for t in lock(&self.shared.tasks).drain(..) {
             t.abort();
         }
     }
 }
 
-impl Drop for EventedAgent {
+impl Drop for Shared {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
@@ -303,5 +321,33 @@ async fn sweeper(durable: DurableAgent, every: Duration, shutdown: CancellationT
         if let Err(e) = durable.recover().await {
             tracing::warn!(error = %e, "sweep for orphaned runs failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Agent, ScriptedModel, Turn};
+
+    #[tokio::test]
+    async fn a_clone_keeps_the_workers_until_the_last_one_goes() {
+        let agent = Agent::builder()
+            .id("a")
+            .model(ScriptedModel::new([Turn::text("one two")]))
+            .build()
+            .unwrap();
+        let first = EventedAgent::builder(DurableAgent::new(agent))
+            .workers(1)
+            .start()
+            .await
+            .unwrap();
+        let second = first.clone();
+        drop(first);
+        let run = second.stream("hi", StreamOptions::default()).await.unwrap();
+        let kinds: Vec<_> = run.map(|e| e.unwrap().kind).collect().await;
+        assert_eq!(kinds.last(), Some(&crate::event::EventKind::Finish));
+        let token = second.shared.shutdown.clone();
+        drop(second);
+        assert!(token.is_cancelled(), "the last clone stops the workers");
     }
 }

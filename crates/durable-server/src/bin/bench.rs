@@ -42,6 +42,12 @@ struct Args {
     /// Pause between deltas in the paced runs, milliseconds.
     #[arg(long, default_value_t = 10)]
     pace_ms: u64,
+    /// Scenarios to run: `one-run`, `many-runs` or `all`.
+    #[arg(long, default_value = "all")]
+    only: String,
+    /// Modes to run: `burst`, `paced` or `all`.
+    #[arg(long, default_value = "all")]
+    modes: String,
     /// Internal: deltas per run.
     #[arg(long, default_value_t = 0)]
     deltas: usize,
@@ -162,7 +168,18 @@ struct Child {
 impl Child {
     fn spawn(deltas: usize, pause: Duration) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
+        // `DURABLE_BENCH_WRAP="perf record -o server.data --"` profiles the server alone.
+        let wrap = std::env::var("DURABLE_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd
             .args([
                 "--serve",
                 "--deltas",
@@ -203,6 +220,13 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if std::env::var_os("DURABLE_BENCH_WRAP").is_some() {
+            // A profiler writes its data on SIGINT.
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -350,19 +374,33 @@ async fn main() -> Result<(), String> {
     if args.serve {
         return serve(args).await;
     }
-    println!("| scenario | mode | events delivered | time | delivered/s | p50 ms | p99 ms | server RSS MiB (peak) | CPU s server / clients |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, many, deltas) in [
-        ("1 run x N observers", false, args.deltas_one),
-        ("N runs x 1 observer", true, args.deltas_many),
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average before: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("| scenario | mode | events delivered | time | delivered/s | p50 ms | p99 ms | server RSS MiB (peak) | CPU s server / clients | server µs CPU per delivered event |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (key, name, many, deltas) in [
+        ("one-run", "1 run x N observers", false, args.deltas_one),
+        ("many-runs", "N runs x 1 observer", true, args.deltas_many),
     ] {
+        if args.only != "all" && args.only != key {
+            continue;
+        }
         for (mode, pause) in [
             ("burst", Duration::ZERO),
             ("paced", Duration::from_millis(args.pace_ms)),
         ] {
+            if args.modes != "all" && args.modes != mode {
+                continue;
+            }
             let o = scenario(many, args.clients, deltas, pause).await?;
             println!(
-                "| {name} (N={}) | {mode} | {} | {:.2} s | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}) | {:.1} / {:.1} |",
+                "| {name} (N={}) | {mode} | {} | {:.2} s | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}) | {:.1} / {:.1} | {:.2} |",
                 args.clients,
                 o.events,
                 o.elapsed.as_secs_f64(),
@@ -373,6 +411,7 @@ async fn main() -> Result<(), String> {
                 o.peak_kib as f64 / 1024.0,
                 o.server_cpu,
                 o.client_cpu,
+                o.server_cpu * 1e6 / o.events.max(1) as f64,
             );
         }
     }

@@ -1,20 +1,22 @@
 //! `durable`: serve durable agents over HTTP, follow a run, list runs.
 //!
-//! - `durable serve [--listen ADDR] [--delay-ms N] [--openai-url URL --model NAME]`: the
-//!   built-in demo agent (scripted model) on in-memory backends, optionally an `assistant` on an
-//!   OpenAI-compatible server, the demo page at `/`, the routes under `/api`.
+//! - `durable serve [--config FILE] [--backend URL] [--listen ADDR] [--delay-ms N]
+//!   [--openai-url URL --model NAME]`: the agents of the configuration (default: the built-in
+//!   demo agent on the scripted model) on the backend it names (default in memory; a path is an
+//!   SQLite file), the demo page at `/`, the routes under `/api`. See
+//!   [`durable_server::config`].
 //! - `durable observe URL RUN_ID [--agent ID] [--offset N]`: print a run's events (one JSON
 //!   envelope per line) as they arrive, reconnecting from the last cursor.
 //! - `durable runs URL [--agent ID] [--status S]`: list runs.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use durable_core::agent::DurableAgent;
 use durable_core::RunId;
 use durable_server::client::Client;
-use durable_server::{demo, AccessControl, DurableServer, RunTokens};
+use durable_server::config::{AgentConfig, ModelKind, ServeConfig};
+use durable_server::demo;
 use futures::StreamExt;
 
 #[derive(Parser)]
@@ -30,29 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the demo agent on in-memory backends.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// Pause of the scripted model before each chunk, in milliseconds.
-        #[arg(long, default_value_t = 40)]
-        delay_ms: u64,
-        /// SSE heartbeat interval, in seconds.
-        #[arg(long, default_value_t = 15)]
-        heartbeat_secs: u64,
-        /// Require run tokens, signed with the key in this environment variable (≥ 32 bytes).
-        #[arg(long)]
-        token_key_env: Option<String>,
-        /// Also serve `assistant`, an agent on an OpenAI-compatible chat-completions server at
-        /// this base URL (`http://127.0.0.1:11434/v1`); the key comes from `OPENAI_API_KEY`. It
-        /// answers `/api/chat`.
-        #[arg(long, requires = "model")]
-        openai_url: Option<String>,
-        /// The model name for `--openai-url`.
-        #[arg(long)]
-        model: Option<String>,
-    },
+    /// Serve agents over HTTP: the demo agent on in-memory backends unless configured.
+    Serve(ServeArgs),
     /// Print a run's events as they arrive, reconnecting from the last cursor.
     Observe {
         /// The server (`http://127.0.0.1:8080`).
@@ -82,6 +63,80 @@ enum Command {
     },
 }
 
+/// `durable serve` flags: each overrides the configuration file's setting.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML configuration file (see the README: backend, listen, agents).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The backend: `memory` (default), `sqlite:<path>` or a bare path (SQLite),
+    /// `redis://…`, `postgres://…`.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Prefix of every key and topic (instances sharing a backend and namespace share runs).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Worker tasks per agent on a durable backend (default 4).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Lease of a run's executor in milliseconds: how soon another instance continues a run
+    /// whose process died.
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Pause of the demo agents' scripted model before each chunk, in milliseconds.
+    #[arg(long)]
+    delay_ms: Option<u64>,
+    /// SSE heartbeat interval, in seconds.
+    #[arg(long)]
+    heartbeat_secs: Option<u64>,
+    /// Require run tokens, signed with the key in this environment variable (≥ 32 bytes).
+    #[arg(long)]
+    token_key_env: Option<String>,
+    /// Also serve `assistant`, an agent on an OpenAI-compatible chat-completions server at
+    /// this base URL (`http://127.0.0.1:11434/v1`); the key comes from `OPENAI_API_KEY`. It
+    /// answers `/api/chat`.
+    #[arg(long, requires = "model")]
+    openai_url: Option<String>,
+    /// The model name for `--openai-url`.
+    #[arg(long)]
+    model: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration: the file's, then the flags over it.
+    fn config(self) -> Result<ServeConfig, String> {
+        let mut c = match &self.config {
+            Some(path) => ServeConfig::load(path).map_err(|e| e.to_string())?,
+            None => ServeConfig::default(),
+        };
+        c.listen = self.listen.or(c.listen);
+        c.backend = self.backend.or(c.backend);
+        c.namespace = self.namespace.or(c.namespace);
+        c.workers = self.workers.or(c.workers);
+        c.lease_ms = self.lease_ms.or(c.lease_ms);
+        c.heartbeat_secs = self.heartbeat_secs.or(c.heartbeat_secs);
+        c.token_key_env = self.token_key_env.or(c.token_key_env);
+        if c.agents.is_empty() {
+            c.agents.push(AgentConfig::demo("demo", 40));
+        }
+        if let Some(ms) = self.delay_ms {
+            for a in c.agents.iter_mut().filter(|a| a.model == ModelKind::Demo) {
+                a.delay_ms = Some(ms);
+            }
+        }
+        if let (Some(url), Some(model)) = (self.openai_url, self.model) {
+            let mut assistant = AgentConfig::openai("assistant", url, model);
+            assistant.chat = !c.agents.iter().any(|a| a.chat);
+            c.agents.push(assistant);
+        }
+        c.check().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -102,48 +157,25 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve {
-            listen,
-            delay_ms,
-            heartbeat_secs,
-            token_key_env,
-            openai_url,
-            model,
-        } => {
-            let agent = demo::agent(Duration::from_millis(delay_ms)).map_err(|e| e.to_string())?;
-            let mut builder = DurableServer::builder()
-                .agent(DurableAgent::new(agent))
-                .heartbeat(Duration::from_secs(heartbeat_secs.max(1)));
-            if let (Some(url), Some(model)) = (openai_url, model) {
-                let llm = durable_openai::OpenAiModel::builder()
-                    .base_url(url)
-                    .model(model);
-                let llm = match std::env::var("OPENAI_API_KEY") {
-                    Ok(key) if !key.is_empty() => llm.api_key(key),
-                    _ => llm,
-                };
-                let assistant = durable_core::agent::Agent::builder()
-                    .id("assistant")
-                    .instructions("You are a helpful assistant.")
-                    .model(llm.build().map_err(|e| e.to_string())?)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                builder = builder
-                    .agent(DurableAgent::new(assistant))
-                    .chat_agent("assistant");
+        Command::Serve(args) => {
+            let config = args.config()?;
+            let backend = config.backend().map_err(|e| e.to_string())?;
+            let server = config.build().await.map_err(|e| e.to_string())?;
+            let mut app = server.router();
+            if config.demo_page.unwrap_or(true) {
+                app = app.merge(demo::page());
             }
-            if let Some(var) = token_key_env {
-                let key = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;
-                let tokens = RunTokens::new(key, Duration::from_secs(3600))?;
-                builder = builder.access(AccessControl::new().tokens(tokens));
-            }
-            let server = builder.build().map_err(|e| e.to_string())?;
-            let app = server.router().merge(demo::page());
-            let listener = tokio::net::TcpListener::bind(&listen)
+            let listen = config.listen();
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            tracing::info!("durable serving the demo agent on http://{addr} (demo page at /)");
+            let agents: Vec<&str> = config.agents.iter().map(|a| a.id.as_str()).collect();
+            tracing::info!(
+                backend = %backend.describe(),
+                agents = ?agents,
+                "durable serving on http://{addr} (demo page at /)"
+            );
             println!("listening on http://{addr}");
             durable_server::serve(listener, app, async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -1,6 +1,8 @@
 //! Shared test helpers: a server on 127.0.0.1:0, SSE reading with deadlines.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod process;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -180,9 +180,13 @@ impl Runner {
                 EventKind::ToolResult,
                 base(("result", json!({"status": "started", "task": task}))),
             ),
-            Some(o @ ToolOutcome::Declined(_)) => {
+            Some(o @ ToolOutcome::Declined(reason)) => {
                 let mut d = base(("result", o.for_model().into()));
                 d["declined"] = true.into();
+                // The decliner's own words, apart from the text given to the model.
+                if let Some(r) = reason {
+                    d["reason"] = r.clone().into();
+                }
                 (EventKind::ToolResult, d)
             }
             None => return Ok(()),
