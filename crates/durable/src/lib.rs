@@ -2,11 +2,14 @@
 
 pub use durable_core::*;
 // Named as well as globbed, so the modules read as this crate's own in its docs.
-pub use durable_core::{agent, memory, names};
+pub use durable_core::{agent, memory, names, telemetry};
 
 #[cfg(feature = "openai")]
 #[doc(inline)]
 pub use durable_openai as openai;
+#[cfg(feature = "otel")]
+#[doc(inline)]
+pub use durable_otel as otel;
 #[cfg(feature = "postgres")]
 #[doc(inline)]
 pub use durable_postgres as postgres;
