@@ -68,10 +68,12 @@ impl OtelConfig {
         }
     }
 
-    /// From `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME`, the standard variables.
+    /// From the standard variables `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `http/json`).
     ///
     /// # Errors
-    /// `InvalidInput` if `OTEL_EXPORTER_OTLP_ENDPOINT` is not set.
+    /// `InvalidInput` if `OTEL_EXPORTER_OTLP_ENDPOINT` is not set or the protocol is not one
+    /// of those.
     pub fn from_env() -> Result<Self> {
         let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()
@@ -81,6 +83,15 @@ impl OtelConfig {
         if let Ok(name) = std::env::var("OTEL_SERVICE_NAME") {
             if !name.is_empty() {
                 c.service_name = name;
+            }
+        }
+        match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+            Ok("http/json") => c.json = true,
+            Ok("http/protobuf") | Ok("") | Err(_) => {}
+            Ok(other) => {
+                return Err(Error::invalid_input(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported (http/protobuf or http/json)"
+                )))
             }
         }
         Ok(c)

@@ -137,22 +137,56 @@ impl ServeArgs {
     }
 }
 
+/// `RUST_LOG`, else the library crates' own events from `warn` up and this binary's from
+/// `info` (where it listens, what it recovered).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,durable=info,durable_server=info")
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer as _;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(Cli::parse()).await {
+        .with_filter(log_filter());
+    #[cfg(feature = "otel")]
+    let otel = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Some(_) => {
+            match durable_otel::OtelConfig::from_env().and_then(|c| durable_otel::Otel::init(&c)) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    eprintln!("durable: OpenTelemetry export disabled: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    #[cfg(feature = "otel")]
+    let registry = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel.as_ref().map(durable_otel::Otel::layer));
+    #[cfg(not(feature = "otel"))]
+    let registry = tracing_subscriber::registry().with(fmt);
+    registry.init();
+    let code = match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("durable: {e}");
             ExitCode::FAILURE
         }
+    };
+    #[cfg(feature = "otel")]
+    if let Some(o) = otel {
+        if let Err(e) = o.shutdown() {
+            eprintln!("durable: {e}");
+        }
     }
+    code
 }
 
 async fn run(cli: Cli) -> Result<(), String> {

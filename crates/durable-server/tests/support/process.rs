@@ -64,12 +64,22 @@ impl Serve {
 
     /// As [`Serve::start`], or the process's stderr if it exits first.
     pub fn try_start(config: &Path, args: &[&str]) -> Result<Self, String> {
+        Self::try_start_with_env(config, args, &[])
+    }
+
+    /// As [`Serve::try_start`], with extra environment variables.
+    pub fn try_start_with_env(
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_durable"))
             .arg("serve")
             .arg("--config")
             .arg(config)
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
