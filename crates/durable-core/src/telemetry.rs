@@ -2,13 +2,13 @@
 //! GenAI semantic conventions, and the hooks that carry a run's trace across processes.
 //!
 //! Every execution of a run is one `durable.run` span (`gen_ai.operation.name =
-//! "invoke_agent"`); inside it each model step is a `durable.model` span (`"chat"`, with
-//! `gen_ai.request.model` and, when the step ends, `gen_ai.usage.input_tokens` /
-//! `output_tokens` and `gen_ai.response.finish_reasons`) and each tool call a `durable.tool`
-//! span (`"execute_tool"`, with `gen_ai.tool.name`, `gen_ai.tool.call.id`, and `error.type`
-//! when it fails). Every span carries `durable.run_id`; `otel.name` gives OpenTelemetry the
-//! span name the conventions ask for (`invoke_agent <agent>`, `chat <model>`,
-//! `execute_tool <tool>`). Spans are at `INFO`; the library's own log events are `WARN` and
+//! "invoke_agent"`); inside it each step is a `durable.step` span holding the step's model call,
+//! a `durable.model` span (`"chat"`, with `gen_ai.request.model` and, when the call ends,
+//! `gen_ai.usage.input_tokens` / `output_tokens` and `gen_ai.response.finish_reasons`), and its
+//! tool calls, each a `durable.tool` span (`"execute_tool"`, with `gen_ai.tool.name`,
+//! `gen_ai.tool.call.id`, and `error.type` when it fails). Every span carries
+//! `durable.run_id`; `otel.name` gives OpenTelemetry the span name the conventions ask for
+//! (`invoke_agent <agent>`, `chat <model>`, //! `execute_tool <tool>`). Spans are at `INFO`; the library's own log events are `WARN` and
 //! above unless something is wrong, so a subscriber filtering at `warn` sees no per-run noise.
 //!
 //! Per-chunk events (one `TRACE` event per streamed model chunk, target `durable::chunk`) are
@@ -81,7 +81,18 @@ pub(crate) fn run_span(
     span
 }
 
-/// The span of one model call (one step).
+/// The span of one step: its model call and its tool calls (`durable.replayed` when the step
+/// is only replayed from checkpoints after a restart).
+pub(crate) fn step_span(run_id: &str, step: u32, replayed: bool) -> Span {
+    tracing::info_span!(
+        "durable.step",
+        durable.run_id = %run_id,
+        durable.step = step,
+        durable.replayed = replayed,
+    )
+}
+
+/// The span of one model call.
 pub(crate) fn model_span(model: &str, run_id: &str, step: u32) -> Span {
     tracing::info_span!(
         "durable.model",

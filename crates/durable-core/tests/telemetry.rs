@@ -40,7 +40,7 @@ async fn spans_carry_gen_ai_attributes_and_the_run_id() {
     let models: Vec<_> = spans.iter().filter(|s| s.name == "durable.model").collect();
     assert_eq!(models.len(), 2, "two model steps");
     for (step, m) in models.iter().enumerate() {
-        assert_eq!(m.parent.as_deref(), Some("durable.run"));
+        assert_eq!(m.parent.as_deref(), Some("durable.step"));
         assert_eq!(m.field("gen_ai.operation.name"), Some("chat"));
         assert_eq!(m.field("gen_ai.request.model"), Some("scripted"));
         assert_eq!(m.field("otel.name"), Some("chat scripted"));
@@ -53,7 +53,12 @@ async fn spans_carry_gen_ai_attributes_and_the_run_id() {
     let tools: Vec<_> = spans.iter().filter(|s| s.name == "durable.tool").collect();
     assert_eq!(tools.len(), 1, "one tool call");
     let t = tools[0];
-    assert_eq!(t.parent.as_deref(), Some("durable.run"));
+    assert_eq!(t.parent.as_deref(), Some("durable.step"));
+    let steps: Vec<_> = spans.iter().filter(|s| s.name == "durable.step").collect();
+    assert_eq!(steps.len(), 2, "one span per step");
+    assert!(steps
+        .iter()
+        .all(|s| s.parent.as_deref() == Some("durable.run")));
     assert_eq!(t.field("gen_ai.operation.name"), Some("execute_tool"));
     assert_eq!(t.field("gen_ai.tool.name"), Some("weather"));
     assert_eq!(t.field("gen_ai.tool.call.id"), Some("call-0"));

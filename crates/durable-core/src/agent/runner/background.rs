@@ -22,15 +22,19 @@ impl Runner {
         let ctx = self.begin_call(step, index, call).await?;
         let def = self.def.clone();
         let call = call.clone();
-        self.background.spawn(async move {
-            let outcome = execute(&def, &call, ctx).await;
-            BgDone {
-                step,
-                index,
-                call,
-                outcome,
+        // The task's tool span belongs to the step that started it.
+        self.background.spawn(
+            async move {
+                let outcome = execute(&def, &call, ctx).await;
+                BgDone {
+                    step,
+                    index,
+                    call,
+                    outcome,
+                }
             }
-        });
+            .in_current_span(),
+        );
         Ok(ToolOutcome::Started(format!("s{step}-{index}")))
     }
 

@@ -312,6 +312,7 @@ impl Runner {
         let (reason, text) = loop {
             self.check_abort().await?;
             let replay = self.replaying(step);
+            let step_span = crate::telemetry::step_span(self.run_id.as_str(), step, replay);
             let out = match self.journal.model(step) {
                 Some(cp) => {
                     if !cp.injected.is_empty() {
@@ -323,14 +324,20 @@ impl Runner {
                 None => {
                     let injected = std::mem::take(&mut pending);
                     conv.extend(injected.iter().map(|i| i.message.clone()));
-                    self.model_step(step, &conv, injected).await?
+                    self.model_step(step, &conv, injected)
+                        .instrument(step_span.clone())
+                        .await?
                 }
             };
             usage += out.usage;
             conv.push(Message::assistant(out.text.clone(), out.tool_calls.clone()));
             let calls = !out.tool_calls.is_empty();
             if calls {
-                match self.tool_phase(step, &out.tool_calls, replay).await? {
+                match self
+                    .tool_phase(step, &out.tool_calls, replay)
+                    .instrument(step_span.clone())
+                    .await?
+                {
                     ToolPhase::Done(results) => conv.extend(results),
                     ToolPhase::Suspended => return Ok(Outcome::Suspended),
                 }
