@@ -38,7 +38,7 @@ async fn spans_carry_gen_ai_attributes_and_the_run_id() {
     assert_eq!(run.field("durable.outcome"), Some("Finished"));
 
     let models: Vec<_> = spans.iter().filter(|s| s.name == "durable.model").collect();
-    assert_eq!(models.len(), 2, "two model steps");
+    assert_eq!(models.len(), 3, "three model steps");
     for (step, m) in models.iter().enumerate() {
         assert_eq!(m.parent.as_deref(), Some("durable.step"));
         assert_eq!(m.field("gen_ai.operation.name"), Some("chat"));
@@ -51,11 +51,13 @@ async fn spans_carry_gen_ai_attributes_and_the_run_id() {
     }
 
     let tools: Vec<_> = spans.iter().filter(|s| s.name == "durable.tool").collect();
-    assert_eq!(tools.len(), 1, "one tool call");
+    assert_eq!(tools.len(), 2, "two tool calls");
+    assert_eq!(tools[1].field("gen_ai.tool.call.id"), Some("call-1"));
+    assert_eq!(tools[1].field("durable.step"), Some("1"));
     let t = tools[0];
     assert_eq!(t.parent.as_deref(), Some("durable.step"));
     let steps: Vec<_> = spans.iter().filter(|s| s.name == "durable.step").collect();
-    assert_eq!(steps.len(), 2, "one span per step");
+    assert_eq!(steps.len(), 3, "one span per step");
     assert!(steps
         .iter()
         .all(|s| s.parent.as_deref() == Some("durable.run")));

@@ -102,8 +102,13 @@ struct Lookup {
     city: String,
 }
 
-/// Two model steps: words and a `weather` tool call, then the answer.
+/// Three model steps: words and a `weather` tool call, again for another city, the answer.
 pub fn weather_agent(trace_chunks: bool) -> Agent {
+    weather_agent_paced(trace_chunks, std::time::Duration::ZERO)
+}
+
+/// [`weather_agent`] with a pause between model chunks.
+pub fn weather_agent_paced(trace_chunks: bool, pace: std::time::Duration) -> Agent {
     let tool = FnTool::new(
         "weather",
         "Weather",
@@ -113,14 +118,22 @@ pub fn weather_agent(trace_chunks: bool) -> Agent {
     );
     Agent::builder()
         .id("weather-agent")
-        .model(ScriptedModel::new([
-            Turn::new().words("Let me look that up for you.").tool_call(
-                "call-0",
-                "weather",
-                json!({ "city": "Paris" }),
-            ),
-            Turn::text("Sunny in Paris."),
-        ]))
+        .model(
+            ScriptedModel::new([
+                Turn::new().words("Let me look that up for you.").tool_call(
+                    "call-0",
+                    "weather",
+                    json!({ "city": "Paris" }),
+                ),
+                Turn::new().words("And in Oslo.").tool_call(
+                    "call-1",
+                    "weather",
+                    json!({ "city": "Oslo" }),
+                ),
+                Turn::text("Sunny in Paris and Oslo."),
+            ])
+            .with_delay(pace),
+        )
         .tool(tool)
         .trace_chunks(trace_chunks)
         .build()
