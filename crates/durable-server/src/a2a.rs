@@ -722,6 +722,14 @@ impl TaskEncoder {
     }
 }
 
+/// Whether `v` is the final status of a task that is over. An `input-required` status is
+/// final too, but a replay goes on past it when the run was resumed: the events stream ends
+/// at a suspension only when it is the log's last event.
+fn ends(v: &Value) -> bool {
+    v.get("final").and_then(Value::as_bool) == Some(true)
+        && v["status"]["state"].as_str() != Some("input-required")
+}
+
 /// The A2A stream of a run: JSON-RPC responses to request `id`, for events at or after
 /// `from`; ends after the first final status (or an error).
 fn a2a_stream<S>(
@@ -746,7 +754,7 @@ where
                     enc.encode(&ev, &mut out);
                     let n = out.len();
                     for (i, mut v) in out.into_iter().enumerate() {
-                        let last = v.get("final").and_then(Value::as_bool) == Some(true);
+                        let last = ends(&v);
                         let pos = (ev.cursor, i as u64);
                         if pos >= from {
                             v["metadata"] = json!({"cursor": ev.cursor, "index": i});
@@ -1157,9 +1165,7 @@ where
         let next = tokio::time::timeout_at(deadline, events.next()).await;
         let Ok(Some(Ok(ev))) = next else { break };
         enc.encode(&ev, &mut sink);
-        let done = sink
-            .iter()
-            .any(|v| v.get("final").and_then(Value::as_bool) == Some(true));
+        let done = sink.iter().any(ends);
         sink.clear();
         if done || (!blocking && ev.kind == EventKind::Start) {
             break;

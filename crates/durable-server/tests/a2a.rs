@@ -1,0 +1,421 @@
+//! The A2A endpoint: JSON-RPC error codes, access control and limits over real HTTP, and the
+//! official A2A client (npm `@a2a-js/sdk`, pinned, installed by `cargo xtask` into the tools
+//! dir) driving `tests/js/a2a.mjs`: a stream dropped mid-way and resubscribed, a cancel, an
+//! input-required task answered and resumed.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use durable_core::agent::{
+    Agent, DurableAgent, FnTool, ScriptedModel, ToolContext, ToolError, Turn,
+};
+use durable_server::demo::WeatherArgs;
+use durable_server::{AccessControl, DurableServer, TrustedHeader};
+use serde_json::{json, Value};
+use support::*;
+
+const DELAY: Duration = Duration::from_millis(20);
+const ANSWER: &str = "It is sunny in the city today with a light breeze from the west and a few high clouds, warm enough for a walk along the river before dinner, and the evening should stay dry and calm until late.";
+
+fn a2a_sdk_dir() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("DURABLE_TEST_A2A_SDK_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".cache/durable/tools/npm-a2a"),
+            None => return Err("DURABLE_TEST_A2A_SDK_DIR is not set".to_owned()),
+        },
+    };
+    if !dir.join("node_modules/@a2a-js/sdk/package.json").is_file() {
+        return Err(format!(
+            "no @a2a-js/sdk in {} (set DURABLE_TEST_A2A_SDK_DIR, or run `cargo xtask test`)",
+            dir.display()
+        ));
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Err("`node` is not on PATH".to_owned());
+    }
+    Ok(dir)
+}
+
+fn weather() -> FnTool<WeatherArgs> {
+    FnTool::new(
+        "weather",
+        "Current weather of a city",
+        |a: WeatherArgs, _ctx: ToolContext| async move {
+            Ok::<_, ToolError>(json!({"city": a.city, "sky": "sunny"}))
+        },
+    )
+    .require_approval()
+}
+
+fn server_of(agent: Agent) -> DurableServer {
+    DurableServer::builder()
+        .agent(DurableAgent::new(agent))
+        .build()
+        .unwrap()
+}
+
+fn text_agent(id: &str, delay: Duration) -> Agent {
+    Agent::builder()
+        .id(id)
+        .model(ScriptedModel::new([Turn::text(ANSWER)]).with_delay(delay))
+        .build()
+        .unwrap()
+}
+
+fn approval_agent() -> Agent {
+    let model = ScriptedModel::new([
+        Turn::new()
+            .words("Let me check. ")
+            .tool_call("call-1", "weather", json!({"city": "Oslo"})),
+        Turn::text(ANSWER),
+    ])
+    .with_delay(DELAY);
+    Agent::builder()
+        .id("weather")
+        .model(model)
+        .tool(weather())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_a2a_client_streams_resubscribes_cancels_and_answers_input() {
+    let dir = match a2a_sdk_dir() {
+        Ok(d) => d,
+        Err(why) if require() => {
+            panic!("DURABLE_TEST_REQUIRE=1 and the A2A client is missing: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let app = Router::new()
+        .nest("/stream", server_of(text_agent("writer", DELAY)).router())
+        .nest(
+            "/cancel",
+            server_of(text_agent("slow", Duration::from_millis(150))).router(),
+        )
+        .nest("/approval", server_of(approval_agent()).router());
+    let base = serve(app).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/a2a.mjs");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .arg(&base)
+            .env("A2A_SDK_DIR", &dir)
+            .env("A2A_ANSWER", ANSWER)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the node test timed out")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "node failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains(r#"{"passed":["stream","cancel","approval"]}"#),
+        "{stdout}"
+    );
+    println!("node: {}", stdout.trim());
+}
+
+async fn rpc(
+    base: &str,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/a2a/writer"))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    within("rpc", req.send()).await.unwrap()
+}
+
+async fn rpc_json(base: &str, body: Value, headers: &[(&str, &str)]) -> Value {
+    let res = rpc(base, body.to_string(), headers).await;
+    assert_eq!(res.status(), 200, "{body}");
+    res.json().await.unwrap()
+}
+
+fn code(v: &Value) -> i64 {
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+}
+
+fn send(text: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {
+        "message": {"kind": "message", "messageId": "m1", "role": "user", "parts": [{"kind": "text", "text": text}]}
+    }})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_rpc_errors_have_their_codes_and_ids() {
+    let server = server_of(text_agent("writer", Duration::ZERO));
+    let base = start(&server).await;
+    let cases: Vec<(&str, i64)> = vec![
+        ("{", -32700),
+        ("", -32700),
+        ("[]", -32600),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"x"}}]"#,
+            -32600,
+        ),
+        (r#""text""#, -32600),
+        (r#"{"jsonrpc":"1.0","id":1,"method":"tasks/get"}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":[1],"method":"tasks/get"}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":1,"method":"tasks/list"}"#, -32601),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":[]}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"a/b"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"t","historyLength":-1}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"message/send","params":{}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"messageId":"m","role":"agent","parts":[{"kind":"text","text":"x"}]}}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"messageId":"m","role":"user","parts":[]}}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"messageId":"m","role":"user","parts":[{"kind":"file","file":{"uri":"x"}}]}}}"#,
+            -32005,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"messageId":"m","role":"user","parts":[{"kind":"text","text":"x"}],"contextId":"../x"}}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"message/stream","params":{"message":{"messageId":"m","role":"user","parts":[{"kind":"text","text":" "}]}}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"no-such-task"}}"#,
+            -32001,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/cancel","params":{"id":"no-such-task"}}"#,
+            -32001,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/resubscribe","params":{"id":"no-such-task"}}"#,
+            -32001,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/resubscribe","params":{"id":"t","metadata":{"cursor":"x"}}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/pushNotificationConfig/set","params":{}}"#,
+            -32003,
+        ),
+    ];
+    for (body, want) in cases {
+        let res = rpc(&base, body.to_owned(), &[]).await;
+        assert_eq!(res.status(), 200, "{body}");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(code(&v), want, "{body}: {v}");
+        let want_id = if want == -32700
+            || body.starts_with('[')
+            || body.contains("\"id\":[")
+            || body.starts_with('"')
+        {
+            Value::Null
+        } else {
+            json!(1)
+        };
+        assert_eq!(v["id"], want_id, "{body}");
+    }
+
+    // A finished task is not cancelable; its follow-up is refused; a notification gets no body.
+    let done = rpc_json(&base, send("hello"), &[]).await;
+    assert_eq!(done["result"]["status"]["state"], "completed", "{done}");
+    let id = done["result"]["id"].as_str().unwrap().to_owned();
+    let cancel =
+        json!({"jsonrpc": "2.0", "id": "c", "method": "tasks/cancel", "params": {"id": id}});
+    let v = rpc_json(&base, cancel, &[]).await;
+    assert_eq!(code(&v), -32002, "{v}");
+    assert_eq!(v["id"], "c");
+    let mut again = send("more");
+    again["params"]["message"]["taskId"] = id.clone().into();
+    assert_eq!(code(&rpc_json(&base, again, &[]).await), -32004);
+    let note = json!({"jsonrpc": "2.0", "method": "tasks/get", "params": {"id": id}});
+    let res = rpc(&base, note.to_string(), &[]).await;
+    assert_eq!(res.status(), 204);
+
+    // Another route's agent: the task is not found through this agent.
+    let res = reqwest::Client::new()
+        .post(format!("{base}/a2a/nobody"))
+        .body(send("x").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cards_point_at_the_json_rpc_endpoint() {
+    let server = server_of(text_agent("writer", Duration::ZERO));
+    let base = serve(Router::new().nest("/prefix", server.router())).await;
+    for path in [
+        "/prefix/.well-known/agent-card.json",
+        "/prefix/a2a/writer/.well-known/agent-card.json",
+    ] {
+        let card: Value = reqwest::get(format!("{base}{path}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(card["url"], format!("{base}/prefix/a2a/writer"), "{card}");
+        assert_eq!(card["protocolVersion"], "0.3.0");
+        assert_eq!(card["preferredTransport"], "JSONRPC");
+        assert_eq!(card["capabilities"]["streaming"], true);
+    }
+    let res = reqwest::get(format!(
+        "{base}/prefix/a2a/nobody/.well-known/agent-card.json"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_control_and_body_limits_apply_to_a2a() {
+    let server = DurableServer::builder()
+        .agent(DurableAgent::new(text_agent("writer", Duration::ZERO)))
+        .access(AccessControl::new().authorizer(TrustedHeader("x-resource-id".into())))
+        .body_limit(4096)
+        .build()
+        .unwrap();
+    let base = start(&server).await;
+    assert_eq!(rpc(&base, send("hi").to_string(), &[]).await.status(), 401);
+    let v = rpc_json(&base, send("hi"), &[("x-resource-id", "alice")]).await;
+    let id = v["result"]["id"].as_str().unwrap().to_owned();
+    let get = json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/get", "params": {"id": id}});
+    let ok = rpc_json(&base, get.clone(), &[("x-resource-id", "alice")]).await;
+    assert_eq!(ok["result"]["status"]["state"], "completed");
+    for who in [&[("x-resource-id", "bob")][..], &[][..]] {
+        for method in ["tasks/get", "tasks/cancel", "tasks/resubscribe"] {
+            let mut b = get.clone();
+            b["method"] = method.into();
+            let status = rpc(&base, b.to_string(), who).await.status();
+            assert!(status == 401 || status == 403, "{method} {who:?}: {status}");
+        }
+    }
+    // An unknown task answers like a foreign one: its existence does not leak.
+    let unknown =
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/get", "params": {"id": "nope"}});
+    assert_eq!(
+        rpc(&base, unknown.to_string(), &[("x-resource-id", "bob")])
+            .await
+            .status(),
+        403
+    );
+    let big = send(&"x".repeat(8192));
+    let res = rpc(&base, big.to_string(), &[("x-resource-id", "alice")]).await;
+    assert_eq!(res.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_stream_resumes_from_last_event_id_without_duplicates() {
+    let server = server_of(text_agent("writer", DELAY));
+    let base = start(&server).await;
+    let mut body = send("hello");
+    body["method"] = "message/stream".into();
+    let res = rpc(&base, body.to_string(), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut r = FrameReader::new(res);
+    let mut seen: Vec<Value> = Vec::new();
+    let mut last_id = None;
+    while seen
+        .iter()
+        .filter(|v| v["result"]["kind"] == "artifact-update")
+        .count()
+        < 5
+    {
+        let f = r.next().await.unwrap();
+        if f.data.is_empty() {
+            continue;
+        }
+        if f.id.is_some() {
+            last_id = f.id.clone();
+        }
+        seen.push(serde_json::from_str(&f.data).unwrap());
+    }
+    // Drop at a frame boundary where the last frame carried an id.
+    while seen.last().unwrap()["result"]["metadata"]["cursor"]
+        .as_u64()
+        .map(|c| c.to_string())
+        != last_id
+    {
+        let f = r.next().await.unwrap();
+        if f.id.is_some() {
+            last_id = f.id.clone();
+        }
+        seen.push(serde_json::from_str(&f.data).unwrap());
+    }
+    drop(r);
+    let task = seen[0]["result"]["id"].as_str().unwrap().to_owned();
+    let resub =
+        json!({"jsonrpc": "2.0", "id": 9, "method": "tasks/resubscribe", "params": {"id": task}});
+    let res = rpc(
+        &base,
+        resub.to_string(),
+        &[("last-event-id", last_id.as_deref().unwrap())],
+    )
+    .await;
+    let rest: Vec<Value> = frames(res)
+        .await
+        .into_iter()
+        .filter(|f| !f.data.is_empty())
+        .map(|f| serde_json::from_str(&f.data).unwrap())
+        .collect();
+    assert!(rest.iter().all(|v| v["id"] == 9));
+    let mut text = String::new();
+    for v in seen.iter().chain(&rest) {
+        let e = &v["result"];
+        if e["kind"] == "artifact-update" && e["artifact"]["artifactId"] == "response" {
+            text.push_str(e["artifact"]["parts"][0]["text"].as_str().unwrap());
+        }
+    }
+    assert_eq!(text, ANSWER);
+    assert_eq!(
+        rest.last().unwrap()["result"]["status"]["state"],
+        "completed"
+    );
+}
