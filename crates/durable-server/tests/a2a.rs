@@ -419,3 +419,104 @@ async fn a_raw_stream_resumes_from_last_event_id_without_duplicates() {
         "completed"
     );
 }
+
+/// A step re-run after a crash: the live stream re-sends `response` with `append: false` (the
+/// text before the step), so a client's artifact has the re-run's text once; a resubscription
+/// from a position before the restart rebuilds the same artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_step_replaces_its_partial_text_instead_of_duplicating_it() {
+    use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
+    use durable_core::{PubSub, ServerCache, WorkflowStore};
+    use std::sync::Arc;
+
+    let story = ScriptedModel::new([Turn::new().words("Once upon a ").hang().words(ANSWER)])
+        .with_delay(DELAY);
+    let cache: Arc<dyn ServerCache> = Arc::new(InMemoryCache::new());
+    let pubsub: Arc<dyn PubSub> = Arc::new(InMemoryPubSub::new());
+    let store: Arc<dyn WorkflowStore> = Arc::new(InMemoryWorkflowStore::new());
+    let instance = |model: ScriptedModel| {
+        let agent = Agent::builder().id("writer").model(model).build().unwrap();
+        DurableAgent::builder(agent)
+            .cache_arc(cache.clone())
+            .pubsub_arc(pubsub.clone())
+            .store_arc(store.clone())
+            .worker_id("node-1")
+            .build()
+            .unwrap()
+    };
+    let crashing = instance(story.clone());
+    let recovering = instance(story.without_faults());
+    let server = DurableServer::builder()
+        .agent(crashing.clone())
+        .build()
+        .unwrap();
+    let base = start(&server).await;
+
+    let mut body = send("Tell me a story");
+    body["method"] = "message/stream".into();
+    let mut live = FrameReader::new(rpc(&base, body.to_string(), &[]).await);
+    let mut events: Vec<Value> = Vec::new();
+    let response = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "artifact-update" && e["artifact"]["artifactId"] == "response")
+            .count()
+    };
+    while response(&events) < 3 {
+        let f = live.next().await.unwrap();
+        events.push(serde_json::from_str::<Value>(&f.data).unwrap()["result"].clone());
+    }
+    // The model hangs: stop this executor and recover the run on a second instance.
+    let before_crash = events.last().unwrap()["metadata"].clone();
+    crashing.shutdown();
+    assert_eq!(
+        within("recover", recovering.recover()).await.unwrap().len(),
+        1
+    );
+    loop {
+        let Some(f) = live.next().await else { break };
+        if f.data.is_empty() {
+            continue;
+        }
+        events.push(serde_json::from_str::<Value>(&f.data).unwrap()["result"].clone());
+    }
+    let rebuild = |events: &[Value]| {
+        let mut text = String::new();
+        for e in events {
+            if e["kind"] == "artifact-update" && e["artifact"]["artifactId"] == "response" {
+                let t = e["artifact"]["parts"][0]["text"].as_str().unwrap();
+                if e["append"] == true {
+                    text.push_str(t);
+                } else {
+                    text = t.to_owned();
+                }
+            }
+        }
+        text
+    };
+    let full = format!("Once upon a {ANSWER}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "artifact-update"
+            && e["append"] == false
+            && e["artifact"]["parts"][0]["text"] == ""),
+        "the restart resets the step's text"
+    );
+    assert_eq!(rebuild(&events), full, "live across the restart");
+    assert_eq!(events.last().unwrap()["status"]["state"], "completed");
+    let task = events[0]["id"].as_str().unwrap().to_owned();
+    let resub = json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/resubscribe",
+        "params": {"id": task, "metadata": before_crash}});
+    let rest: Vec<Value> = frames(rpc(&base, resub.to_string(), &[]).await)
+        .await
+        .into_iter()
+        .filter(|f| !f.data.is_empty())
+        .map(|f| serde_json::from_str::<Value>(&f.data).unwrap()["result"].clone())
+        .collect();
+    let cut = events
+        .iter()
+        .position(|e| e["metadata"] == before_crash)
+        .unwrap();
+    let mut resumed = events[..=cut].to_vec();
+    resumed.extend(rest);
+    assert_eq!(resumed, events, "a resubscription from before the crash");
+}
