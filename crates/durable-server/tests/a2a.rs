@@ -520,3 +520,43 @@ async fn a_restarted_step_replaces_its_partial_text_instead_of_duplicating_it() 
     resumed.extend(rest);
     assert_eq!(resumed, events, "a resubscription from before the crash");
 }
+
+/// Not a pass/fail test: the cost of the A2A mapping against the native SSE route for one run
+/// of 10,000 deltas (in-memory backends, loopback).
+/// `cargo test --release -p durable-server --test a2a -- --ignored --nocapture a2a_overhead`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it with --ignored --nocapture"]
+async fn a2a_overhead_on_10k_deltas() {
+    let text: String = (0..10_000).map(|i| format!("w{i} ")).collect();
+    let agent = Agent::builder()
+        .id("writer")
+        .model(ScriptedModel::new([Turn::new().words(&text)]))
+        .build()
+        .unwrap();
+    let server = server_of(agent);
+    let base = start(&server).await;
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        let res = reqwest::Client::new()
+            .post(format!("{base}/api/agents/writer/stream"))
+            .json(&json!({"prompt": "go"}))
+            .send()
+            .await
+            .unwrap();
+        let native = frames(res).await.len();
+        let native_t = t.elapsed();
+        let mut body = send("go");
+        body["method"] = "message/stream".into();
+        let t = std::time::Instant::now();
+        let a2a = frames(rpc(&base, body.to_string(), &[]).await).await;
+        let a2a_t = t.elapsed();
+        let rebuilt: usize = a2a
+            .iter()
+            .filter(|f| f.data.contains("\"response\""))
+            .count();
+        println!(
+            "round {round}: native {native} frames in {native_t:?}; a2a {} frames ({rebuilt} response chunks) in {a2a_t:?}",
+            a2a.len()
+        );
+    }
+}
