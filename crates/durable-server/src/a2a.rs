@@ -21,10 +21,9 @@
 
 use std::convert::Infallible;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, OriginalUri, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,7 +35,6 @@ use serde_json::{json, Map, Value};
 use crate::problem::Problem;
 use crate::routes::{authorize, owner_of_new_run, resume_offset, run_headers};
 use crate::server::{DurableServer, Mounted};
-use crate::sse::keep_alive;
 
 /// The A2A protocol version served.
 pub const PROTOCOL_VERSION: &str = "0.3.0";
@@ -737,7 +735,7 @@ fn a2a_stream<S>(
     mut enc: TaskEncoder,
     events: S,
     from: Position,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static
+) -> impl Stream<Item = Bytes> + Send + 'static
 where
     S: Stream<Item = durable_core::Result<Event>> + Send + 'static,
 {
@@ -758,12 +756,9 @@ where
                         let pos = (ev.cursor, i as u64);
                         if pos >= from {
                             v["metadata"] = json!({"cursor": ev.cursor, "index": i});
-                            let f = SseEvent::default().data(rpc_result_json(&id, v).to_string());
-                            frames.push(if i + 1 == n || last {
-                                f.id(ev.cursor.to_string())
-                            } else {
-                                f
-                            });
+                            let data = rpc_result_json(&id, v).to_string();
+                            let sse_id = (i + 1 == n || last).then_some(ev.cursor);
+                            frames.push(frame(sse_id, &data));
                         }
                         if last {
                             ended = true;
@@ -773,14 +768,14 @@ where
                 }
                 Err(e) => {
                     let err = RpcError::new(codes::INTERNAL_ERROR, e.to_string());
-                    frames.push(SseEvent::default().data(rpc_error_json(&id, &err).to_string()));
+                    frames.push(frame(None, &rpc_error_json(&id, &err).to_string()));
                     ended = true;
                 }
             }
             (frames, false)
         })
         .take_while(|(_, stop)| futures::future::ready(!stop))
-        .flat_map(|(frames, _)| stream::iter(frames.into_iter().map(Ok)))
+        .flat_map(|(frames, _)| stream::iter(frames))
 }
 
 fn sse_response<S>(
@@ -793,12 +788,46 @@ fn sse_response<S>(
 where
     S: Stream<Item = durable_core::Result<Event>> + Send + 'static,
 {
-    let mut res = Sse::new(a2a_stream(id, enc, events, from))
-        .keep_alive(keep_alive(server.config().heartbeat))
-        .into_response();
-    res.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // Every frame ready at one wake-up goes out in one body chunk (one write for many events),
+    // and a `: ping` comment after `heartbeat` without a frame.
+    let frames = a2a_stream(id, enc, events, from)
+        .ready_chunks(MAX_BATCH)
+        .map(|batch| batch.concat());
+    let heartbeat = server.config().heartbeat;
+    let body = stream::unfold(Box::pin(frames), move |mut frames| async move {
+        match tokio::time::timeout(heartbeat, frames.next()).await {
+            Ok(Some(b)) => Some((Ok::<_, Infallible>(Bytes::from(b)), frames)),
+            Ok(None) => None,
+            Err(_) => Some((Ok(Bytes::from_static(b": ping\n\n")), frames)),
+        }
+    });
+    let mut res = Response::new(Body::from_stream(body));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
+}
+
+/// Most frames written in one body chunk.
+const MAX_BATCH: usize = 256;
+
+/// One SSE frame: `id: <cursor>` (on an event's last frame) and one `data:` line (JSON has no
+/// raw line break).
+fn frame(id: Option<u64>, data: &str) -> Bytes {
+    let mut f = String::with_capacity(data.len() + 32);
+    if let Some(id) = id {
+        f.push_str("id: ");
+        f.push_str(&id.to_string());
+        f.push('\n');
+    }
+    f.push_str("data: ");
+    f.push_str(data);
+    f.push_str("\n\n");
+    Bytes::from(f)
 }
 
 // ---------------------------------------------------------------------------------------------

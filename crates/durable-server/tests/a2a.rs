@@ -560,3 +560,22 @@ async fn a2a_overhead_on_10k_deltas() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_a2a_stream_sends_heartbeats() {
+    let server = DurableServer::builder()
+        .agent(DurableAgent::new(text_agent(
+            "writer",
+            Duration::from_millis(300),
+        )))
+        .heartbeat(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let base = start(&server).await;
+    let mut body = send("hello");
+    body["method"] = "message/stream".into();
+    let mut r = FrameReader::new(rpc(&base, body.to_string(), &[]).await);
+    r.until_raw(b": ping\n\n").await;
+    let f = r.next().await.unwrap();
+    assert!(f.data.contains("\"jsonrpc\":\"2.0\""), "{f:?}");
+}
