@@ -158,8 +158,12 @@ const BACKENDS: &[BackendEntry] = &[
     BackendEntry {
         name: "ai-sdk",
         krate: "durable-server",
-        env: &["DURABLE_TEST_AI_SDK_DIR", "DURABLE_TEST_CHROMIUM"],
-        source: "real clients of durable-server: npm ai@7.0.185 (the AI SDK chat transport) + Debian chromium (EventSource)",
+        env: &[
+            "DURABLE_TEST_AI_SDK_DIR",
+            "DURABLE_TEST_CHROMIUM",
+            "DURABLE_TEST_A2A_SDK_DIR",
+        ],
+        source: "real clients of durable-server: npm ai@7.0.185 (the AI SDK chat transport) + npm @a2a-js/sdk@0.3.14 (the official A2A client) + Debian chromium (EventSource)",
         install: |ctx| {
             // Pinned: the chat test asserts the reducer's behaviour of this exact release.
             const AI_SDK: &str = "ai@7.0.185";
@@ -179,6 +183,26 @@ const BACKENDS: &[BackendEntry] = &[
                     ]),
                 )?;
             }
+            // Pinned: 0.3.x speaks A2A v0.3 (`message/stream`, `tasks/resubscribe`), what the
+            // server implements; 1.x speaks the renamed v1.0 methods.
+            const A2A_SDK: &str = "@a2a-js/sdk@0.3.14";
+            let dir = ctx.tools().join("npm-a2a");
+            let installed =
+                std::fs::read_to_string(dir.join("node_modules/@a2a-js/sdk/package.json"))
+                    .unwrap_or_default();
+            if !installed.contains("\"version\": \"0.3.14\"") {
+                if services::find_binary("npm", &[]).is_none() {
+                    apt_install(&["nodejs", "npm"])?;
+                }
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                run(
+                    &format!("npm install {A2A_SDK} (cached in the tools dir)"),
+                    Command::new("npm").current_dir(&dir).args([
+                        "install", "--no-audit", "--no-fund", "--silent", A2A_SDK,
+                    ]),
+                )?;
+            }
             apt_binary("chromium", &["chromium"])
         },
         start: |ctx| {
@@ -194,6 +218,10 @@ const BACKENDS: &[BackendEntry] = &[
                     (
                         "DURABLE_TEST_CHROMIUM".to_owned(),
                         chromium.to_string_lossy().into_owned(),
+                    ),
+                    (
+                        "DURABLE_TEST_A2A_SDK_DIR".to_owned(),
+                        ctx.tools().join("npm-a2a").to_string_lossy().into_owned(),
                     ),
                 ],
             })

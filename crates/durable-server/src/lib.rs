@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod a2a;
 pub mod auth;
 pub mod chat;
 pub mod client;

@@ -359,6 +359,7 @@ impl DurableServer {
             .route("/api/chat/{chat_id}/stream", get(chat::resume_chat))
             .route("/health", get(routes::health))
             .route("/metrics", get(crate::metrics::metrics))
+            .merge(crate::a2a::router())
             .fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.config.body_limit))
