@@ -44,6 +44,11 @@ const H_EXPIRES: &str = "Durable-Expires";
 /// Optimistic-concurrency retries before an append gives up as `Unavailable`.
 const MAX_RETRIES: usize = 10_000;
 
+/// How long an append keeps resending a batch the server did not answer.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Pause between resends (the client reconnects meanwhile).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// What a name is, read from its last message.
 #[derive(Debug, Clone)]
 enum State {
@@ -333,7 +338,7 @@ impl NatsServerCache {
                     (format!("{base}.e.{cursor}"), h, p.clone())
                 })
                 .collect();
-            match self.shared.js.publish_atomic(OP, msgs).await {
+            match self.publish_retrying(log, first, nonce, msgs).await {
                 Ok(Published::Stored(s)) => seq = s,
                 Ok(Published::WrongLastSequence) if c == 0 => return Ok(None),
                 Ok(Published::WrongLastSequence) => {
@@ -347,6 +352,51 @@ impl NatsServerCache {
             }
         }
         Ok(Some(seq))
+    }
+}
+
+impl NatsServerCache {
+    /// Publish one atomic batch; while the server cannot be reached (a restart, a reconnection)
+    /// resend the identical batch: same expected sequence, same message ids. If an earlier
+    /// attempt was stored and only its acknowledgement was lost, the resend is either
+    /// de-duplicated by its ids or fails the sequence check, and then the entry at `first`
+    /// (the commit) carrying our id proves the batch is in: it is never appended twice.
+    async fn publish_retrying(
+        &self,
+        log: &str,
+        first: u64,
+        nonce: &str,
+        msgs: Vec<(String, HeaderMap, Bytes)>,
+    ) -> Result<Published> {
+        const OP: &str = "append";
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut failed_once = false;
+        loop {
+            match self.shared.js.publish_atomic(OP, msgs.clone()).await {
+                Ok(Published::WrongLastSequence) if failed_once => {
+                    // The commit is the batch's last entry: atomic, so if it is in, all are.
+                    let last = first + msgs.len() as u64 - 1;
+                    let ours = format!("{nonce}:{last}");
+                    let entry = format!("{}.e.{last}", self.base(log));
+                    let stored = self
+                        .shared
+                        .js
+                        .last(OP, self.shared.log_stream(), &entry)
+                        .await?;
+                    return Ok(match stored {
+                        Some(m) if m.headers.get(MSG_ID).map(|v| v.as_str()) == Some(&ours) => {
+                            Published::Stored(m.seq)
+                        }
+                        _ => Published::WrongLastSequence,
+                    });
+                }
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    failed_once = true;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
