@@ -25,8 +25,8 @@ use async_nats::header::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    frame, now_ms, ttl_ms, validate_name, validate_prefix, Announce, AnnounceDomain,
-    AppendOptions, CacheCapabilities, Cursor, ErrorKind, LogSlice, Result, ServerCache,
+    frame, now_ms, ttl_ms, validate_name, validate_prefix, Announce, AnnounceDomain, AppendOptions,
+    CacheCapabilities, Cursor, ErrorKind, LogSlice, Result, ServerCache,
 };
 
 use crate::config::Shared;
@@ -254,12 +254,18 @@ impl NatsServerCache {
                     return Err(err(
                         ErrorKind::LimitExceeded,
                         OP,
-                        format!("the log would hold {} entries, more than {max}", st.next + n),
+                        format!(
+                            "the log would hold {} entries, more than {max}",
+                            st.next + n
+                        ),
                     ));
                 }
             }
             let fence = options.fence.unwrap_or(0).max(st.fence);
-            match self.publish_entries(log, st, fence, payloads, &nonce).await? {
+            match self
+                .publish_entries(log, st, fence, payloads, &nonce)
+                .await?
+            {
                 Some(seq) => {
                     self.remember(
                         log,
@@ -473,7 +479,9 @@ impl ServerCache for NatsServerCache {
                 State::Key { seq, .. } => seq,
                 State::Missing | State::Expired => 0,
             };
-            if let Published::Stored(_) = self.write_key(OP, key, seq, value.clone(), expires).await? {
+            if let Published::Stored(_) =
+                self.write_key(OP, key, seq, value.clone(), expires).await?
+            {
                 return Ok(());
             }
         }
@@ -505,7 +513,11 @@ impl ServerCache for NatsServerCache {
                         .ok()
                         .and_then(|s| s.parse().ok())
                         .ok_or_else(|| {
-                            err(ErrorKind::InvalidInput, OP, "the key does not hold an integer")
+                            err(
+                                ErrorKind::InvalidInput,
+                                OP,
+                                "the key does not hold an integer",
+                            )
                         })?;
                     (seq, n, expires)
                 }
@@ -545,11 +557,19 @@ impl ServerCache for NatsServerCache {
         );
         let st = match state? {
             State::Missing => {
-                return Err(err(ErrorKind::NotFound, OP, format!("log {log:?} does not exist")))
+                return Err(err(
+                    ErrorKind::NotFound,
+                    OP,
+                    format!("log {log:?} does not exist"),
+                ))
             }
             State::Expired => {
                 self.purge_later(log);
-                return Err(err(ErrorKind::NotFound, OP, format!("log {log:?} does not exist")));
+                return Err(err(
+                    ErrorKind::NotFound,
+                    OP,
+                    format!("log {log:?} does not exist"),
+                ));
             }
             State::Key { .. } => return Err(conflict(OP, log)),
             State::Log(st) => st,
@@ -561,7 +581,9 @@ impl ServerCache for NatsServerCache {
                 format!("offset {from} is beyond the log's next cursor {}", st.next),
             ));
         }
-        let want = usize::try_from(st.next - from).unwrap_or(usize::MAX).min(limit);
+        let want = usize::try_from(st.next - from)
+            .unwrap_or(usize::MAX)
+            .min(limit);
         if want == 0 {
             return Ok(LogSlice {
                 first: from,
@@ -581,7 +603,10 @@ impl ServerCache for NatsServerCache {
         for (i, m) in msgs.into_iter().enumerate() {
             let expected = format!("{base}.e.{}", from + i as u64);
             if m.subject != expected {
-                return Err(corrupt(OP, format!("expected {expected}, read {}", m.subject)));
+                return Err(corrupt(
+                    OP,
+                    format!("expected {expected}, read {}", m.subject),
+                ));
             }
             entries.push(m.payload);
         }
@@ -690,7 +715,10 @@ impl ServerCache for NatsServerCache {
             self.shared
                 .js
                 .client
-                .publish(crate::pubsub::topic_subject(self.shared.prefix(), announce.topic), body)
+                .publish(
+                    crate::pubsub::topic_subject(self.shared.prefix(), announce.topic),
+                    body,
+                )
                 .await
                 .map_err(|e| unavailable("append_announce", e))?;
         }

@@ -282,7 +282,9 @@ impl Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Nats").field("config", &self.config).finish()
+        f.debug_struct("Nats")
+            .field("config", &self.config)
+            .finish()
     }
 }
 

@@ -13,10 +13,7 @@ pub(crate) fn err(kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> 
 }
 
 /// The server or the connection failed: retryable `Unavailable`.
-pub(crate) fn unavailable(
-    op: &'static str,
-    source: impl Into<durable_core::BoxError>,
-) -> Error {
+pub(crate) fn unavailable(op: &'static str, source: impl Into<durable_core::BoxError>) -> Error {
     Error::new(ErrorKind::Unavailable, "cannot reach the NATS server")
         .with_backend(NATS)
         .with_operation(op)

@@ -90,11 +90,7 @@ impl Js {
     ) -> Result<async_nats::Message> {
         let fut = async {
             match headers {
-                Some(h) => {
-                    self.client
-                        .request_with_headers(subject, h, payload)
-                        .await
-                }
+                Some(h) => self.client.request_with_headers(subject, h, payload).await,
                 None => self.client.request(subject, payload).await,
             }
         };
@@ -314,7 +310,10 @@ impl Js {
             let r: Reply = serde_json::from_slice(&m.payload)
                 .map_err(|e| unexpected(op, format!("bad stream info: {e}")))?;
             if let Some(e) = r.error {
-                return Err(unexpected(op, format!("stream info failed: {}", e.description)));
+                return Err(unexpected(
+                    op,
+                    format!("stream info failed: {}", e.description),
+                ));
             }
             let page: Vec<String> = r
                 .state
@@ -343,7 +342,8 @@ fn too_big(op: &'static str, e: impl std::fmt::Display) -> durable_core::Error {
 fn stored(op: &'static str, m: async_nats::Message) -> Result<StoredMsg> {
     let headers = m.headers.unwrap_or_default();
     let get = |n: &str| headers.get(n).map(|v| v.as_str().to_owned());
-    let subject = get("Nats-Subject").ok_or_else(|| corrupt(op, "stored message without subject"))?;
+    let subject =
+        get("Nats-Subject").ok_or_else(|| corrupt(op, "stored message without subject"))?;
     let seq = get("Nats-Sequence")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| corrupt(op, "stored message without sequence"))?;

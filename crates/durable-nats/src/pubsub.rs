@@ -108,7 +108,12 @@ impl PubSub for NatsPubSub {
         match self
             .shared
             .js
-            .publish(OP, queue_subject(prefix, topic), Default::default(), payload)
+            .publish(
+                OP,
+                queue_subject(prefix, topic),
+                Default::default(),
+                payload,
+            )
             .await?
         {
             Published::Stored(_) | Published::WrongLastSequence => Ok(()),

@@ -58,7 +58,11 @@ fn fence(op: &'static str, record: &RunRecord, epoch: Epoch) -> Result<()> {
 }
 
 fn not_found(op: &'static str, run_id: &RunId) -> durable_core::Error {
-    err(ErrorKind::NotFound, op, format!("run {run_id} does not exist"))
+    err(
+        ErrorKind::NotFound,
+        op,
+        format!("run {run_id} does not exist"),
+    )
 }
 
 impl NatsWorkflowStore {
@@ -106,7 +110,11 @@ impl NatsWorkflowStore {
         let a = self
             .shared
             .js
-            .purge(op, &stream, &format!("{}>", self.checkpoints_prefix(run_id)))
+            .purge(
+                op,
+                &stream,
+                &format!("{}>", self.checkpoints_prefix(run_id)),
+            )
             .await?;
         let b = self
             .shared
@@ -139,9 +147,20 @@ impl NatsWorkflowStore {
             record: record.clone(),
             expires_at,
         })
-        .map_err(|e| err(ErrorKind::InvalidInput, op, format!("record does not encode: {e}")))?;
-        self.write(op, self.record_subject(&record.run_id), expected, body.into())
-            .await
+        .map_err(|e| {
+            err(
+                ErrorKind::InvalidInput,
+                op,
+                format!("record does not encode: {e}"),
+            )
+        })?;
+        self.write(
+            op,
+            self.record_subject(&record.run_id),
+            expected,
+            body.into(),
+        )
+        .await
     }
 
     /// Compare-and-set loop over the record: `f` changes it (or fails), then it is written if
@@ -190,7 +209,11 @@ impl WorkflowStore for NatsWorkflowStore {
         // Leftover checkpoints of an expired or deleted run with this id must not leak in.
         self.shared
             .js
-            .purge(OP, &self.stream(), &format!("{}>", self.checkpoints_prefix(&run.run_id)))
+            .purge(
+                OP,
+                &self.stream(),
+                &format!("{}>", self.checkpoints_prefix(&run.run_id)),
+            )
             .await?;
         let ms = now_ms();
         // `RunRecord` is non-exhaustive: build it through its serde form.
@@ -205,7 +228,13 @@ impl WorkflowStore for NatsWorkflowStore {
             "updated_at": ms,
             "data": run.data,
         }))
-        .map_err(|e| err(ErrorKind::InvalidInput, OP, format!("record does not encode: {e}")))?;
+        .map_err(|e| {
+            err(
+                ErrorKind::InvalidInput,
+                OP,
+                format!("record does not encode: {e}"),
+            )
+        })?;
         // The read above purged an expired record, so "no revision" is the expected state.
         let rev = self
             .shared
@@ -239,7 +268,11 @@ impl WorkflowStore for NatsWorkflowStore {
         let mut checkpoints = Vec::new();
         let mut seq = 1;
         loop {
-            let page = self.shared.js.batch(OP, &stream, &filter, seq, PAGE).await?;
+            let page = self
+                .shared
+                .js
+                .batch(OP, &stream, &filter, seq, PAGE)
+                .await?;
             let n = page.len();
             for m in page {
                 seq = m.seq + 1;
@@ -343,8 +376,13 @@ impl WorkflowStore for NatsWorkflowStore {
             .ok_or_else(|| not_found(OP, run_id))?;
         fence(OP, &record, epoch)?;
         let subject = format!("{}{}", self.checkpoints_prefix(run_id), token(key));
-        let body = serde_json::to_vec(&output)
-            .map_err(|e| err(ErrorKind::InvalidInput, OP, format!("output does not encode: {e}")))?;
+        let body = serde_json::to_vec(&output).map_err(|e| {
+            err(
+                ErrorKind::InvalidInput,
+                OP,
+                format!("output does not encode: {e}"),
+            )
+        })?;
         match self.write(OP, subject.clone(), 0, body.into()).await? {
             Published::Stored(_) => Ok(output),
             Published::WrongLastSequence => {
@@ -402,7 +440,11 @@ impl WorkflowStore for NatsWorkflowStore {
         let mut out = Vec::new();
         let mut seq = 1;
         loop {
-            let page = self.shared.js.batch(OP, &stream, &filter, seq, PAGE).await?;
+            let page = self
+                .shared
+                .js
+                .batch(OP, &stream, &filter, seq, PAGE)
+                .await?;
             let n = page.len();
             for m in page {
                 seq = m.seq + 1;
@@ -433,8 +475,9 @@ impl WorkflowStore for NatsWorkflowStore {
             let Some((rev, record)) = self.read(OP, run_id).await? else {
                 return Ok(false);
             };
-            if let Published::Stored(_) =
-                self.write_record(OP, rev, &record, Some(expires_at)).await?
+            if let Published::Stored(_) = self
+                .write_record(OP, rev, &record, Some(expires_at))
+                .await?
             {
                 return Ok(true);
             }

@@ -63,8 +63,7 @@ pub(crate) fn valid_prefix(s: &str) -> bool {
 pub(crate) fn valid_stream_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -88,7 +87,8 @@ mod tests {
         ] {
             let t = token(name);
             assert!(
-                t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
                 "{t}"
             );
             assert_eq!(untoken(&t).as_deref(), Some(name));

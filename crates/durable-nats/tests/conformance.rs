@@ -4,8 +4,8 @@
 use durable_nats::NatsConfig;
 
 async fn backend() -> Result<durable_conformance::Backend, String> {
-    let url = durable_conformance::services::env_url("nats")
-        .ok_or("DURABLE_TEST_NATS_URL is not set")?;
+    let url =
+        durable_conformance::services::env_url("nats").ok_or("DURABLE_TEST_NATS_URL is not set")?;
     let nats = NatsConfig::new(url)
         .subject_prefix("durable-test")
         .names("DT_LOGS", "DT_QUEUES", "DT_RUNS")

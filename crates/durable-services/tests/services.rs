@@ -148,8 +148,7 @@ fn postgres_starts_restarts_and_is_removed_on_drop() {
 
 #[test]
 fn nats_starts_restarts_on_its_store_and_stops() {
-    if !nats_venv().join("bin/nats-server").is_file() && find_binary("nats-server", &[]).is_none()
-    {
+    if !nats_venv().join("bin/nats-server").is_file() && find_binary("nats-server", &[]).is_none() {
         eprintln!("SKIPPED: nats-server is not installed");
         return;
     }
