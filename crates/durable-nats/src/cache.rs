@@ -17,7 +17,8 @@
 //! trip. Reads by cursor are a direct get of entry `from` (its stream sequence) and one batch
 //! direct get from there: no consumer and no scan of other runs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,8 +45,11 @@ const H_EXPIRES: &str = "Durable-Expires";
 /// Optimistic-concurrency retries before an append gives up as `Unavailable`.
 const MAX_RETRIES: usize = 10_000;
 
-/// How long an append keeps resending a batch the server did not answer.
-const RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long an append keeps resending a batch the server did not answer (callers such as the
+/// event log's writer retry longer, checking by cursor whether a failed append landed).
+const RETRY_FOR: Duration = Duration::from_secs(5);
+/// How long after an unanswered publish its buffered copy is still looked for.
+const OUTAGE_MEMORY_MS: u64 = 120_000;
 /// Pause between resends (the client reconnects meanwhile).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -79,6 +83,25 @@ pub struct NatsServerCache {
     /// The state after this instance's own last write per log: lets a single writer append in
     /// one round trip (a stale entry only costs one failed check and a re-read).
     known: Arc<Mutex<HashMap<String, LogState>>>,
+    /// Identifies this instance (and its clones) in message ids.
+    instance: Arc<str>,
+    /// Message-id stems of the appends in progress in this instance.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// When a publish of this instance last went unanswered (Unix ms): for a while after, a
+    /// publish the client buffered may still land, so a failed sequence check is resolved by
+    /// looking for our own message id.
+    last_outage: Arc<AtomicU64>,
+}
+
+/// A message-id stem, reserved while its append is in progress.
+struct Nonce(String, Arc<Mutex<HashSet<String>>>);
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.1.lock() {
+            s.remove(&self.0);
+        }
+    }
 }
 
 fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
@@ -98,7 +121,40 @@ impl NatsServerCache {
         Self {
             shared,
             known: Arc::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
+            in_flight: Arc::default(),
+            last_outage: Arc::default(),
         }
+    }
+
+    /// The message-id stem of appending `payloads` after stream sequence `seq`: the same for a
+    /// retry of the same append from the same state (so a publish the client buffered during
+    /// an outage and sent later is de-duplicated against, or recognised by, the retry), and
+    /// different for everything else: another instance, another state, other payloads, or a
+    /// concurrent identical append in this instance.
+    fn nonce(&self, log: &str, seq: u64, fence: u64, payloads: &[Bytes]) -> Nonce {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (log, fence, payloads).hash(&mut h);
+        // A new log (nothing stored yet: `seq` 0) looks the same after every delete, so its
+        // first append gets a stem of its own.
+        let stem = if seq == 0 {
+            format!("{}:0:{}", self.instance, uuid::Uuid::new_v4().simple())
+        } else {
+            format!("{}:{seq}:{:016x}", self.instance, h.finish())
+        };
+        let mut taken = match self.in_flight.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let mut id = stem.clone();
+        let mut n = 0u64;
+        while taken.contains(&id) {
+            n += 1;
+            id = format!("{stem}-{n}");
+        }
+        taken.insert(id.clone());
+        Nonce(id, self.in_flight.clone())
     }
 
     fn base(&self, name: &str) -> String {
@@ -215,7 +271,6 @@ impl NatsServerCache {
     ) -> Result<Cursor> {
         const OP: &str = "append";
         let mut cached = self.known(log);
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
         for _ in 0..MAX_RETRIES {
             let st = match cached.take() {
                 Some(st) => st,
@@ -262,8 +317,9 @@ impl NatsServerCache {
                 }
             }
             let fence = options.fence.unwrap_or(0).max(st.fence);
+            let nonce = self.nonce(log, st.seq, fence, payloads);
             match self
-                .publish_entries(log, st, fence, payloads, &nonce)
+                .publish_entries(log, st, fence, payloads, &nonce.0)
                 .await?
             {
                 Some(seq) => {
@@ -365,8 +421,10 @@ impl NatsServerCache {
     /// Publish one atomic batch; while the server cannot be reached (a restart, a reconnection)
     /// resend the identical batch: same expected sequence, same message ids. If an earlier
     /// attempt was stored and only its acknowledgement was lost, the resend is either
-    /// de-duplicated by its ids or fails the sequence check, and then the entry at `first`
-    /// (the commit) carrying our id proves the batch is in: it is never appended twice.
+    /// de-duplicated by its ids or fails the sequence check, and then the batch's commit entry
+    /// carrying our id proves the batch is in: it is never appended twice. Nothing is handed to
+    /// a disconnected client (see [`Js::connected`]), so once this returns an error no copy of
+    /// the batch can land later.
     async fn publish_retrying(
         &self,
         log: &str,
@@ -376,28 +434,40 @@ impl NatsServerCache {
     ) -> Result<Published> {
         const OP: &str = "append";
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut failed_once = false;
         loop {
             match self.shared.js.publish_atomic(OP, msgs.clone()).await {
-                Ok(Published::WrongLastSequence) if failed_once => {
+                Ok(Published::WrongLastSequence)
+                    if now_ms().saturating_sub(self.last_outage.load(Ordering::Relaxed))
+                        < OUTAGE_MEMORY_MS =>
+                {
                     // The commit is the batch's last entry: atomic, so if it is in, all are.
                     let last = first + msgs.len() as u64 - 1;
                     let ours = format!("{nonce}:{last}");
                     let entry = format!("{}.e.{last}", self.base(log));
-                    let stored = self
-                        .shared
-                        .js
-                        .last(OP, self.shared.log_stream(), &entry)
-                        .await?;
-                    return Ok(match stored {
-                        Some(m) if m.headers.get(MSG_ID).map(|v| v.as_str()) == Some(&ours) => {
-                            Published::Stored(m.seq)
+                    loop {
+                        match self
+                            .shared
+                            .js
+                            .last(OP, self.shared.log_stream(), &entry)
+                            .await
+                        {
+                            Ok(Some(m))
+                                if m.headers.get(MSG_ID).map(|v| v.as_str()) == Some(&ours) =>
+                            {
+                                return Ok(Published::Stored(m.seq))
+                            }
+                            Ok(_) => return Ok(Published::WrongLastSequence),
+                            Err(e)
+                                if e.is_retryable() && tokio::time::Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(RETRY_PAUSE).await;
+                            }
+                            Err(e) => return Err(e),
                         }
-                        _ => Published::WrongLastSequence,
-                    });
+                    }
                 }
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    failed_once = true;
+                    self.last_outage.store(now_ms(), Ordering::Relaxed);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 other => return other,

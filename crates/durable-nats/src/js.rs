@@ -30,6 +30,9 @@ pub(crate) const ROLLUP: &str = "Nats-Rollup";
 /// JetStream API error code of a failed expected-sequence check.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 
+/// JetStream API error code of an atomic batch carrying an already stored message id.
+const BATCH_DUPLICATE_ID: u64 = 10201;
+
 /// The most messages the server accepts in one atomic batch (its default `max_batch_size`).
 pub(crate) const MAX_BATCH: usize = 1000;
 
@@ -81,6 +84,16 @@ pub(crate) struct Js {
 }
 
 impl Js {
+    /// Fail fast while disconnected instead of handing the client a message it would buffer
+    /// and send after reconnecting: a write that has already been reported as failed must
+    /// never land later (the caller may have retried it meanwhile).
+    pub(crate) fn connected(&self, op: &'static str) -> Result<()> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(unavailable(op, "not connected to the NATS server")),
+        }
+    }
+
     async fn request(
         &self,
         op: &'static str,
@@ -88,6 +101,7 @@ impl Js {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<async_nats::Message> {
+        self.connected(op)?;
         let fut = async {
             match headers {
                 Some(h) => self.client.request_with_headers(subject, h, payload).await,
@@ -113,7 +127,11 @@ impl Js {
             .map_err(|e| unexpected(op, format!("bad publish ack: {e}")))?;
         match ack.error {
             None => Ok(Published::Stored(ack.seq)),
-            Some(e) if e.err_code == WRONG_LAST_SEQUENCE => Ok(Published::WrongLastSequence),
+            // A batch resent after a lost acknowledgement is rejected for its ids rather than
+            // de-duplicated; the caller resolves both by looking for its own ids.
+            Some(e) if e.err_code == WRONG_LAST_SEQUENCE || e.err_code == BATCH_DUPLICATE_ID => {
+                Ok(Published::WrongLastSequence)
+            }
             Some(e) => Err(unexpected(
                 op,
                 format!("publish rejected ({}): {}", e.err_code, e.description),
@@ -147,6 +165,7 @@ impl Js {
             };
             return self.publish(op, s, h, p).await;
         }
+        self.connected(op)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut last = None;
         for (i, (subject, mut headers, payload)) in msgs.into_iter().enumerate() {
@@ -209,6 +228,7 @@ impl Js {
         seq: u64,
         batch: usize,
     ) -> Result<Vec<StoredMsg>> {
+        self.connected(op)?;
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
