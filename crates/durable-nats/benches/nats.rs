@@ -1,0 +1,523 @@
+//! Benchmarks against a real NATS server with JetStream (`DURABLE_TEST_NATS_URL`; skipped with a
+//! message if unset).
+//!
+//! `DURABLE_TEST_NATS_URL=nats://127.0.0.1:14222 cargo bench -p durable-nats --bench nats`
+//!
+//! - `nats_append/sequential`: one task, `ServerCache::append` of one 16-byte delta at a time.
+//! - `nats_append/16_producers`: 16 tasks appending to one log concurrently (G1 holds; every
+//!   collision costs a failed expected-sequence check and a re-read).
+//! - `nats_append/batch_100`: one task, `append_many` of 100 deltas at a time (one atomic batch).
+//! - `nats_raw/publish_sync_ack` and `nats_raw/publish_async_ack`: the comparison, a bare
+//!   async-nats JetStream publish loop on the same stream, awaiting each ack before the next, or
+//!   sending all and awaiting the acks after.
+//! - `nats_replay/10k_raw_reads` (`ServerCache::read`, 512 per call) and `nats_replay/10k`
+//!   (`EventLog::observe(0)` of a finished 10,000-event run, to the end).
+//! - `nats_e2e/writer_10k`: one run streaming 10,000 deltas through `EventLog::writer` with one
+//!   observer; `nats_e2e/durable_agent_10k`: a `DurableAgent` run of the scripted model streaming
+//!   10,000 deltas on NATS only (log, wake-ups, record, lease, checkpoints), drained.
+//! - printed, not criterion measurements: append → observer latency at 1 ms pacing (p50, p99,
+//!   max over 2,000 events) beside a bare core round trip and the append alone; and fan-out to
+//!   1,000 observers of one run, with the core wake subject (this crate's design) and with one
+//!   JetStream ordered consumer per observer (the alternative), including setup time. Run them
+//!   alone with `cargo bench -p durable-nats --bench nats -- latency` (the filter skips the
+//!   criterion benches).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use bytes::Bytes;
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use durable_conformance::services::env_url;
+use durable_core::{
+    AppendOptions, EventKind, EventLog, Json, LogConfig, NewEvent, ObserveOptions, RunId,
+    ServerCache, ServerCacheExt,
+};
+use durable_nats::{Nats, NatsConfig};
+use futures::StreamExt;
+
+static URL: OnceLock<String> = OnceLock::new();
+const N: u64 = 10_000;
+const PREFIX: &str = "durable-bench";
+const STREAM: &str = "BENCH_LOGS";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn connect(rt: &tokio::runtime::Runtime) -> Nats {
+    let url = URL.get().expect("url").clone();
+    rt.block_on(
+        NatsConfig::new(url)
+            .subject_prefix(PREFIX)
+            .names(STREAM, "BENCH_QUEUES", "BENCH_RUNS")
+            .connect(),
+    )
+    .expect("connect")
+}
+
+fn event_log(nats: &Nats, ns: &str) -> EventLog {
+    let mut config = LogConfig::default();
+    config.namespace = ns.to_owned();
+    EventLog::new(Arc::new(nats.server_cache()), Arc::new(nats.pubsub())).with_config(config)
+}
+
+fn delta() -> NewEvent {
+    static DELTA: OnceLock<NewEvent> = OnceLock::new();
+    DELTA
+        .get_or_init(|| {
+            NewEvent::new(
+                EventKind::TextDelta,
+                Json::from_text(r#""0123456789abcdef""#).expect("json"),
+            )
+        })
+        .clone()
+}
+
+fn finish() -> NewEvent {
+    NewEvent::new(EventKind::Finish, Json::null())
+}
+
+fn payload() -> Bytes {
+    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
+}
+
+fn bench_append(c: &mut Criterion) {
+    let rt = rt();
+    let nats = connect(&rt);
+    let cache = nats.server_cache();
+    let mut g = c.benchmark_group("nats_append");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("sequential", |b| {
+        b.iter_batched(
+            || format!("bench/seq/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    for _ in 0..N {
+                        cache.append(&log, payload()).await.expect("append");
+                    }
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("16_producers", |b| {
+        b.iter_batched(
+            || format!("bench/par/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..16)
+                        .map(|_| {
+                            let (cache, log) = (cache.clone(), log.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..N / 16 {
+                                    cache.append(&log, payload()).await.expect("append");
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("producer");
+                    }
+                    assert_eq!(cache.len(&log).await.expect("len"), Some(N / 16 * 16));
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("batch_100", |b| {
+        let batch: Vec<Bytes> = (0..100).map(|_| payload()).collect();
+        b.iter_batched(
+            || format!("bench/batch/{}", RunId::generate()),
+            |log| {
+                rt.block_on(async {
+                    for _ in 0..N / 100 {
+                        cache
+                            .append_many(&log, &batch, AppendOptions::default())
+                            .await
+                            .expect("append");
+                    }
+                    cache.delete(&log).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn bench_raw(c: &mut Criterion) {
+    let rt = rt();
+    let nats = connect(&rt);
+    let js = {
+        // The JetStream context spawns its ack task: inside the runtime.
+        let _rt = rt.enter();
+        async_nats::jetstream::new(nats.client().clone())
+    };
+    let mut g = c.benchmark_group("nats_raw");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("publish_sync_ack", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let subject = format!("{PREFIX}.c.raw-{}.x", RunId::generate());
+                for _ in 0..N {
+                    js.publish(subject.clone(), payload())
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("ack");
+                }
+            })
+        });
+    });
+    g.bench_function("publish_async_ack", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let subject = format!("{PREFIX}.c.raw-{}.x", RunId::generate());
+                let mut acks = Vec::with_capacity(N as usize);
+                for _ in 0..N {
+                    acks.push(
+                        js.publish(subject.clone(), payload())
+                            .await
+                            .expect("publish"),
+                    );
+                }
+                for a in acks {
+                    a.await.expect("ack");
+                }
+            })
+        });
+    });
+    g.finish();
+}
+
+fn bench_replay(c: &mut Criterion) {
+    let rt = rt();
+    let nats = connect(&rt);
+    let log = event_log(&nats, "bench");
+    let run = RunId::generate();
+    rt.block_on(async {
+        log.create(&run, None).await.expect("create");
+        let batch: Vec<_> = (0..N).map(|_| delta()).collect();
+        log.append(&run, &batch, None).await.expect("append");
+        log.append(&run, &[finish()], None).await.expect("finish");
+    });
+    let mut g = c.benchmark_group("nats_replay");
+    g.throughput(Throughput::Elements(N + 1));
+    let cache = nats.server_cache();
+    let name = log.log_name(&run);
+    g.bench_function("10k_raw_reads", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut from = 0;
+                while from < N + 1 {
+                    from += cache
+                        .read(&name, from, 512)
+                        .await
+                        .expect("read")
+                        .entries
+                        .len() as u64;
+                }
+            })
+        });
+    });
+    g.bench_function("10k", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = log
+                    .observe(&run, ObserveOptions::from(0))
+                    .await
+                    .expect("observe");
+                let n = s.fold(0u64, |n, _| async move { n + 1 }).await;
+                assert_eq!(n, N + 1);
+            })
+        });
+    });
+    g.finish();
+    rt.block_on(log.delete(&run)).expect("delete");
+}
+
+fn bench_e2e(c: &mut Criterion) {
+    let rt = rt();
+    let nats = connect(&rt);
+    let log = event_log(&nats, "bench");
+    let mut g = c.benchmark_group("nats_e2e");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("writer_10k", |b| {
+        b.iter_batched(
+            || {
+                let run = RunId::generate();
+                rt.block_on(log.create(&run, None)).expect("create");
+                let stream = rt
+                    .block_on(log.observe(&run, ObserveOptions::from(0)))
+                    .expect("observe");
+                let obs =
+                    rt.spawn(async move { stream.fold(0u64, |n, _| async move { n + 1 }).await });
+                (run, obs)
+            },
+            |(run, obs)| {
+                rt.block_on(async {
+                    let w = log.writer(run.clone(), None, 4096);
+                    for _ in 0..N {
+                        w.send(delta()).await.expect("send");
+                    }
+                    w.send(finish()).await.expect("finish");
+                    w.flush().await.expect("flush");
+                    assert_eq!(obs.await.expect("observer"), N + 1);
+                    log.delete(&run).await.expect("delete");
+                })
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    let mut config = LogConfig::default();
+    config.namespace = "bench-agent".to_owned();
+    config.retention = Duration::from_secs(5);
+    let agent = durable_core::agent::Agent::builder()
+        .id("bench")
+        .model(durable_core::agent::ScriptedModel::new([
+            durable_core::agent::Turn::new().deltas(N as usize, "0123456789abcdef"),
+        ]))
+        .build()
+        .expect("agent");
+    let durable = durable_core::agent::DurableAgent::builder(agent)
+        .cache(nats.server_cache())
+        .pubsub(nats.pubsub())
+        .store(nats.workflow_store())
+        .log_config(config)
+        .build()
+        .expect("durable agent");
+    g.bench_function("durable_agent_10k", |b| {
+        b.to_async(&rt).iter(|| async {
+            let run = durable
+                .stream("go", durable_core::agent::StreamOptions::new())
+                .await
+                .expect("stream");
+            let n = run
+                .fold(0u64, |n, e| async move {
+                    e.expect("event");
+                    n + 1
+                })
+                .await;
+            assert!(n > N);
+        });
+    });
+    g.finish();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report(_: &mut Criterion) {
+    let rt = rt();
+    latency(&rt);
+    fan_out(&rt, 1000, 1000);
+}
+
+/// Append → observer latency through `EventLog` (announce in the append) at 1 ms pacing,
+/// interleaved sample by sample with a bare core round trip (`flush`: PING/PONG) and the append
+/// alone, so the machine's noise hits all of them alike.
+fn latency(rt: &tokio::runtime::Runtime) {
+    const SAMPLES: usize = 2000;
+    let nats = connect(rt);
+    let mut results = rt.block_on(async {
+        let log = event_log(&nats, "bench");
+        assert!(log.announces_in_append());
+        let run = RunId::generate();
+        log.create(&run, None).await.expect("create");
+        let mut stream = log
+            .observe(&run, ObserveOptions::from(0))
+            .await
+            .expect("observe");
+        let cache = nats.server_cache();
+        let raw_log = format!("bench/append-only/{}", RunId::generate());
+        let ev = [delta()];
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out: [Vec<Duration>; 3] = std::array::from_fn(|_| Vec::with_capacity(SAMPLES));
+        for i in 0..3 * SAMPLES {
+            pace.tick().await;
+            let t = Instant::now();
+            match i % 3 {
+                0 => nats.client().flush().await.expect("flush"),
+                1 => {
+                    log.append(&run, &ev, None).await.expect("append");
+                    stream.next().await.expect("event").expect("ok");
+                }
+                _ => {
+                    cache
+                        .append_many(&raw_log, &[payload()], AppendOptions::default())
+                        .await
+                        .expect("append");
+                }
+            }
+            out[i % 3].push(t.elapsed());
+        }
+        cache.delete(&raw_log).await.expect("delete");
+        log.delete(&run).await.expect("delete");
+        out
+    });
+    for (name, sorted) in [
+        "bare core round trip (PING)",
+        "append→observer (announce in append)",
+        "append alone (no observer)",
+    ]
+    .iter()
+    .zip(results.iter_mut())
+    {
+        sorted.sort();
+        eprintln!(
+            "nats latency (1 ms pacing, {} samples) {name}: p50 {:?}, p99 {:?}, max {:?}",
+            sorted.len(),
+            percentile(sorted, 0.50),
+            percentile(sorted, 0.99),
+            sorted[sorted.len() - 1]
+        );
+    }
+}
+
+/// One run, `observers` observers, `events` events written through the run writer: the time
+/// until every observer has the last event, with the core wake subject (`EventLog::observe`)
+/// and with one ordered consumer per observer on the run's entry subjects.
+fn fan_out(rt: &tokio::runtime::Runtime, observers: usize, events: u64) {
+    let nats = connect(rt);
+    rt.block_on(async {
+        // Core wake subject: EventLog observers.
+        let log = event_log(&nats, "bench-fan");
+        let run = RunId::generate();
+        log.create(&run, None).await.expect("create");
+        let setup = Instant::now();
+        let mut tasks = Vec::with_capacity(observers);
+        for _ in 0..observers {
+            let s = log
+                .observe(&run, ObserveOptions::from(0))
+                .await
+                .expect("observe");
+            tasks.push(tokio::spawn(s.fold((0u64, None), |(n, err), e| async move {
+                match e {
+                    Ok(_) => (n + 1, err),
+                    Err(e) => (n, err.or(Some(e.to_string()))),
+                }
+            })));
+        }
+        let setup = setup.elapsed();
+        let t = Instant::now();
+        let w = log.writer(run.clone(), None, 4096);
+        for _ in 0..events {
+            w.send(delta()).await.expect("send");
+        }
+        w.send(finish()).await.expect("finish");
+        w.flush().await.expect("flush");
+        let written = t.elapsed();
+        let (mut exact, mut failed) = (0, Vec::new());
+        for task in tasks {
+            match task.await.expect("observer") {
+                (n, None) if n == events + 1 => exact += 1,
+                (n, err) => failed.push((n, err)),
+            }
+        }
+        eprintln!(
+            "nats fan-out, core wake subject: 1 run x {observers} observers x {} events: setup {:?}, written in {:?}, all observers done after {:?} ({:.0} deliveries/s); {exact} observers exact, {} failed{}",
+            events + 1,
+            setup,
+            written,
+            t.elapsed(),
+            (observers as f64 * (events + 1) as f64) / t.elapsed().as_secs_f64(),
+            failed.len(),
+            failed
+                .first()
+                .map(|(n, e)| format!(" (first: {n} events, then {e:?})"))
+                .unwrap_or_default()
+        );
+        log.delete(&run).await.expect("delete");
+
+        // The alternative: one ordered consumer per observer on the run's entry subjects.
+        let cache = nats.server_cache();
+        let name = format!("bench/fan-ordered/{}", RunId::generate());
+        cache
+            .append_many(&name, &[], AppendOptions::default())
+            .await
+            .expect("create");
+        let token: String = name
+            .bytes()
+            .map(|b| match b {
+                b'/' => "_s".to_owned(),
+                b'_' => "__".to_owned(),
+                b'.' => "_d".to_owned(),
+                b':' => "_c".to_owned(),
+                b => (b as char).to_string(),
+            })
+            .collect();
+        let filter = format!("{PREFIX}.c.{token}.e.*");
+        let js = async_nats::jetstream::new(nats.client().clone());
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        let setup = Instant::now();
+        let mut tasks = Vec::with_capacity(observers);
+        for _ in 0..observers {
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .expect("ordered consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            let want = events;
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                while n < want {
+                    messages.next().await.expect("end").expect("message");
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let setup = setup.elapsed();
+        let t = Instant::now();
+        let batch: Vec<Bytes> = (0..100).map(|_| payload()).collect();
+        for _ in 0..events / 100 {
+            cache
+                .append_many(&name, &batch, AppendOptions::default())
+                .await
+                .expect("append");
+        }
+        let written = t.elapsed();
+        for task in tasks {
+            assert_eq!(task.await.expect("consumer"), events / 100 * 100);
+        }
+        eprintln!(
+            "nats fan-out, ordered consumer per observer: 1 run x {observers} observers x {} events: setup {:?}, written in {:?}, all observers done after {:?} ({:.0} deliveries/s)",
+            events / 100 * 100,
+            setup,
+            written,
+            t.elapsed(),
+            (observers as f64 * (events / 100 * 100) as f64) / t.elapsed().as_secs_f64()
+        );
+        cache.delete(&name).await.expect("delete");
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5));
+    targets = report, bench_append, bench_raw, bench_replay, bench_e2e
+}
+
+fn main() {
+    let Some(url) = env_url("nats") else {
+        eprintln!("nats bench skipped: DURABLE_TEST_NATS_URL is not set");
+        return;
+    };
+    let _ = URL.set(url);
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

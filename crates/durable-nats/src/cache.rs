@@ -1,0 +1,797 @@
+//! [`NatsServerCache`]: the run logs and keys, in one JetStream stream.
+//!
+//! Every logical name owns the subjects `<prefix>.c.<token>.>` (see [`crate::subject`]):
+//!
+//! | subject | what |
+//! |---|---|
+//! | `….<token>.e.<cursor>` | log entry `cursor` (one message per event) |
+//! | `….<token>.h` | log head: written by an empty append or `expire` |
+//! | `….<token>.v` | key value (rolled up: only the latest is kept) |
+//!
+//! The last message on `<token>.>` is the name's whole state (a key, or a log with its next
+//! cursor, fence and expiry in headers), read with one direct get. Every write carries
+//! `Nats-Expected-Last-Subject-Sequence` against that wildcard: the server stores it only if
+//! nothing of the name changed since the state was read. That one check gives contiguous
+//! cursors under concurrent appenders (G1), the epoch fence in the same operation, and the
+//! key/log exclusion. A batch of entries is one atomic batch publish: all or nothing, one round
+//! trip. Reads by cursor are a direct get of entry `from` (its stream sequence) and one batch
+//! direct get from there: no consumer and no scan of other runs.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use durable_core::{
+    frame, now_ms, ttl_ms, validate_name, validate_prefix, Announce, AnnounceDomain, AppendOptions,
+    CacheCapabilities, Cursor, ErrorKind, LogSlice, Result, ServerCache,
+};
+
+use crate::config::Shared;
+use crate::error::{corrupt, err, unavailable, NATS};
+use crate::js::{
+    Published, StoredMsg, EXPECTED_LAST_SUBJECT_SEQ, EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, MAX_BATCH,
+    MSG_ID, ROLLUP, TTL,
+};
+use crate::subject::{token, untoken};
+
+const H_NEXT: &str = "Durable-Next";
+const H_FENCE: &str = "Durable-Fence";
+const H_EXPIRES: &str = "Durable-Expires";
+
+/// Optimistic-concurrency retries before an append gives up as `Unavailable`.
+const MAX_RETRIES: usize = 10_000;
+
+/// How long an append keeps resending a batch the server did not answer (callers such as the
+/// event log's writer retry longer, checking by cursor whether a failed append landed).
+const RETRY_FOR: Duration = Duration::from_secs(5);
+/// How long after an unanswered publish its buffered copy is still looked for.
+const OUTAGE_MEMORY_MS: u64 = 120_000;
+/// Pause between resends (the client reconnects meanwhile).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a name is, read from its last message.
+#[derive(Debug, Clone)]
+enum State {
+    Missing,
+    Key {
+        seq: u64,
+        value: Bytes,
+        expires: Option<u64>,
+    },
+    Log(LogState),
+    /// A key or log whose expiry has passed but whose messages are still stored.
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LogState {
+    /// Stream sequence of the log's last message (the expected-sequence check value).
+    seq: u64,
+    next: u64,
+    fence: u64,
+    expires: Option<u64>,
+}
+
+/// Keys with TTL and run logs on NATS JetStream. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NatsServerCache {
+    shared: Arc<Shared>,
+    /// The state after this instance's own last write per log: lets a single writer append in
+    /// one round trip (a stale entry only costs one failed check and a re-read).
+    known: Arc<Mutex<HashMap<String, LogState>>>,
+    /// Identifies this instance (and its clones) in message ids.
+    instance: Arc<str>,
+    /// Message-id stems of the appends in progress in this instance.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// When a publish of this instance last went unanswered (Unix ms): for a while after, a
+    /// publish the client buffered may still land, so a failed sequence check is resolved by
+    /// looking for our own message id.
+    last_outage: Arc<AtomicU64>,
+}
+
+/// A message-id stem, reserved while its append is in progress.
+struct Nonce(String, Arc<Mutex<HashSet<String>>>);
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.1.lock() {
+            s.remove(&self.0);
+        }
+    }
+}
+
+fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
+    validate_name(what, name).map_err(|e| e.with_backend(NATS).with_operation(op))
+}
+
+fn conflict(op: &'static str, name: &str) -> durable_core::Error {
+    err(
+        ErrorKind::Conflict,
+        op,
+        format!("{name:?} is a log and a key at once: a key and a log may not share a name"),
+    )
+}
+
+impl NatsServerCache {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            known: Arc::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
+            in_flight: Arc::default(),
+            last_outage: Arc::default(),
+        }
+    }
+
+    /// The message-id stem of appending `payloads` after stream sequence `seq`: the same for a
+    /// retry of the same append from the same state (so a publish the client buffered during
+    /// an outage and sent later is de-duplicated against, or recognised by, the retry), and
+    /// different for everything else: another instance, another state, other payloads, or a
+    /// concurrent identical append in this instance.
+    fn nonce(&self, log: &str, seq: u64, fence: u64, payloads: &[Bytes]) -> Nonce {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (log, fence, payloads).hash(&mut h);
+        // A new log (nothing stored yet: `seq` 0) looks the same after every delete, so its
+        // first append gets a stem of its own.
+        let stem = if seq == 0 {
+            format!("{}:0:{}", self.instance, uuid::Uuid::new_v4().simple())
+        } else {
+            format!("{}:{seq}:{:016x}", self.instance, h.finish())
+        };
+        let mut taken = match self.in_flight.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let mut id = stem.clone();
+        let mut n = 0u64;
+        while taken.contains(&id) {
+            n += 1;
+            id = format!("{stem}-{n}");
+        }
+        taken.insert(id.clone());
+        Nonce(id, self.in_flight.clone())
+    }
+
+    fn base(&self, name: &str) -> String {
+        format!("{}.c.{}", self.shared.prefix(), token(name))
+    }
+
+    fn forget(&self, log: &str) {
+        if let Ok(mut k) = self.known.lock() {
+            k.remove(log);
+        }
+    }
+
+    fn remember(&self, log: &str, st: LogState) {
+        if let Ok(mut k) = self.known.lock() {
+            if k.len() > 10_000 {
+                k.clear();
+            }
+            k.insert(log.to_owned(), st);
+        }
+    }
+
+    fn known(&self, log: &str) -> Option<LogState> {
+        let st = self.known.lock().ok()?.get(log).copied()?;
+        match st.expires {
+            Some(t) if t <= now_ms() => None,
+            _ => Some(st),
+        }
+    }
+
+    async fn state(&self, op: &'static str, name: &str) -> Result<State> {
+        let base = self.base(name);
+        let Some(m) = self
+            .shared
+            .js
+            .last(op, self.shared.log_stream(), &format!("{base}.>"))
+            .await?
+        else {
+            return Ok(State::Missing);
+        };
+        parse_state(op, &base, m)
+    }
+
+    /// Remove an expired name's leftovers so a new write starts from nothing.
+    async fn purge(&self, op: &'static str, name: &str) -> Result<u64> {
+        self.forget(name);
+        let filter = format!("{}.>", self.base(name));
+        self.shared
+            .js
+            .purge(op, self.shared.log_stream(), &filter)
+            .await
+    }
+
+    fn purge_later(&self, name: &str) {
+        let this = self.clone();
+        let name = name.to_owned();
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                // Re-check: only what is still expired goes.
+                if let Ok(State::Expired) = this.state("purge", &name).await {
+                    let _ = this.purge("purge", &name).await;
+                }
+            });
+        }
+    }
+
+    fn guarded(&self, name: &str, seq: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(EXPECTED_LAST_SUBJECT_SEQ, seq.to_string().as_str());
+        h.insert(
+            EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+            format!("{}.>", self.base(name)).as_str(),
+        );
+        h
+    }
+
+    async fn write_key(
+        &self,
+        op: &'static str,
+        key: &str,
+        seq: u64,
+        value: Bytes,
+        expires: Option<u64>,
+    ) -> Result<Published> {
+        let mut h = self.guarded(key, seq);
+        h.insert(ROLLUP, "sub");
+        if let Some(t) = expires {
+            h.insert(H_EXPIRES, t.to_string().as_str());
+            // Server-side removal (whole seconds, rounded up); reads honour the exact time.
+            let secs = t.saturating_sub(now_ms()).div_ceil(1000).max(1) + 1;
+            h.insert(TTL, format!("{secs}s").as_str());
+        }
+        self.shared
+            .js
+            .publish(op, format!("{}.v", self.base(key)), h, value)
+            .await
+    }
+
+    /// The state for a write: expired leftovers are purged first.
+    async fn state_for_write(&self, op: &'static str, name: &str) -> Result<State> {
+        match self.state(op, name).await? {
+            State::Expired => {
+                self.purge(op, name).await?;
+                self.state(op, name).await
+            }
+            st => Ok(st),
+        }
+    }
+
+    async fn append(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+    ) -> Result<Cursor> {
+        const OP: &str = "append";
+        let mut cached = self.known(log);
+        for _ in 0..MAX_RETRIES {
+            let st = match cached.take() {
+                Some(st) => st,
+                None => match self.state_for_write(OP, log).await? {
+                    State::Key { .. } => return Err(conflict(OP, log)),
+                    State::Missing | State::Expired => {
+                        if options.must_exist {
+                            return Err(err(
+                                ErrorKind::NotFound,
+                                OP,
+                                format!("log {log:?} does not exist"),
+                            ));
+                        }
+                        LogState {
+                            seq: 0,
+                            next: 0,
+                            fence: 0,
+                            expires: None,
+                        }
+                    }
+                    State::Log(st) => st,
+                },
+            };
+            if let Some(f) = options.fence {
+                if f < st.fence {
+                    return Err(err(
+                        ErrorKind::Fenced,
+                        OP,
+                        format!("epoch {f} is older than the log's fence {}", st.fence),
+                    ));
+                }
+            }
+            let n = payloads.len() as u64;
+            if let Some(max) = options.max_len {
+                if st.next + n > max {
+                    return Err(err(
+                        ErrorKind::LimitExceeded,
+                        OP,
+                        format!(
+                            "the log would hold {} entries, more than {max}",
+                            st.next + n
+                        ),
+                    ));
+                }
+            }
+            let fence = options.fence.unwrap_or(0).max(st.fence);
+            let nonce = self.nonce(log, st.seq, fence, payloads);
+            match self
+                .publish_entries(log, st, fence, payloads, &nonce.0)
+                .await?
+            {
+                Some(seq) => {
+                    self.remember(
+                        log,
+                        LogState {
+                            seq,
+                            next: st.next + n,
+                            fence,
+                            expires: st.expires,
+                        },
+                    );
+                    return Ok(st.next);
+                }
+                None => self.forget(log),
+            }
+        }
+        Err(err(
+            ErrorKind::Unavailable,
+            OP,
+            "too much contention on one log: gave up after many optimistic retries",
+        )
+        .with_retryable(true))
+    }
+
+    /// Write `payloads` after `st` (or a head for an empty batch). `Some(last seq)` when stored,
+    /// `None` when the log changed meanwhile.
+    async fn publish_entries(
+        &self,
+        log: &str,
+        st: LogState,
+        fence: u64,
+        payloads: &[Bytes],
+        nonce: &str,
+    ) -> Result<Option<u64>> {
+        const OP: &str = "append";
+        let base = self.base(log);
+        if payloads.is_empty() {
+            if st.seq != 0 && fence == st.fence {
+                return Ok(Some(st.seq));
+            }
+            let mut h = self.guarded(log, st.seq);
+            h.insert(H_NEXT, st.next.to_string().as_str());
+            h.insert(H_FENCE, fence.to_string().as_str());
+            if let Some(t) = st.expires {
+                h.insert(H_EXPIRES, t.to_string().as_str());
+            }
+            return match self
+                .shared
+                .js
+                .publish(OP, format!("{base}.h"), h, Bytes::new())
+                .await?
+            {
+                Published::Stored(seq) => Ok(Some(seq)),
+                Published::WrongLastSequence => Ok(None),
+            };
+        }
+        let mut seq = st.seq;
+        // Chunks beyond the server's batch limit are chained: each is atomic and checked
+        // against the previous chunk's last sequence.
+        for (c, chunk) in payloads.chunks(MAX_BATCH).enumerate() {
+            let first = st.next + (c * MAX_BATCH) as u64;
+            let msgs = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut h = if i == 0 {
+                        self.guarded(log, seq)
+                    } else {
+                        HeaderMap::new()
+                    };
+                    let cursor = first + i as u64;
+                    h.insert(H_FENCE, fence.to_string().as_str());
+                    if let Some(t) = st.expires {
+                        h.insert(H_EXPIRES, t.to_string().as_str());
+                    }
+                    h.insert(MSG_ID, format!("{nonce}:{cursor}").as_str());
+                    (format!("{base}.e.{cursor}"), h, p.clone())
+                })
+                .collect();
+            match self.publish_retrying(log, first, nonce, msgs).await {
+                Ok(Published::Stored(s)) => seq = s,
+                Ok(Published::WrongLastSequence) if c == 0 => return Ok(None),
+                Ok(Published::WrongLastSequence) => {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        OP,
+                        "the log changed in the middle of a batch of more than 1000 entries",
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(seq))
+    }
+}
+
+impl NatsServerCache {
+    /// Publish one atomic batch; while the server cannot be reached (a restart, a reconnection)
+    /// resend the identical batch: same expected sequence, same message ids. If an earlier
+    /// attempt was stored and only its acknowledgement was lost, the resend is either
+    /// de-duplicated by its ids or fails the sequence check, and then the batch's commit entry
+    /// carrying our id proves the batch is in: it is never appended twice. Nothing is handed to
+    /// a disconnected client (see [`Js::connected`]), so once this returns an error no copy of
+    /// the batch can land later.
+    async fn publish_retrying(
+        &self,
+        log: &str,
+        first: u64,
+        nonce: &str,
+        msgs: Vec<(String, HeaderMap, Bytes)>,
+    ) -> Result<Published> {
+        const OP: &str = "append";
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            match self.shared.js.publish_atomic(OP, msgs.clone()).await {
+                Ok(Published::WrongLastSequence)
+                    if now_ms().saturating_sub(self.last_outage.load(Ordering::Relaxed))
+                        < OUTAGE_MEMORY_MS =>
+                {
+                    // The commit is the batch's last entry: atomic, so if it is in, all are.
+                    let last = first + msgs.len() as u64 - 1;
+                    let ours = format!("{nonce}:{last}");
+                    let entry = format!("{}.e.{last}", self.base(log));
+                    loop {
+                        match self
+                            .shared
+                            .js
+                            .last(OP, self.shared.log_stream(), &entry)
+                            .await
+                        {
+                            Ok(Some(m))
+                                if m.headers.get(MSG_ID).map(|v| v.as_str()) == Some(&ours) =>
+                            {
+                                return Ok(Published::Stored(m.seq))
+                            }
+                            Ok(_) => return Ok(Published::WrongLastSequence),
+                            Err(e)
+                                if e.is_retryable() && tokio::time::Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(RETRY_PAUSE).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    self.last_outage.store(now_ms(), Ordering::Relaxed);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn parse_state(op: &'static str, base: &str, m: StoredMsg) -> Result<State> {
+    let expires = m.header_u64(H_EXPIRES);
+    if expires.is_some_and(|t| t <= now_ms()) {
+        return Ok(State::Expired);
+    }
+    let rest = m
+        .subject
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(|| corrupt(op, "state message on a foreign subject"))?;
+    let fence = m.header_u64(H_FENCE).unwrap_or(0);
+    match rest {
+        "v" => Ok(State::Key {
+            seq: m.seq,
+            value: m.payload,
+            expires,
+        }),
+        "h" => Ok(State::Log(LogState {
+            seq: m.seq,
+            next: m
+                .header_u64(H_NEXT)
+                .ok_or_else(|| corrupt(op, "log head without next cursor"))?,
+            fence,
+            expires,
+        })),
+        r => {
+            let cursor: u64 = r
+                .strip_prefix("e.")
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| corrupt(op, format!("unknown log subject {r:?}")))?;
+            Ok(State::Log(LogState {
+                seq: m.seq,
+                next: cursor + 1,
+                fence,
+                expires,
+            }))
+        }
+    }
+}
+
+#[async_trait]
+impl ServerCache for NatsServerCache {
+    fn backend(&self) -> &'static str {
+        NATS
+    }
+
+    fn capabilities(&self) -> CacheCapabilities {
+        CacheCapabilities::ALL
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        check("get", "key", key)?;
+        match self.state("get", key).await? {
+            State::Missing => Ok(None),
+            State::Expired => {
+                self.purge_later(key);
+                Ok(None)
+            }
+            State::Key { value, .. } => Ok(Some(value)),
+            State::Log(_) => Err(conflict("get", key)),
+        }
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        const OP: &str = "set";
+        check(OP, "key", key)?;
+        let expires = ttl.map(|t| now_ms() + ttl_ms(t));
+        for _ in 0..MAX_RETRIES {
+            let seq = match self.state_for_write(OP, key).await? {
+                State::Log(_) => return Err(conflict(OP, key)),
+                State::Key { seq, .. } => seq,
+                State::Missing | State::Expired => 0,
+            };
+            if let Published::Stored(_) =
+                self.write_key(OP, key, seq, value.clone(), expires).await?
+            {
+                return Ok(());
+            }
+        }
+        Err(err(ErrorKind::Unavailable, OP, "too much contention on one key").with_retryable(true))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        check("delete", "key", key)?;
+        let existed = matches!(
+            self.state("delete", key).await?,
+            State::Key { .. } | State::Log(_)
+        );
+        self.purge("delete", key).await?;
+        Ok(existed)
+    }
+
+    async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
+        const OP: &str = "increment";
+        check(OP, "key", key)?;
+        for _ in 0..MAX_RETRIES {
+            let (seq, current, expires) = match self.state_for_write(OP, key).await? {
+                State::Log(_) => return Err(conflict(OP, key)),
+                State::Key {
+                    seq,
+                    value,
+                    expires,
+                } => {
+                    let n: i64 = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| {
+                            err(
+                                ErrorKind::InvalidInput,
+                                OP,
+                                "the key does not hold an integer",
+                            )
+                        })?;
+                    (seq, n, expires)
+                }
+                State::Missing | State::Expired => (0, 0, ttl.map(|t| now_ms() + ttl_ms(t))),
+            };
+            let next = current
+                .checked_add(by)
+                .ok_or_else(|| err(ErrorKind::InvalidInput, OP, "integer overflow"))?;
+            let value = Bytes::from(next.to_string());
+            if let Published::Stored(_) = self.write_key(OP, key, seq, value, expires).await? {
+                return Ok(next);
+            }
+        }
+        Err(err(ErrorKind::Unavailable, OP, "too much contention on one key").with_retryable(true))
+    }
+
+    async fn append_many(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+    ) -> Result<Cursor> {
+        check("append", "log", log)?;
+        self.append(log, payloads, options).await
+    }
+
+    async fn read(&self, log: &str, from: Cursor, limit: usize) -> Result<LogSlice> {
+        const OP: &str = "read";
+        check(OP, "log", log)?;
+        let base = self.base(log);
+        let stream = self.shared.log_stream();
+        let first_entry = format!("{base}.e.{from}");
+        // Both lookups at once: one round trip of latency.
+        let (state, first) = futures::join!(
+            self.state(OP, log),
+            self.shared.js.last(OP, stream, &first_entry)
+        );
+        let st = match state? {
+            State::Missing => {
+                return Err(err(
+                    ErrorKind::NotFound,
+                    OP,
+                    format!("log {log:?} does not exist"),
+                ))
+            }
+            State::Expired => {
+                self.purge_later(log);
+                return Err(err(
+                    ErrorKind::NotFound,
+                    OP,
+                    format!("log {log:?} does not exist"),
+                ));
+            }
+            State::Key { .. } => return Err(conflict(OP, log)),
+            State::Log(st) => st,
+        };
+        if from > st.next {
+            return Err(err(
+                ErrorKind::OffsetAhead,
+                OP,
+                format!("offset {from} is beyond the log's next cursor {}", st.next),
+            ));
+        }
+        let want = usize::try_from(st.next - from)
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        if want == 0 {
+            return Ok(LogSlice {
+                first: from,
+                entries: Vec::new(),
+                next: st.next,
+            });
+        }
+        let Some(first) = first? else {
+            return Err(corrupt(OP, format!("entry {from} of {log:?} is missing")));
+        };
+        let msgs = self
+            .shared
+            .js
+            .batch(OP, stream, &format!("{base}.e.*"), first.seq, want)
+            .await?;
+        let mut entries = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.into_iter().enumerate() {
+            let expected = format!("{base}.e.{}", from + i as u64);
+            if m.subject != expected {
+                return Err(corrupt(
+                    OP,
+                    format!("expected {expected}, read {}", m.subject),
+                ));
+            }
+            entries.push(m.payload);
+        }
+        Ok(LogSlice {
+            first: from,
+            entries,
+            next: st.next,
+        })
+    }
+
+    async fn len(&self, log: &str) -> Result<Option<u64>> {
+        check("len", "log", log)?;
+        match self.state("len", log).await? {
+            State::Missing => Ok(None),
+            State::Expired => {
+                self.purge_later(log);
+                Ok(None)
+            }
+            State::Key { .. } => Err(conflict("len", log)),
+            State::Log(st) => Ok(Some(st.next)),
+        }
+    }
+
+    async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
+        const OP: &str = "expire";
+        check(OP, "log", log)?;
+        let expires = now_ms() + ttl_ms(ttl);
+        for _ in 0..MAX_RETRIES {
+            let st = match self.state_for_write(OP, log).await? {
+                State::Missing | State::Expired => return Ok(false),
+                State::Key { .. } => return Err(conflict(OP, log)),
+                State::Log(st) => st,
+            };
+            let mut h = self.guarded(log, st.seq);
+            h.insert(H_NEXT, st.next.to_string().as_str());
+            h.insert(H_FENCE, st.fence.to_string().as_str());
+            h.insert(H_EXPIRES, expires.to_string().as_str());
+            match self
+                .shared
+                .js
+                .publish(OP, format!("{}.h", self.base(log)), h, Bytes::new())
+                .await?
+            {
+                Published::Stored(seq) => {
+                    self.remember(
+                        log,
+                        LogState {
+                            seq,
+                            expires: Some(expires),
+                            ..st
+                        },
+                    );
+                    return Ok(true);
+                }
+                Published::WrongLastSequence => self.forget(log),
+            }
+        }
+        Err(err(ErrorKind::Unavailable, OP, "too much contention on one log").with_retryable(true))
+    }
+
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        const OP: &str = "keys";
+        validate_prefix("prefix", prefix).map_err(|e| e.with_backend(NATS).with_operation(OP))?;
+        let root = format!("{}.c.", self.shared.prefix());
+        let subjects = self
+            .shared
+            .js
+            .subjects(OP, self.shared.log_stream(), &format!("{root}>"))
+            .await?;
+        let names: BTreeSet<String> = subjects
+            .iter()
+            .filter_map(|s| s.strip_prefix(&root)?.split('.').next())
+            .filter_map(untoken)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.state(OP, &name).await? {
+                State::Key { .. } | State::Log(_) => out.push(name),
+                State::Expired => self.purge_later(&name),
+                State::Missing => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        Some(AnnounceDomain::new(self.shared.domain()))
+    }
+
+    async fn append_announce(
+        &self,
+        log: &str,
+        payloads: &[Bytes],
+        options: AppendOptions,
+        announce: Announce<'_>,
+    ) -> Result<Cursor> {
+        check("append", "log", log)?;
+        check("append", "topic", announce.topic)?;
+        let first = self.append(log, payloads, options).await?;
+        if !payloads.is_empty() {
+            // Persist, then announce: the frame leaves only after the stream acknowledged the
+            // batch. It is a core publish, buffered behind the same connection, so it adds no
+            // round trip.
+            let body = frame::encode(first, payloads, announce.max_frame_bytes);
+            self.shared
+                .js
+                .client
+                .publish(
+                    crate::pubsub::topic_subject(self.shared.prefix(), announce.topic),
+                    body,
+                )
+                .await
+                .map_err(|e| unavailable("append_announce", e))?;
+        }
+        Ok(first)
+    }
+}

@@ -1,0 +1,317 @@
+//! [`NatsConfig`] and the connected [`Nats`] handle that hands out the three backends.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use durable_core::{ErrorKind, Result};
+use tokio::sync::watch;
+
+use crate::cache::NatsServerCache;
+use crate::error::{err, unavailable};
+use crate::js::Js;
+use crate::pubsub::NatsPubSub;
+use crate::store::NatsWorkflowStore;
+use crate::subject::{valid_prefix, valid_stream_name};
+
+/// Environment variables read by [`NatsConfig::from_env`], in order.
+pub const URL_ENV_VARS: &[&str] = &["DURABLE_NATS_URL", "NATS_URL"];
+
+/// Default subject prefix: logs under `durable.c.>`, topics under `durable.t.>`, queues under
+/// `durable.q.>`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "durable";
+
+/// How to reach NATS and where to keep things. Defaults are documented on each setter.
+#[derive(Clone)]
+pub struct NatsConfig {
+    url: String,
+    prefix: String,
+    log_stream: String,
+    queue_stream: String,
+    bucket: String,
+    max_age: Option<Duration>,
+    lease: Duration,
+    max_deliver: i64,
+    timeout: Duration,
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("log_stream", &self.log_stream)
+            .field("queue_stream", &self.queue_stream)
+            .field("bucket", &self.bucket)
+            .field("max_age", &self.max_age)
+            .field("lease", &self.lease)
+            .field("max_deliver", &self.max_deliver)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `nats://user:secret@host` → `nats://***@host`: credentials never reach logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl NatsConfig {
+    /// A configuration for the server(s) at `url` (`nats://host:port`, comma-separated for
+    /// several; credentials in the URL are used and never printed).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
+            log_stream: "DURABLE_LOGS".to_owned(),
+            queue_stream: "DURABLE_QUEUES".to_owned(),
+            bucket: "DURABLE_RUNS".to_owned(),
+            max_age: None,
+            lease: Duration::from_secs(30),
+            max_deliver: 20,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The URL from the first of [`URL_ENV_VARS`] that is set.
+    ///
+    /// # Errors
+    /// `InvalidInput` when none is set.
+    pub fn from_env() -> Result<Self> {
+        URL_ENV_VARS
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+            .map(Self::new)
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::InvalidInput,
+                    "config",
+                    format!("none of {URL_ENV_VARS:?} is set"),
+                )
+            })
+    }
+
+    /// Subject prefix (default [`DEFAULT_SUBJECT_PREFIX`]): dot-separated tokens of
+    /// `[A-Za-z0-9_-]`. Two configurations with different prefixes (and stream names) never see
+    /// each other's data.
+    #[must_use]
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Names of the log stream, the queue stream and the key-value bucket (defaults
+    /// `DURABLE_LOGS`, `DURABLE_QUEUES`, `DURABLE_RUNS`).
+    #[must_use]
+    pub fn names(
+        mut self,
+        log_stream: impl Into<String>,
+        queue_stream: impl Into<String>,
+        bucket: impl Into<String>,
+    ) -> Self {
+        self.log_stream = log_stream.into();
+        self.queue_stream = queue_stream.into();
+        self.bucket = bucket.into();
+        self
+    }
+
+    /// A stream-wide retention limit as a backstop to per-run retention (default none: runs
+    /// are removed by their own retention, see the README).
+    #[must_use]
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// How long a work-queue job may stay unacknowledged before it is redelivered (default 30 s).
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How many times a work-queue job is delivered at most (default 20).
+    #[must_use]
+    pub fn max_deliver(mut self, max_deliver: u32) -> Self {
+        self.max_deliver = i64::from(max_deliver.max(1));
+        self
+    }
+
+    /// How long one request may take (default 10 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connect, and create the streams and the bucket if missing.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad prefix or name, `Unavailable` when the server cannot be reached
+    /// or has no JetStream.
+    pub async fn connect(self) -> Result<Nats> {
+        if !valid_prefix(&self.prefix) {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "connect",
+                "subject prefix must be dot-separated tokens of [A-Za-z0-9_-]",
+            ));
+        }
+        for name in [&self.log_stream, &self.queue_stream, &self.bucket] {
+            if !valid_stream_name(name) {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "connect",
+                    format!("{name:?} is not a valid stream or bucket name"),
+                ));
+            }
+        }
+        let (reconnects, _) = watch::channel(0u64);
+        let reconnects = Arc::new(reconnects);
+        let events = reconnects.clone();
+        let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    // After a reconnection or a client-side overflow, core subscribers may have
+                    // missed messages: every subscription reports Lagged.
+                    if matches!(
+                        event,
+                        async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                    ) {
+                        events.send_modify(|n| *n += 1);
+                    }
+                }
+            })
+            .request_timeout(Some(self.timeout))
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        let context = jetstream::new(client.clone());
+        let prefix = self.prefix.clone();
+        context
+            .create_or_update_stream(stream::Config {
+                name: self.log_stream.clone(),
+                subjects: vec![format!("{prefix}.c.>")],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                allow_direct: true,
+                allow_rollup: true,
+                allow_message_ttl: true,
+                allow_atomic_publish: true,
+                max_age: self.max_age.unwrap_or_default(),
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        context
+            .create_or_update_stream(stream::Config {
+                name: self.queue_stream.clone(),
+                subjects: vec![format!("{prefix}.q.>")],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Interest,
+                allow_direct: true,
+                max_age: self.max_age.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        if context.get_key_value(&self.bucket).await.is_err() {
+            context
+                .create_key_value(jetstream::kv::Config {
+                    bucket: self.bucket.clone(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable("connect", e))?;
+        }
+        Ok(Nats {
+            inner: Arc::new(Shared {
+                js: Js {
+                    client,
+                    timeout: self.timeout,
+                },
+                context,
+                config: self,
+                reconnects,
+            }),
+        })
+    }
+}
+
+/// What the three backends of one connection share.
+pub(crate) struct Shared {
+    pub(crate) js: Js,
+    pub(crate) context: jetstream::Context,
+    pub(crate) config: NatsConfig,
+    /// Bumped on every (re)connection, so subscriptions can report `Lagged` after a gap.
+    pub(crate) reconnects: Arc<watch::Sender<u64>>,
+}
+
+impl Shared {
+    pub(crate) fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+    pub(crate) fn log_stream(&self) -> &str {
+        &self.config.log_stream
+    }
+    pub(crate) fn queue_stream(&self) -> &str {
+        &self.config.queue_stream
+    }
+    pub(crate) fn bucket(&self) -> &str {
+        &self.config.bucket
+    }
+    pub(crate) fn lease(&self) -> Duration {
+        self.config.lease
+    }
+    pub(crate) fn max_deliver(&self) -> i64 {
+        self.config.max_deliver
+    }
+    /// Identifies the channel space: server list and prefix, never credentials.
+    pub(crate) fn domain(&self) -> String {
+        format!("nats:{}|{}", redact(&self.config.url), self.config.prefix)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Nats")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A connection to NATS with JetStream; cheap to clone. Hands out the backends, which share it.
+#[derive(Debug, Clone)]
+pub struct Nats {
+    pub(crate) inner: Arc<Shared>,
+}
+
+impl Nats {
+    /// The run logs and keys ([`durable_core::ServerCache`]).
+    pub fn server_cache(&self) -> NatsServerCache {
+        NatsServerCache::new(self.inner.clone())
+    }
+
+    /// Wake-ups and work queues ([`durable_core::PubSub`]).
+    pub fn pubsub(&self) -> NatsPubSub {
+        NatsPubSub::new(self.inner.clone())
+    }
+
+    /// Run records, checkpoints and leases ([`durable_core::WorkflowStore`]).
+    pub fn workflow_store(&self) -> NatsWorkflowStore {
+        NatsWorkflowStore::new(self.inner.clone())
+    }
+
+    /// The underlying client, for anything this crate does not wrap.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.js.client
+    }
+}

@@ -1,0 +1,287 @@
+//! [`NatsPubSub`]: core subjects for fan-out, JetStream durable consumers for groups.
+//!
+//! - A topic `t` is the core subject `<prefix>.t.<token(t)>`. Subscriptions are core
+//!   subscriptions behind a bounded buffer; overflow and reconnection both surface as
+//!   [`Delivery::Lagged`] (core NATS does not replay what a disconnected subscriber missed).
+//! - A consumer group `g` of `t` is a durable pull consumer on the queue stream
+//!   (`<prefix>.q.<token(t)>`, interest retention: a message stays until every group of its
+//!   topic acknowledged it), with explicit acks, redelivery after the lease and a maximum number
+//!   of deliveries. `publish` writes the core subject and the queue subject.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::AckKind;
+use async_trait::async_trait;
+use bytes::Bytes;
+use durable_core::{
+    validate_name, AnnounceDomain, Delivery, GroupSubscription, Job, JobAcker, PubSub,
+    PubSubCapabilities, Result, Subscription,
+};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+use tokio::sync::oneshot;
+
+use crate::config::Shared;
+use crate::error::{unavailable, NATS};
+use crate::js::Published;
+use crate::subject::token;
+
+/// Deliveries buffered per subscription before it is `Lagged`.
+const BUFFER: usize = 4096;
+
+/// The core subject of `topic`.
+pub(crate) fn topic_subject(prefix: &str, topic: &str) -> String {
+    format!("{prefix}.t.{}", token(topic))
+}
+
+fn queue_subject(prefix: &str, topic: &str) -> String {
+    format!("{prefix}.q.{}", token(topic))
+}
+
+fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
+    validate_name(what, name).map_err(|e| e.with_backend(NATS).with_operation(op))
+}
+
+/// Publish/subscribe and work queues on NATS. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NatsPubSub {
+    shared: Arc<Shared>,
+}
+
+impl NatsPubSub {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+struct Acker(async_nats::jetstream::Message);
+
+impl JobAcker for Acker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            // Double ack: the server confirms, so an acknowledged job is never redelivered.
+            self.0
+                .double_ack()
+                .await
+                .map_err(|e| unavailable("ack", e.to_string()))
+        })
+    }
+
+    fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            self.0
+                .ack_with(AckKind::Nak(None))
+                .await
+                .map_err(|e| unavailable("nack", e.to_string()))
+        })
+    }
+}
+
+#[async_trait]
+impl PubSub for NatsPubSub {
+    fn backend(&self) -> &'static str {
+        NATS
+    }
+
+    fn capabilities(&self) -> PubSubCapabilities {
+        PubSubCapabilities::ALL
+    }
+
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        const OP: &str = "publish";
+        check(OP, "topic", topic)?;
+        let prefix = self.shared.prefix();
+        self.shared
+            .js
+            .client
+            .publish(topic_subject(prefix, topic), payload.clone())
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        // The stream's acknowledgement also proves the core publish before it left.
+        match self
+            .shared
+            .js
+            .publish(
+                OP,
+                queue_subject(prefix, topic),
+                Default::default(),
+                payload,
+            )
+            .await?
+        {
+            Published::Stored(_) | Published::WrongLastSequence => Ok(()),
+        }
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<Subscription> {
+        const OP: &str = "subscribe";
+        check(OP, "topic", topic)?;
+        let client = &self.shared.js.client;
+        let mut sub = client
+            .subscribe(topic_subject(self.shared.prefix(), topic))
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        // The server has registered the subscription once the flush's PONG is back.
+        client.flush().await.map_err(|e| unavailable(OP, e))?;
+        let ring = Arc::new(Ring::default());
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let mut reconnects = self.shared.reconnects.subscribe();
+        reconnects.borrow_and_update();
+        let feed = ring.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    r = reconnects.changed() => {
+                        if r.is_err() { break }
+                        // Core NATS does not replay what was published while disconnected.
+                        feed.lag();
+                    }
+                    m = sub.next() => match m {
+                        None => break,
+                        Some(m) => feed.push(m.payload),
+                    },
+                }
+            }
+            feed.end();
+            let _ = sub.unsubscribe().await;
+        });
+        Ok(Subscription::new(RingStream { ring, _stop: stop }))
+    }
+
+    async fn subscribe_group(&self, topic: &str, group: &str) -> Result<GroupSubscription> {
+        const OP: &str = "subscribe_group";
+        check(OP, "topic", topic)?;
+        check(OP, "group", group)?;
+        let name = format!("{}_g{}", token(topic), token(group));
+        let stream = self
+            .shared
+            .context
+            .get_stream_no_info(self.shared.queue_stream())
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: queue_subject(self.shared.prefix(), topic),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: self.shared.lease(),
+                    max_deliver: self.shared.max_deliver(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(16)
+            .messages()
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        Ok(GroupSubscription::new(messages.map(|m| {
+            let m = m.map_err(|e| unavailable("subscribe_group", e))?;
+            let attempt = m
+                .info()
+                .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+                .unwrap_or(1);
+            Ok(Job::new(m.payload.clone(), attempt, Box::new(Acker(m))))
+        })))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.shared
+            .js
+            .client
+            .flush()
+            .await
+            .map_err(|e| unavailable("flush", e))
+    }
+
+    fn announce_domain(&self) -> Option<AnnounceDomain> {
+        Some(AnnounceDomain::new(self.shared.domain()))
+    }
+}
+
+/// A subscription's bounded buffer. When full, the oldest message is dropped and the reader
+/// gets [`Delivery::Lagged`] before the next one: the newest messages (a run's end among them)
+/// always get through, and memory stays bounded.
+#[derive(Default)]
+struct Ring {
+    inner: Mutex<RingState>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct RingState {
+    queue: VecDeque<Bytes>,
+    lagged: bool,
+    ended: bool,
+}
+
+impl Ring {
+    fn with(&self, f: impl FnOnce(&mut RingState)) {
+        if let Ok(mut s) = self.inner.lock() {
+            f(&mut s);
+        }
+        self.waker.wake();
+    }
+
+    fn push(&self, m: Bytes) {
+        self.with(|s| {
+            if s.queue.len() >= BUFFER {
+                s.queue.pop_front();
+                s.lagged = true;
+            }
+            s.queue.push_back(m);
+        });
+    }
+
+    fn lag(&self) {
+        self.with(|s| s.lagged = true);
+    }
+
+    fn end(&self) {
+        self.with(|s| s.ended = true);
+    }
+
+    fn poll(&self) -> Poll<Option<Delivery>> {
+        let Ok(mut s) = self.inner.lock() else {
+            return Poll::Ready(None);
+        };
+        if s.lagged {
+            s.lagged = false;
+            return Poll::Ready(Some(Delivery::Lagged));
+        }
+        if let Some(m) = s.queue.pop_front() {
+            return Poll::Ready(Some(Delivery::Message(m)));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+/// The reader side; dropping it stops the feeding task, which unsubscribes.
+struct RingStream {
+    ring: Arc<Ring>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl futures::Stream for RingStream {
+    type Item = Delivery;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.ring.waker.register(cx.waker());
+        self.ring.poll()
+    }
+}
