@@ -433,3 +433,62 @@ pub fn postgres_released(dir: &Path) -> bool {
         cols.get(1) == Some(&shmid.as_str()) && cols.get(6).is_some_and(|n| *n != "0")
     })
 }
+
+/// The tansu release the tests are written against (`cargo xtask test` installs it).
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// Where xtask caches built tools: `DURABLE_TOOLS_DIR`, else `~/.cache/durable/tools`, else
+/// `<workspace>/.tools` (the same rule as xtask's).
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DURABLE_TOOLS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache/durable/tools"),
+        None => services_dir().with_file_name(".tools"),
+    }
+}
+
+/// The `tansu` binary: `<tools>/tansu-<TANSU_VERSION>/bin/tansu` (where xtask installs it),
+/// else `tansu` in `PATH`.
+pub fn tansu_binary() -> Option<PathBuf> {
+    let cached = tools_dir()
+        .join(format!("tansu-{TANSU_VERSION}"))
+        .join("bin")
+        .join("tansu");
+    if cached.is_file() {
+        return Some(cached);
+    }
+    find_binary("tansu", &[])
+}
+
+/// Start a throwaway [tansu](https://crates.io/crates/tansu) Kafka-protocol broker on a spare
+/// port of 127.0.0.1, with **memory storage** (`memory://tansu/`): its topics, records and
+/// committed offsets live in the process, so [`ServerProcess::restart`] brings back an empty
+/// broker on the same port (what a fault test of "the broker lost everything" needs; the
+/// installed binary has only the `dynostore` engine). Connect with bootstrap servers
+/// `127.0.0.1:<port>`. Ready when the port accepts connections.
+///
+/// # Errors
+/// When tansu is not installed (`cargo xtask test` installs it) or does not start.
+pub fn tansu() -> Result<ServerProcess, String> {
+    let program = tansu_binary().ok_or_else(|| {
+        format!("tansu {TANSU_VERSION} is not installed (cargo xtask test installs it)")
+    })?;
+    let port = spare_port()?;
+    let dir = services_dir().join(format!("tansu-{port}-{}", std::process::id()));
+    let url = format!("tcp://127.0.0.1:{port}");
+    let args: Vec<OsString> = [
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    ServerProcess::start("tansu", program, args, port, dir, tcp_ready)
+}
