@@ -182,9 +182,21 @@ impl KafkaConfig {
         c
     }
 
+    /// The fan-out consumer: assigned partitions by hand, never joins or commits. librdkafka
+    /// takes incremental assignments only with a `group.id`, so it gets one of its own.
     pub(crate) fn fanout_consumer(&self) -> ClientConfig {
         let mut c = self.client();
-        c.set("enable.auto.commit", "false")
+        let id = format!(
+            "{}fanout/{:016x}",
+            self.topic_prefix,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()) << 32
+                ^ FANOUT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        c.set("group.id", id)
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // A topic lost by the broker (a restart of a memory-backed one) comes back empty:
             // read it from the start, the hub sees the offset go back and reports Lagged.
@@ -209,6 +221,8 @@ impl KafkaConfig {
         c
     }
 }
+
+static FANOUT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn ms(d: Duration) -> String {
     d.as_millis().max(1).to_string()

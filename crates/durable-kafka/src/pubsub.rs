@@ -827,3 +827,30 @@ impl JobAcker for KafkaAcker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The fan-out consumer has no group: librdkafka must accept incremental assignments (a
+    /// local operation; nothing is sent until it fetches).
+    #[test]
+    fn the_group_less_fan_out_consumer_takes_incremental_assignments() {
+        let consumer: BaseConsumer<HubContext> = KafkaConfig::new("127.0.0.1:1")
+            .fanout_consumer()
+            .create_with_context(HubContext::default())
+            .unwrap();
+        consumer
+            .incremental_assign(&one_partition("t", 0, Some(5)).unwrap())
+            .unwrap();
+        consumer
+            .incremental_assign(&one_partition("u", 1, Some(0)).unwrap())
+            .unwrap();
+        assert_eq!(consumer.assignment().unwrap().count(), 2);
+        consumer
+            .incremental_unassign(&one_partition("t", 0, None).unwrap())
+            .unwrap();
+        assert_eq!(consumer.assignment().unwrap().count(), 1);
+    }
+}
