@@ -126,18 +126,28 @@ async fn transactions_cannot_be_committed() {
         .set("transactional.id", unique("txn-id"))
         .create()
         .unwrap();
-    let outcome = tokio::task::block_in_place(|| {
-        producer.init_transactions(T)?;
-        producer.begin_transaction()?;
-        producer.commit_transaction(T)
-    });
+    tokio::task::block_in_place(|| producer.init_transactions(T)).unwrap();
+    producer.begin_transaction().unwrap();
+    // A record in the transaction, so committing needs AddPartitionsToTxn and EndTxn.
+    let sent = producer
+        .send(
+            FutureRecord::to(&topic).key("k").payload("in a transaction"),
+            Timeout::After(T),
+        )
+        .await;
+    let outcome = match sent {
+        Ok(_) => tokio::task::block_in_place(|| producer.commit_transaction(T)),
+        Err((e, _)) => Err(e),
+    };
     let err = outcome.expect_err("tansu 0.6.0 committed a transaction: update the README");
     let _ = writeln!(std::io::stderr(), "transactions on this broker: {err}");
 }
 
-/// `ListOffsets` by timestamp (`offsets_for_times`): the first offset at or after a time.
+/// `ListOffsets` by timestamp (`offsets_for_times`) should answer the first offset at or after
+/// a time (2 here); tansu 0.6.0 answers the earliest offset (0) whatever the time, so lookups by
+/// time are not supported there (this crate does not use them).
 #[tokio::test(flavor = "multi_thread")]
-async fn offsets_for_times_finds_the_first_record_at_or_after_a_time() {
+async fn offsets_for_times_answers_the_earliest_offset_on_tansu() {
     let Some(url) = url() else { return };
     let topic = unique("times");
     create_topic(&url, &topic).await;
@@ -161,5 +171,9 @@ async fn offsets_for_times_finds_the_first_record_at_or_after_a_time() {
         .unwrap();
     let found = tokio::task::block_in_place(|| consumer.offsets_for_times(tpl, T)).unwrap();
     let offset = found.find_partition(&topic, 0).unwrap().offset();
-    assert_eq!(offset, Offset::Offset(2));
+    assert_eq!(
+        offset,
+        Offset::Offset(0),
+        "ListOffsets by timestamp changed: a correct broker answers Offset(2); update the README"
+    );
 }
