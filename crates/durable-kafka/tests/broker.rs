@@ -131,7 +131,9 @@ async fn transactions_cannot_be_committed() {
     // A record in the transaction, so committing needs AddPartitionsToTxn and EndTxn.
     let sent = producer
         .send(
-            FutureRecord::to(&topic).key("k").payload("in a transaction"),
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload("in a transaction"),
             Timeout::After(T),
         )
         .await;

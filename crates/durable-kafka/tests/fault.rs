@@ -3,6 +3,11 @@
 //! can do. Publishers must fail with retryable errors and then recover, subscribers must be
 //! told (`Lagged`) and then receive again, and an observer of a run that spans the restart must
 //! still finish with exactly the run's events.
+//!
+//! Both are `#[ignore]`d: against tansu 0.6.0 the restart makes librdkafka 2.12.1 crash the
+//! process (SIGSEGV in its `rd_kafka_metadata_cache_find`, a `strcmp` on a NULL topic name while
+//! applying a metadata answer of the restarted broker), which no client code can catch. Run
+//! them with `cargo test -p durable-kafka --test fault -- --ignored`.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
@@ -64,6 +69,7 @@ async fn next(sub: &mut Subscription, within: Duration) -> Option<Delivery> {
 }
 
 #[test]
+#[ignore = "librdkafka 2.12.1 segfaults (rd_kafka_metadata_cache_find, strcmp on a NULL topic name) on tansu 0.6.0 metadata after a memory-broker restart; see the README"]
 fn publishers_and_subscribers_recover_from_a_broker_restart() {
     let Some(mut broker) = own_broker() else {
         return;
@@ -126,6 +132,7 @@ fn agent() -> Agent {
 }
 
 #[test]
+#[ignore = "librdkafka 2.12.1 segfaults (rd_kafka_metadata_cache_find, strcmp on a NULL topic name) on tansu 0.6.0 metadata after a memory-broker restart; see the README"]
 fn an_observer_of_a_run_spanning_a_broker_restart_finishes_exactly() {
     let Some(mut broker) = own_broker() else {
         return;
