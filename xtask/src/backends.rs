@@ -39,7 +39,7 @@ use std::time::Instant;
 use durable_services::{self as services, ServerProcess};
 
 use crate::util::{apt_install, run};
-use crate::{llm, Ctx, Result};
+use crate::{llm, tansu, Ctx, Result};
 
 /// One backend of the test matrix.
 pub(crate) struct BackendEntry {
@@ -135,6 +135,18 @@ const BACKENDS: &[BackendEntry] = &[
             let server = services::nats()?;
             let url = format!("nats://127.0.0.1:{}", server.port());
             Ok(Started::server(server, "DURABLE_TEST_NATS_URL", url))
+        },
+    },
+    BackendEntry {
+        name: "kafka",
+        krate: "durable-kafka",
+        env: &["DURABLE_TEST_KAFKA_URL"],
+        source: "tansu 0.6.0 (crates.io, cargo install --features dynostore, cached in the tools dir), memory storage",
+        install: tansu::install,
+        start: |_| {
+            let server = services::tansu()?;
+            let url = format!("127.0.0.1:{}", server.port());
+            Ok(Started::server(server, "DURABLE_TEST_KAFKA_URL", url))
         },
     },
     BackendEntry {

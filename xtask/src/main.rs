@@ -12,10 +12,12 @@
 //! - [`backends`]: the backend table (add a backend here), starting services, `ci-matrix`.
 //! - [`test`](mod@test): `test`, `cargo deny`, `bench`.
 //! - [`llm`]: llama-server + SmolLM2 (install, start) and `demo`.
+//! - [`tansu`]: the Kafka-protocol broker (install).
 //! - [`util`]: running commands, `cargo`, `apt-get`.
 
 mod backends;
 mod llm;
+mod tansu;
 mod test;
 mod util;
 

@@ -582,6 +582,9 @@ pub fn restate(options: &RestateOptions) -> Result<RestateServer, String> {
 /// too old for JetStream key-value with async-nats).
 pub const NATS_SERVER_VERSION: &str = "2.15.1";
 
+/// The tansu release the tests are written against (`cargo xtask test` installs it).
+pub const TANSU_VERSION: &str = "0.6.0";
+
 /// The tools dir of `cargo xtask`: `DURABLE_TOOLS_DIR`, else `~/.cache/durable/tools`, else
 /// `<workspace>/.tools`.
 pub fn tools_dir() -> PathBuf {
@@ -641,4 +644,48 @@ pub fn nats() -> Result<ServerProcess, String> {
     .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let args = vec![OsString::from("-c"), config.into_os_string()];
     ServerProcess::start("nats-server", program, args, port, dir, nats_ready)
+}
+
+/// The `tansu` binary: `<tools>/tansu-<TANSU_VERSION>/bin/tansu` (where xtask installs it),
+/// else `tansu` in `PATH`.
+pub fn tansu_binary() -> Option<PathBuf> {
+    let cached = tools_dir()
+        .join(format!("tansu-{TANSU_VERSION}"))
+        .join("bin")
+        .join("tansu");
+    if cached.is_file() {
+        return Some(cached);
+    }
+    find_binary("tansu", &[])
+}
+
+/// Start a throwaway [tansu](https://crates.io/crates/tansu) Kafka-protocol broker on a spare
+/// port of 127.0.0.1, with **memory storage** (`memory://tansu/`): its topics, records and
+/// committed offsets live in the process, so [`ServerProcess::restart`] brings back an empty
+/// broker on the same port (what a fault test of "the broker lost everything" needs; the
+/// installed binary has only the `dynostore` engine). Connect with bootstrap servers
+/// `127.0.0.1:<port>`. Ready when the port accepts connections.
+///
+/// # Errors
+/// When tansu is not installed (`cargo xtask test` installs it) or does not start.
+pub fn tansu() -> Result<ServerProcess, String> {
+    let program = tansu_binary().ok_or_else(|| {
+        format!("tansu {TANSU_VERSION} is not installed (cargo xtask test installs it)")
+    })?;
+    let port = spare_port()?;
+    let dir = services_dir().join(format!("tansu-{port}-{}", std::process::id()));
+    let url = format!("tcp://127.0.0.1:{port}");
+    let args: Vec<OsString> = [
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    ServerProcess::start("tansu", program, args, port, dir, tcp_ready)
 }

@@ -4,6 +4,9 @@ pub use durable_core::*;
 // Named as well as globbed, so the modules read as this crate's own in its docs.
 pub use durable_core::{agent, memory, names, telemetry};
 
+#[cfg(feature = "kafka")]
+#[doc(inline)]
+pub use durable_kafka as kafka;
 #[cfg(feature = "nats")]
 #[doc(inline)]
 pub use durable_nats as nats;
