@@ -5,7 +5,9 @@
 //! - `postgres_append/sequential`: one task, `ServerCache::append` of one 16-byte delta at a time
 //!   (one round trip each).
 //! - `postgres_append/16_producers`: 16 tasks appending to the same log concurrently (G1 holds).
-//! - `postgres_replay/10k`: `EventLog::observe(0)` of a finished 10,000-event run, to the end.
+//! - `postgres_replay/10k`: `EventLog::observe(0)` of a finished 10,000-event run, to the end
+//!   (`10k_read_batch_4096`: the same with `LogConfig::read_batch` 4,096 instead of 512;
+//!   `10k_raw_reads`: `ServerCache::read` pages of 512 without decoding events).
 //! - `postgres_e2e/writer_10k`: one run streaming 10,000 deltas through `EventLog::writer` (batches
 //!   while an append is in flight) with one observer, PostgreSQL log + PostgreSQL PubSub, until the
 //!   observer has the finish event.
@@ -161,6 +163,29 @@ fn bench_replay(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let s = log
+                    .observe(&run, ObserveOptions::from(0))
+                    .await
+                    .expect("observe");
+                let n = s.fold(0u64, |n, _| async move { n + 1 }).await;
+                assert_eq!(n, N + 1);
+            })
+        });
+    });
+    // The same log through an EventLog reading pages of 4,096 (`LogConfig::read_batch`).
+    let big_pages = rt.block_on(async {
+        let mut config = LogConfig::default();
+        config.namespace = "bench".to_owned();
+        config.read_batch = 4096;
+        EventLog::new(
+            Arc::new(pg.server_cache().with_announce()),
+            Arc::new(pg.pubsub().await.expect("pubsub")),
+        )
+        .with_config(config)
+    });
+    g.bench_function("10k_read_batch_4096", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = big_pages
                     .observe(&run, ObserveOptions::from(0))
                     .await
                     .expect("observe");
