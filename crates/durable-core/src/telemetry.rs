@@ -8,8 +8,10 @@
 //! tool calls, each a `durable.tool` span (`"execute_tool"`, with `gen_ai.tool.name`,
 //! `gen_ai.tool.call.id`, and `error.type` when it fails). Every span carries
 //! `durable.run_id`; `otel.name` gives OpenTelemetry the span name the conventions ask for
-//! (`invoke_agent <agent>`, `chat <model>`, //! `execute_tool <tool>`). Spans are at `INFO`; the library's own log events are `WARN` and
-//! above unless something is wrong, so a subscriber filtering at `warn` sees no per-run noise.
+//! (`invoke_agent <agent>`, `chat <model>`, `execute_tool <tool>`). When they close, the run
+//! and step spans record `durable.events_appended`: the events that execution (or step) handed
+//! to the run's log. Spans are at `INFO`; the library's own log events are `WARN` and above
+//! unless something is wrong, so a subscriber filtering at `warn` sees no per-run noise.
 //!
 //! Per-chunk events (one `TRACE` event per streamed model chunk, target `durable::chunk`) are
 //! off by default: they multiply the volume by the number of deltas. Turn them on per agent
@@ -74,6 +76,7 @@ pub(crate) fn run_span(
         durable.run_id = %run_id,
         durable.traceparent = traceparent,
         durable.outcome = Empty,
+        durable.events_appended = Empty,
     );
     if let (Some(tp), Some(hooks)) = (traceparent, HOOKS.get()) {
         (hooks.attach)(&span, tp);
@@ -89,6 +92,7 @@ pub(crate) fn step_span(run_id: &str, step: u32, replayed: bool) -> Span {
         durable.run_id = %run_id,
         durable.step = step,
         durable.replayed = replayed,
+        durable.events_appended = Empty,
     )
 }
 

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use durable_core::telemetry::{set_trace_hooks, TraceHooks};
 use durable_core::{Error, ErrorKind, Result};
+/// The OpenTelemetry API this crate exports through, for instruments of your own (they reach
+/// the same OTLP export through the global meter provider [`Otel::init`] installs).
+pub use opentelemetry;
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _, UpDownCounter};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
@@ -68,12 +71,13 @@ impl OtelConfig {
         }
     }
 
-    /// From the standard variables `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `http/json`).
+    /// From the standard variables `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `http/json`) and
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds).
     ///
     /// # Errors
-    /// `InvalidInput` if `OTEL_EXPORTER_OTLP_ENDPOINT` is not set or the protocol is not one
-    /// of those.
+    /// `InvalidInput` if `OTEL_EXPORTER_OTLP_ENDPOINT` is not set, the protocol is not one
+    /// of those, or the interval is not a positive number of milliseconds.
     pub fn from_env() -> Result<Self> {
         let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()
@@ -92,6 +96,14 @@ impl OtelConfig {
                 return Err(Error::invalid_input(format!(
                     "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported (http/protobuf or http/json)"
                 )))
+            }
+        }
+        if let Ok(ms) = std::env::var("OTEL_METRIC_EXPORT_INTERVAL") {
+            match ms.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => c.metrics_interval = Duration::from_millis(ms),
+                _ => return Err(Error::invalid_input(format!(
+                    "OTEL_METRIC_EXPORT_INTERVAL {ms:?} is not a positive number of milliseconds"
+                ))),
             }
         }
         Ok(c)
@@ -179,6 +191,8 @@ impl Otel {
             .with_reader(reader)
             .with_resource(resource)
             .build();
+        // Instruments of other crates (the server's delivery metrics) reach the same export.
+        opentelemetry::global::set_meter_provider(metrics.clone());
         // Once per process; a second `Otel` keeps the first one's (identical) hooks.
         let _ = set_trace_hooks(TraceHooks {
             capture: capture_traceparent,
@@ -199,6 +213,12 @@ impl Otel {
     /// | `gen_ai.client.token.usage` | histogram | `gen_ai.token.type`, `gen_ai.request.model` |
     /// | `durable.tool.duration` (s) | histogram | `gen_ai.tool.name`, `error.type` |
     /// | `durable.tool.errors` | counter | `gen_ai.tool.name` |
+    /// | `durable.events.appended` | counter | `gen_ai.agent.id` |
+    ///
+    /// A server built with `durable-server`'s `otel` feature adds its delivery metrics to the
+    /// same export (`durable.observers.connected`, `durable.events.delivered`,
+    /// `durable.delivery.lag`): [`Otel::init`] installs its meter provider as OpenTelemetry's
+    /// global one, so call it before building the server.
     pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
     where
         S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
@@ -256,6 +276,7 @@ struct MetricsLayer {
     tokens: Histogram<u64>,
     tool_duration: Histogram<f64>,
     tool_errors: Counter<u64>,
+    events_appended: Counter<u64>,
 }
 
 impl MetricsLayer {
@@ -293,6 +314,11 @@ impl MetricsLayer {
                 .u64_counter("durable.tool.errors")
                 .with_description("Tool calls that returned an error")
                 .build(),
+            events_appended: m
+                .u64_counter("durable.events.appended")
+                .with_unit("{event}")
+                .with_description("Events appended to run logs")
+                .build(),
         }
     }
 }
@@ -301,6 +327,8 @@ impl MetricsLayer {
 struct Timing {
     start: Instant,
     fields: HashMap<&'static str, String>,
+    /// Of a run span: the events its closed steps counted already.
+    counted: u64,
 }
 
 struct Fields<'a>(&'a mut HashMap<&'static str, String>);
@@ -324,7 +352,10 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let name = attrs.metadata().name();
-        if !matches!(name, "durable.run" | "durable.model" | "durable.tool") {
+        if !matches!(
+            name,
+            "durable.run" | "durable.step" | "durable.model" | "durable.tool"
+        ) {
             return;
         }
         let mut fields = HashMap::new();
@@ -338,6 +369,7 @@ where
             span.extensions_mut().insert(Timing {
                 start: Instant::now(),
                 fields,
+                counted: 0,
             });
         }
     }
@@ -360,6 +392,16 @@ where
         match span.name() {
             "durable.run" => {
                 let agent: Vec<KeyValue> = kv(f, "gen_ai.agent.id").into_iter().collect();
+                // Events appended outside any step (start, finish) or in a step that ended
+                // early (suspended, failed).
+                let total: u64 = f
+                    .get("durable.events_appended")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let rest = total.saturating_sub(t.counted);
+                if rest > 0 {
+                    self.events_appended.add(rest, &agent);
+                }
                 self.runs_active.add(-1, &agent);
                 let mut attrs = agent;
                 attrs.extend(kv(f, "durable.outcome"));
@@ -380,6 +422,24 @@ where
                         self.tokens.record(n, &attrs);
                     }
                 }
+            }
+            "durable.step" => {
+                let n: u64 = f
+                    .get("durable.events_appended")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                // Counted per step, so the counter moves while a long run streams.
+                let mut agent = Vec::new();
+                if let Some(run) = span.parent().filter(|p| p.name() == "durable.run") {
+                    if let Some(rt) = run.extensions_mut().get_mut::<Timing>() {
+                        rt.counted += n;
+                        agent.extend(kv(&rt.fields, "gen_ai.agent.id"));
+                    }
+                }
+                self.events_appended.add(n, &agent);
             }
             "durable.tool" => {
                 let tool: Vec<KeyValue> = kv(f, "gen_ai.tool.name").into_iter().collect();

@@ -5,74 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code panics on purpose
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-
 use durable_core::agent::{Agent, DurableAgent, FnTool, ScriptedModel, StreamOptions, ToolContext};
 use durable_core::agent::{ToolError, Turn};
 use durable_otel::{Otel, OtelConfig};
+use durable_services::OtlpReceiver;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
-
-type Received = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// An OTLP/HTTP receiver: stores each request's path and JSON body, answers 200 `{}`.
-fn receiver() -> (u16, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got: Received = Arc::default();
-    let store = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let store = store.clone();
-            std::thread::spawn(move || serve(conn, &store));
-        }
-    });
-    (port, got)
-}
-
-fn serve(conn: std::net::TcpStream, store: &Received) {
-    let mut out = conn.try_clone().unwrap();
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        let value: Value = serde_json::from_slice(&body).expect("OTLP JSON body");
-        store.lock().unwrap().push((path, value));
-        out.write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
-        )
-        .unwrap();
-    }
-}
 
 #[derive(Deserialize, schemars::JsonSchema)]
 struct Lookup {
@@ -103,12 +44,11 @@ fn agent() -> Agent {
 }
 
 /// Every span of every `/v1/traces` body.
-fn spans(got: &Received) -> Vec<Value> {
-    got.lock()
-        .unwrap()
+fn spans(got: &OtlpReceiver) -> Vec<Value> {
+    got.bodies("/v1/traces")
         .iter()
-        .filter(|(p, _)| p == "/v1/traces")
-        .flat_map(|(_, v)| {
+        .map(|b| serde_json::from_str::<Value>(b).expect("OTLP JSON body"))
+        .flat_map(|v| {
             v["resourceSpans"]
                 .as_array()
                 .cloned()
@@ -130,9 +70,9 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn spans_and_metrics_reach_an_otlp_receiver_in_one_trace() {
-    let (port, got) = receiver();
+    let got = OtlpReceiver::start().unwrap();
     let otel = Otel::init(
-        &OtelConfig::new(format!("http://127.0.0.1:{port}"))
+        &OtelConfig::new(got.endpoint())
             .service_name("durable-otel-test")
             .json(true),
     )
@@ -142,7 +82,7 @@ async fn spans_and_metrics_reach_an_otlp_receiver_in_one_trace() {
 
     let durable = DurableAgent::new(agent());
     let request = tracing::info_span!("request");
-    let run_id = async {
+    let (run_id, event_count) = async {
         let run = durable
             .stream("Weather in Paris?", StreamOptions::new())
             .await
@@ -150,7 +90,7 @@ async fn spans_and_metrics_reach_an_otlp_receiver_in_one_trace() {
         let id = run.run_id().to_string();
         let events: Vec<_> = run.collect().await;
         assert!(events.iter().all(Result::is_ok));
-        id
+        (id, events.len())
     }
     .instrument(request)
     .await;
@@ -207,24 +147,45 @@ async fn spans_and_metrics_reach_an_otlp_receiver_in_one_trace() {
         "call-0"
     );
 
-    let metrics: Vec<String> = got
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(p, _)| p == "/v1/metrics")
-        .map(|(_, v)| v.to_string())
-        .collect();
-    let all = metrics.join("\n");
+    let all = got.bodies("/v1/metrics").join("\n");
     for name in [
         "durable.runs.started",
         "durable.runs.finished",
         "gen_ai.client.operation.duration",
         "gen_ai.client.token.usage",
         "durable.tool.duration",
+        "durable.events.appended",
     ] {
         assert!(all.contains(name), "metric {name} not exported: {all}");
     }
     assert!(all.contains("durable-otel-test"), "service.name");
+    // Cumulative: the last export counts every event of the run once (steps and the rest).
+    let appended = last_sum(&got, "durable.events.appended").expect("an events.appended point");
+    assert_eq!(appended, event_count as u64);
+}
+
+/// The value of the last data point of the sum metric `name` exported to `/v1/metrics`.
+fn last_sum(got: &OtlpReceiver, name: &str) -> Option<u64> {
+    got.bodies("/v1/metrics")
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+        .flat_map(|v| v["resourceMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|rm| rm["scopeMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|sm| sm["metrics"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["name"] == name)
+        .filter_map(|m| {
+            let points = m["sum"]["dataPoints"].as_array()?.clone();
+            points
+                .iter()
+                .map(|p| {
+                    p["asInt"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| p["asInt"].as_u64())
+                })
+                .sum::<Option<u64>>()
+        })
+        .next_back()
 }
 
 #[test]

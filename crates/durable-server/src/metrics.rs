@@ -1,5 +1,10 @@
 //! `GET /metrics` in the Prometheus text format: runs active, runs started, events delivered,
 //! observers connected, and the append→deliver lag.
+//!
+//! With the `otel` feature the delivery metrics are also recorded on OpenTelemetry instruments
+//! of the global meter provider (installed by `durable_otel::Otel::init`, which must run before
+//! the server is built): `durable.observers.connected`, `durable.events.delivered` and
+//! `durable.delivery.lag` (seconds), exported over OTLP with the run metrics.
 
 use std::fmt;
 
@@ -24,6 +29,50 @@ pub struct Metrics {
     events: Counter,
     observers: Gauge,
     lag: Histogram,
+    #[cfg(feature = "otel")]
+    otel: otel::Instruments,
+}
+
+/// The same delivery metrics on OpenTelemetry instruments.
+#[cfg(feature = "otel")]
+mod otel {
+    use durable_otel::opentelemetry::global;
+    use durable_otel::opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+
+    #[derive(Clone)]
+    pub(super) struct Instruments {
+        pub(super) observers: UpDownCounter<i64>,
+        pub(super) events: Counter<u64>,
+        pub(super) lag: Histogram<f64>,
+    }
+
+    impl Instruments {
+        /// From the global meter provider as it is now (a no-op one if none is installed).
+        pub(super) fn new() -> Self {
+            let m = global::meter("durable");
+            Self {
+                observers: m
+                    .i64_up_down_counter("durable.observers.connected")
+                    .with_description("SSE observers connected now")
+                    .build(),
+                events: m
+                    .u64_counter("durable.events.delivered")
+                    .with_unit("{event}")
+                    .with_description("Events written to SSE observers")
+                    .build(),
+                lag: m
+                    .f64_histogram("durable.delivery.lag")
+                    .with_unit("s")
+                    .with_description(
+                        "Time from an event's append to its write to an observer (one sample per write)",
+                    )
+                    .with_boundaries(
+                        (0..15).map(|i| 0.001 * f64::from(1u32 << i)).collect(),
+                    )
+                    .build(),
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -83,16 +132,22 @@ impl Metrics {
             events,
             observers,
             lag,
+            #[cfg(feature = "otel")]
+            otel: otel::Instruments::new(),
         }
     }
 
     /// Count one connected observer until the returned meter is dropped.
     pub(crate) fn observer(&self) -> Meter {
         self.observers.inc();
+        #[cfg(feature = "otel")]
+        self.otel.observers.add(1, &[]);
         Meter {
             events: self.events.clone(),
             observers: self.observers.clone(),
             lag: self.lag.clone(),
+            #[cfg(feature = "otel")]
+            otel: self.otel.clone(),
         }
     }
 }
@@ -102,21 +157,30 @@ pub(crate) struct Meter {
     events: Counter,
     observers: Gauge,
     lag: Histogram,
+    #[cfg(feature = "otel")]
+    otel: otel::Instruments,
 }
 
 impl Meter {
     /// `events` written in one chunk, the oldest appended at `oldest_at` (Unix ms): one
     /// counter add and one lag sample per write, not per event (the histogram takes a lock).
     pub(crate) fn delivered(&self, events: u64, oldest_at: u64) {
+        let lag = now_ms().saturating_sub(oldest_at) as f64 / 1000.0;
         self.events.inc_by(events);
-        self.lag
-            .observe(now_ms().saturating_sub(oldest_at) as f64 / 1000.0);
+        self.lag.observe(lag);
+        #[cfg(feature = "otel")]
+        {
+            self.otel.events.add(events, &[]);
+            self.otel.lag.record(lag, &[]);
+        }
     }
 }
 
 impl Drop for Meter {
     fn drop(&mut self) {
         self.observers.dec();
+        #[cfg(feature = "otel")]
+        self.otel.observers.add(-1, &[]);
     }
 }
 

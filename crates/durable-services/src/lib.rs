@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod otlp;
+pub use otlp::{bodies as otlp_bodies, OtlpReceiver, OtlpRequest};
+
 /// The URL of an externally provided server for `backend` (`DURABLE_TEST_<BACKEND>_URL`).
 pub fn env_url(backend: &str) -> Option<String> {
     std::env::var(format!("DURABLE_TEST_{}_URL", backend.to_ascii_uppercase()))

@@ -280,6 +280,7 @@ impl Agent {
             stop: StopFlag::default(),
             durable: None,
             background: tokio::task::JoinSet::new(),
+            appended: 0,
         };
         let task = tokio::spawn(runner.run());
         Ok(AgentStream {

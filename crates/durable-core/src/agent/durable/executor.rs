@@ -283,6 +283,7 @@ impl DurableAgent {
                 memory,
             }),
             background: tokio::task::JoinSet::new(),
+            appended: 0,
         };
         let outcome = runner.run().await;
         // This execution's heartbeat must not renew (or report a fence) once it is over: the

@@ -187,6 +187,8 @@ pub(crate) struct Runner {
     pub(crate) durable: Option<DurableCtx>,
     /// Background tool tasks (until idle). Dropped with the runner: they stop with the run.
     pub(crate) background: tokio::task::JoinSet<BgDone>,
+    /// Events this execution handed to its sink (the `durable.events_appended` span field).
+    pub(crate) appended: u64,
 }
 
 impl Runner {
@@ -201,6 +203,7 @@ impl Runner {
         );
         let outcome = self.run_traced().instrument(span.clone()).await;
         span.record("durable.outcome", tracing::field::debug(&outcome));
+        span.record("durable.events_appended", self.appended);
         outcome
     }
 
@@ -241,7 +244,13 @@ impl Runner {
 
     async fn emit(&mut self, kind: EventKind, data: &(impl Serialize + Sync)) -> Step<()> {
         let ev = NewEvent::json(kind, data).map_err(fatal)?;
-        self.sink.send_batch(vec![ev]).await.map_err(fatal)
+        self.send(vec![ev]).await
+    }
+
+    /// Hand a batch to the sink, counting it.
+    async fn send(&mut self, batch: Vec<NewEvent>) -> Step<()> {
+        self.appended += batch.len() as u64;
+        self.sink.send_batch(batch).await.map_err(fatal)
     }
 
     /// Emit unless the log already holds this event (after a crash).
@@ -313,6 +322,7 @@ impl Runner {
             self.check_abort().await?;
             let replay = self.replaying(step);
             let step_span = crate::telemetry::step_span(self.run_id.as_str(), step, replay);
+            let appended_before = self.appended;
             let out = match self.journal.model(step) {
                 Some(cp) => {
                     if !cp.injected.is_empty() {
@@ -345,6 +355,7 @@ impl Runner {
             if !replay {
                 self.step_finish(step, &out).await?;
             }
+            step_span.record("durable.events_appended", self.appended - appended_before);
             step += 1;
             let turn_over = !calls || step - turn_start >= self.spec.max_steps;
             if !turn_over {
@@ -466,7 +477,7 @@ impl Runner {
                         break;
                     }
                     Some(Err(e)) => {
-                        self.sink.send_batch(batch).await.map_err(fatal)?;
+                        self.send(batch).await?;
                         return Err(Halt::Failed(e));
                     }
                     Some(Ok(chunk)) => {
@@ -489,7 +500,7 @@ impl Runner {
             }
             if !batch.is_empty() {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(64));
-                self.sink.send_batch(full).await.map_err(fatal)?;
+                self.send(full).await?;
             }
         }
         let cursor = self.flush().await?;
