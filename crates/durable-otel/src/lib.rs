@@ -101,9 +101,11 @@ impl OtelConfig {
         if let Ok(ms) = std::env::var("OTEL_METRIC_EXPORT_INTERVAL") {
             match ms.trim().parse::<u64>() {
                 Ok(ms) if ms > 0 => c.metrics_interval = Duration::from_millis(ms),
-                _ => return Err(Error::invalid_input(format!(
+                _ => {
+                    return Err(Error::invalid_input(format!(
                     "OTEL_METRIC_EXPORT_INTERVAL {ms:?} is not a positive number of milliseconds"
-                ))),
+                )))
+                }
             }
         }
         Ok(c)
