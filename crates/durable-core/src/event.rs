@@ -362,8 +362,9 @@ impl Event {
     }
 
     /// The replay hot path: entries written by [`NewEvent::encode_stored`] have exactly the shape
-    /// `{"kind":"<kind>","at":<digits>,"data":<json>}`, so they are split without a JSON parse
-    /// (the data was valid JSON when it was encoded). Anything else takes the serde path.
+    /// `{"kind":"<kind>","at":<digits>,"data":<json>}`, so they are split without building a
+    /// JSON value (the data is only checked to be one JSON value). Anything else takes the
+    /// serde path.
     fn decode_own_format(run_id: &RunId, cursor: Cursor, stored: &Bytes) -> Option<Self> {
         let rest = stored.strip_prefix(b"{\"kind\":\"")?;
         let kind_end = rest.iter().position(|b| *b == b'"')?;
@@ -378,9 +379,10 @@ impl Event {
             .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         let data = rest[digits..].strip_prefix(b",\"data\":")?;
         let data = data.strip_suffix(b"}")?;
-        if data.is_empty() {
-            return None;
-        }
+        // One JSON value and nothing after it: a corrupted or foreign entry (a field after
+        // `data`, a cut value) takes the serde path and is reported, never passed on as data.
+        // The check is a validating skip (UTF-8 included), no allocation.
+        serde_json::from_slice::<&RawValue>(data).ok()?;
         Some(Event {
             run_id: run_id.clone(),
             cursor,
