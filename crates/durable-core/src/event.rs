@@ -380,8 +380,9 @@ impl Event {
         let data = rest[digits..].strip_prefix(b",\"data\":")?;
         let data = data.strip_suffix(b"}")?;
         // One JSON value and nothing after it: a corrupted or foreign entry (a field after
-        // `data`, a cut value) takes the serde path and is reported, never passed on as data.
-        // The check is a validating skip (UTF-8 included), no allocation.
+        // `data`, a cut value, bad UTF-8) takes the serde path and is reported, never passed
+        // on as data. serde_json's validating skip, no allocation (a hand-written scan
+        // measured no faster).
         serde_json::from_slice::<&RawValue>(data).ok()?;
         Some(Event {
             run_id: run_id.clone(),
