@@ -12,7 +12,7 @@ use durable_core::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::backend::Db;
-use crate::db::{KIND_KEY, KIND_LOG};
+use crate::db::{event_key, KIND_KEY, KIND_LOG, MAX_LOG_ID, MAX_LOG_LEN};
 use crate::error::{err, from_sqlite, wrong_type, SQLITE};
 use crate::writer::Announcement;
 
@@ -136,6 +136,13 @@ fn append_in(
         }
     }
     let first = to_u64(len);
+    if first.saturating_add(payloads.len() as u64) > MAX_LOG_LEN {
+        return Err(err(
+            ErrorKind::LimitExceeded,
+            op,
+            format!("log {log} would exceed {MAX_LOG_LEN} entries, the most one log holds"),
+        ));
+    }
     if let Some(max) = options.max_len {
         if first.saturating_add(payloads.len() as u64) > max {
             return Err(err(
@@ -162,6 +169,14 @@ fn append_in(
             .and_then(|mut s| s.query_row(params![log, KIND_LOG, new_fence, new_len], |r| r.get(0)))
             .map_err(|e| from_sqlite(op, e))?,
     };
+    if id > MAX_LOG_ID {
+        // Rolled back with this write's savepoint: nothing is stored.
+        return Err(err(
+            ErrorKind::Unsupported,
+            op,
+            format!("this file has created {MAX_LOG_ID} logs, the most it can number"),
+        ));
+    }
     insert_events(conn, id, len, payloads).map_err(|e| from_sqlite(op, e))?;
     Ok(first)
 }
@@ -170,8 +185,8 @@ fn append_in(
 const ROWS_PER_INSERT: usize = 64;
 
 static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
-    let rows = vec!["(?, ?, ?)"; ROWS_PER_INSERT].join(", ");
-    format!("INSERT INTO events (log_id, cursor, payload) VALUES {rows}")
+    let rows = vec!["(?, ?)"; ROWS_PER_INSERT].join(", ");
+    format!("INSERT INTO events (key, payload) VALUES {rows}")
 });
 
 /// Store `payloads` at cursors `first..`: full chunks with one multi-row statement each, the
@@ -182,27 +197,25 @@ fn insert_events(
     first: i64,
     payloads: &[Bytes],
 ) -> rusqlite::Result<()> {
-    let mut cursor = first;
+    let mut key = event_key(id, first);
     let mut chunks = payloads.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
         let mut many = conn.prepare_cached(&INSERT_MANY)?;
         for chunk in chunks.by_ref() {
             for (i, p) in chunk.iter().enumerate() {
-                many.raw_bind_parameter(3 * i + 1, id)?;
-                many.raw_bind_parameter(3 * i + 2, cursor)?;
-                many.raw_bind_parameter(3 * i + 3, &p[..])?;
-                cursor += 1;
+                many.raw_bind_parameter(2 * i + 1, key)?;
+                many.raw_bind_parameter(2 * i + 2, &p[..])?;
+                key += 1;
             }
             many.raw_execute()?;
         }
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut one = conn
-            .prepare_cached("INSERT INTO events (log_id, cursor, payload) VALUES (?1, ?2, ?3)")?;
+        let mut one = conn.prepare_cached("INSERT INTO events (key, payload) VALUES (?1, ?2)")?;
         for p in rest {
-            one.execute(params![id, cursor, &p[..]])?;
-            cursor += 1;
+            one.execute(params![key, &p[..]])?;
+            key += 1;
         }
     }
     Ok(())
@@ -413,12 +426,11 @@ impl ServerCache for SqliteServerCache {
                 if end > from {
                     let mut s = conn
                         .prepare_cached(
-                            "SELECT payload FROM events
-                             WHERE log_id = ?1 AND cursor >= ?2 AND cursor < ?3 ORDER BY cursor",
+                            "SELECT payload FROM events WHERE key >= ?1 AND key < ?2 ORDER BY key",
                         )
                         .map_err(|e| from_sqlite(op, e))?;
                     let mut rows = s
-                        .query([m.id, to_i64(from), to_i64(end)])
+                        .query([event_key(m.id, to_i64(from)), event_key(m.id, to_i64(end))])
                         .map_err(|e| from_sqlite(op, e))?;
                     while let Some(r) = rows.next().map_err(|e| from_sqlite(op, e))? {
                         let p = r.get_ref(0).map_err(|e| from_sqlite(op, e))?;

@@ -3,6 +3,7 @@
 use rusqlite::Connection;
 
 use crate::cache::remove_entry;
+use crate::db::event_key;
 use crate::store::remove_run;
 
 /// Most expired entries or runs removed per sweep (the rest go at the next one).
@@ -72,10 +73,8 @@ fn purge(conn: &Connection, now: i64, purge_chunk: usize) -> rusqlite::Result<()
             break;
         };
         let upto = to.min(from.saturating_add(budget));
-        conn.prepare_cached(
-            "DELETE FROM events WHERE log_id = ?1 AND cursor >= ?2 AND cursor < ?3",
-        )?
-        .execute([log_id, from, upto])?;
+        conn.prepare_cached("DELETE FROM events WHERE key >= ?1 AND key < ?2")?
+            .execute([event_key(log_id, from), event_key(log_id, upto)])?;
         budget -= upto - from;
         if upto >= to {
             conn.prepare_cached("DELETE FROM purge WHERE log_id = ?1")?

@@ -360,3 +360,93 @@ async fn retired_runs_keep_the_file_bounded() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// A file of schema 1 (events keyed `(log_id, cursor)` in a separate index) is migrated on
+/// open to packed rowids: its logs read back whole and take appends at the next cursor.
+#[tokio::test]
+async fn a_schema_1_file_is_migrated_on_open() {
+    let path = support::temp_dir("schema1").join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO entries (id, name, kind, len) VALUES (7, 'old/log', 1, 3);
+             INSERT INTO events (log_id, cursor, payload) VALUES
+                 (7, 0, x'61'), (7, 1, x'62'), (7, 2, x'63');
+             INSERT INTO entries (id, name, kind, len) VALUES (8, 'other/log', 1, 1);
+             INSERT INTO events (log_id, cursor, payload) VALUES (8, 0, x'7a');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let db = open(SqliteConfig::new(&path)).await;
+    let cache = db.server_cache();
+    let entries = |s: &[&'static [u8]]| s.iter().map(|b| Bytes::from_static(b)).collect::<Vec<_>>();
+    assert_eq!(
+        cache.read("old/log", 0, 10).await.unwrap().entries,
+        entries(&[b"a", b"b", b"c"])
+    );
+    let first = cache
+        .append_many(
+            "old/log",
+            &[Bytes::from_static(b"d")],
+            AppendOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first, 3);
+    assert_eq!(
+        cache.read("old/log", 1, 10).await.unwrap().entries,
+        entries(&[b"b", b"c", b"d"])
+    );
+    assert_eq!(
+        cache.read("other/log", 0, 10).await.unwrap().entries,
+        entries(&[b"z"])
+    );
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+/// The schema of version 1, as it was released.
+const SCHEMA_1: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    value BLOB,
+    fence INTEGER NOT NULL DEFAULT 0,
+    len INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    log_id INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (log_id, cursor)
+);
+CREATE TABLE IF NOT EXISTS purge (
+    log_id INTEGER PRIMARY KEY,
+    from_cursor INTEGER NOT NULL,
+    to_cursor INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at, run_id);
+CREATE INDEX IF NOT EXISTS runs_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL,
+    step_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    output TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_key)
+);
+";
