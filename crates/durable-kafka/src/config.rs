@@ -22,7 +22,7 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "durable.";
 /// | setting | default | why |
 /// |---|---|---|
 /// | `topic_prefix` | `durable.` | every Kafka topic and group id of durable starts with it |
-/// | `linger` | 2 ms | `linger.ms`: concurrent publishes share a produce request; bounds the added latency |
+/// | `linger` | 0 | `linger.ms`: a wake-up is sent at once; publishes issued while a request is in flight still share the next one |
 /// | `partitions` | 1 | partitions of the topics this crate creates (a logical topic always stays on one) |
 /// | `replication` | 1 | replication factor of the topics this crate creates |
 /// | `subscriber_capacity` | 1024 | messages buffered per fan-out subscriber before [`Delivery::Lagged`](durable_core::Delivery::Lagged) |
@@ -67,7 +67,7 @@ impl KafkaConfig {
         Self {
             bootstrap: bootstrap_servers.into(),
             topic_prefix: DEFAULT_TOPIC_PREFIX.to_owned(),
-            linger: Duration::from_millis(2),
+            linger: Duration::ZERO,
             partitions: 1,
             replication: 1,
             subscriber_capacity: 1024,
@@ -247,6 +247,6 @@ mod tests {
             .producer();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
-        assert_eq!(c.get("linger.ms"), Some("2"));
+        assert_eq!(c.get("linger.ms"), Some("0"));
     }
 }
