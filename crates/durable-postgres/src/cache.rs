@@ -234,12 +234,16 @@ impl ServerCache for PostgresServerCache {
                 format!("cursor {from} is beyond the end {next} of {log}"),
             ));
         }
-        let payloads: Option<Vec<Vec<u8>>> = row.try_get(2).map_err(|e| from_sqlx("read", e))?;
-        let entries: Vec<Bytes> = payloads
-            .unwrap_or_default()
-            .into_iter()
-            .map(Bytes::from)
-            .collect();
+        let raw = row.try_get_raw(2).map_err(|e| from_sqlx("read", e))?;
+        let entries = if sqlx::ValueRef::is_null(&raw) {
+            Vec::new()
+        } else {
+            let bytes = raw
+                .as_bytes()
+                .map_err(|e| err(ErrorKind::Corrupt, "read", e.to_string()))?;
+            bytea_array(&Bytes::copy_from_slice(bytes))
+                .ok_or_else(|| err(ErrorKind::Corrupt, "read", "malformed bytea[] page"))?
+        };
         Ok(LogSlice {
             first: from,
             entries,
@@ -375,5 +379,84 @@ impl ServerCache for PostgresServerCache {
             self.pg.local().deliver(announce.topic, frame);
         }
         Ok(first)
+    }
+}
+
+/// The elements of a `bytea[]` in PostgreSQL's binary array format, each a slice of `buf`:
+/// one copy of the page and no allocation per event (decoding to `Vec<Vec<u8>>` cost one per
+/// event). `None` unless it is a one-dimensional array of non-null `bytea` that fills `buf`
+/// exactly.
+///
+/// Format: `ndim: i32, has_nulls: i32, element oid: u32`, then per dimension `len: i32,
+/// lower bound: i32`, then per element `len: i32` (-1 for NULL) and its bytes.
+fn bytea_array(buf: &Bytes) -> Option<Vec<Bytes>> {
+    const BYTEA_OID: u32 = 17;
+    let word = |at: usize| -> Option<u32> {
+        let b = buf.get(at..at.checked_add(4)?)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let ndim = word(0)?;
+    if ndim == 0 {
+        return (buf.len() == 12).then(Vec::new);
+    }
+    if ndim != 1 || word(8)? != BYTEA_OID {
+        return None;
+    }
+    let count = usize::try_from(word(12)?).ok()?;
+    // Bounded by the buffer: every element takes at least its 4-byte length.
+    let mut out = Vec::with_capacity(count.min(buf.len() / 4));
+    let mut at = 20;
+    for _ in 0..count {
+        let len = usize::try_from(i32::from_be_bytes(word(at)?.to_be_bytes())).ok()?;
+        let start = at + 4;
+        let end = start.checked_add(len)?;
+        if end > buf.len() {
+            return None;
+        }
+        out.push(buf.slice(start..end));
+        at = end;
+    }
+    (at == buf.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytea_array;
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    fn array(elements: &[&[u8]]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_i32(1);
+        b.put_i32(0);
+        b.put_u32(17);
+        b.put_i32(elements.len() as i32);
+        b.put_i32(1);
+        for e in elements {
+            b.put_i32(e.len() as i32);
+            b.put_slice(e);
+        }
+        b.freeze()
+    }
+
+    #[test]
+    fn decodes_pages_and_rejects_anything_else() {
+        let page = array(&[b"a", b"", b"{\"x\":1}"]);
+        let got = bytea_array(&page).unwrap();
+        assert_eq!(got, [&b"a"[..], b"", b"{\"x\":1}"]);
+        let empty = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17]);
+        assert_eq!(bytea_array(&empty).unwrap(), Vec::<Bytes>::new());
+        // Every truncation, a trailing byte, a NULL element, a wrong element type.
+        for cut in 0..page.len() {
+            assert!(bytea_array(&page.slice(..cut)).is_none(), "cut at {cut}");
+        }
+        let mut longer = BytesMut::from(&page[..]);
+        longer.put_u8(0);
+        assert!(bytea_array(&longer.freeze()).is_none());
+        let mut null = BytesMut::from(&array(&[b"a"])[..20]);
+        null.put_i32(-1);
+        assert!(bytea_array(&null.freeze()).is_none());
+        let mut text = BytesMut::from(&page[..]);
+        text[8..12].copy_from_slice(&25u32.to_be_bytes());
+        assert!(bytea_array(&text.freeze()).is_none());
     }
 }
