@@ -58,10 +58,7 @@ impl Kind {
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 let known: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-                format!(
-                    "unknown backend {name:?} (known: {})",
-                    known.join(", ")
-                )
+                format!("unknown backend {name:?} (known: {})", known.join(", "))
             })
     }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::report::{BackendReport, Measured, Report};
+use crate::report::{si, BackendReport, Measured, Report};
 use crate::workloads::Workload;
 
 /// One colour per backend, in table order.
@@ -17,10 +17,17 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(0x93, 0x78, 0x60),
 ];
 
-/// A bar group: its label and how to read the value of one backend.
+/// A bar group: its label (after the workload's own) and how to read one backend's value.
 struct Group {
+    workload: Workload,
     label: &'static str,
     value: fn(&BackendReport) -> Option<f64>,
+}
+
+impl Group {
+    fn label(&self, quick: bool) -> String {
+        format!("{} {}", self.workload.label(quick), self.label)
+    }
 }
 
 fn find(b: &BackendReport, w: Workload) -> Option<&Measured> {
@@ -31,42 +38,51 @@ fn find(b: &BackendReport, w: Workload) -> Option<&Measured> {
 
 const THROUGHPUT: [Group; 5] = [
     Group {
-        label: "1 run × 10k (deltas/s)",
+        workload: Workload::E2e,
+        label: "(deltas/s)",
         value: |b| find(b, Workload::E2e)?.rate,
     },
     Group {
-        label: "replay 10k (events/s)",
+        workload: Workload::Replay,
+        label: "(events/s)",
         value: |b| find(b, Workload::Replay)?.rate,
     },
     Group {
-        label: "100 × 1k runs (deltas/s)",
+        workload: Workload::Runs,
+        label: "(deltas/s)",
         value: |b| find(b, Workload::Runs)?.rate,
     },
     Group {
-        label: "1000 × 100 runs (deltas/s)",
+        workload: Workload::Concurrent,
+        label: "(deltas/s)",
         value: |b| find(b, Workload::Concurrent)?.rate,
     },
     Group {
-        label: "1000 observers (deliveries/s)",
+        workload: Workload::Observers,
+        label: "(deliveries/s)",
         value: |b| find(b, Workload::Observers)?.rate,
     },
 ];
 
 const LATENCY: [Group; 4] = [
     Group {
-        label: "1 observer p50",
+        workload: Workload::Latency,
+        label: "p50",
         value: |b| Some(find(b, Workload::Latency)?.latency?.p50_ms),
     },
     Group {
-        label: "1 observer p99",
+        workload: Workload::Latency,
+        label: "p99",
         value: |b| Some(find(b, Workload::Latency)?.latency?.p99_ms),
     },
     Group {
-        label: "1000 observers p50",
+        workload: Workload::Observers,
+        label: "p50",
         value: |b| Some(find(b, Workload::Observers)?.latency?.p50_ms),
     },
     Group {
-        label: "1000 observers p99",
+        workload: Workload::Observers,
+        label: "p99",
         value: |b| Some(find(b, Workload::Observers)?.latency?.p99_ms),
     },
 ];
@@ -94,6 +110,7 @@ pub(crate) fn draw(report: &Report, path: &Path) -> Result<PathBuf, String> {
         "per second",
         &THROUGHPUT,
         &backends,
+        report.quick,
     )?;
     panel(
         &bottom,
@@ -101,6 +118,7 @@ pub(crate) fn draw(report: &Report, path: &Path) -> Result<PathBuf, String> {
         "milliseconds",
         &LATENCY,
         &backends,
+        report.quick,
     )?;
     root.present().map_err(|e| e.to_string())?;
     Ok(path.to_path_buf())
@@ -112,13 +130,16 @@ fn panel(
     unit: &str,
     groups: &[Group],
     backends: &[&BackendReport],
+    quick: bool,
 ) -> Result<(), String> {
+    let labels: Vec<String> = groups.iter().map(|g| g.label(quick)).collect();
     let values: Vec<f64> = backends
         .iter()
         .flat_map(|b| groups.iter().filter_map(|g| (g.value)(b)))
         .filter(|v| *v > 0.0 && v.is_finite())
         .collect();
-    let hi = values.iter().copied().fold(1.0_f64, f64::max) * 2.0;
+    // Headroom above the tallest bar for the legend.
+    let hi = values.iter().copied().fold(1.0_f64, f64::max) * 30.0;
     let lo = values.iter().copied().fold(hi, f64::min).max(1e-3) / 2.0;
     let n = groups.len() as f64;
     let mut chart = ChartBuilder::on(area)
@@ -135,14 +156,12 @@ fn panel(
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 1e-6 && i >= 0.0 {
-                groups
-                    .get(i as usize)
-                    .map(|g| g.label.to_owned())
-                    .unwrap_or_default()
+                labels.get(i as usize).cloned().unwrap_or_default()
             } else {
                 String::new()
             }
         })
+        .y_label_formatter(&|v| si(*v, None).trim_end().to_owned())
         .y_desc(unit)
         .draw()
         .map_err(|e| e.to_string())?;
@@ -153,7 +172,10 @@ fn panel(
             .draw_series(groups.iter().enumerate().filter_map(|(gi, g)| {
                 let v = (g.value)(b).filter(|v| *v > 0.0 && v.is_finite())?;
                 let x0 = gi as f64 - 0.4 + bi as f64 * width;
-                Some(Rectangle::new([(x0, lo), (x0 + width * 0.9, v)], color.filled()))
+                Some(Rectangle::new(
+                    [(x0, lo), (x0 + width * 0.9, v)],
+                    color.filled(),
+                ))
             }))
             .map_err(|e| e.to_string())?
             .label(format!("{} (log: {}, pubsub: {})", b.name, b.log, b.pubsub))

@@ -4,8 +4,9 @@
 //!   it), as `crates/durable-postgres`'s bench and README count them;
 //! - Redis: commands seen by `MONITOR`, top-level only (a command a Lua script runs inside the
 //!   server is no round trip; `INFO commandstats` counts those too, so it is not used);
-//! - NATS: messages the client sent (`async_nats` connection statistics: publishes and
-//!   requests, each one network write the server answers or acknowledges);
+//! - NATS: messages the client sent (`async_nats` connection statistics). An atomic batch
+//!   publish is one message per event with one acknowledgement per batch, so this counts
+//!   messages, not round trips: NATS tells no round-trip count;
 //! - SQLite: transactions the writer committed (each an fsync of the WAL);
 //! - otherwise none ("n/a" and why).
 
@@ -36,6 +37,8 @@ pub(crate) enum Counter {
 pub(crate) struct Count {
     pub(crate) total: u64,
     pub(crate) method: String,
+    /// What is counted, short (`statements`).
+    pub(crate) unit: &'static str,
     pub(crate) detail: Vec<(u64, String)>,
 }
 
@@ -92,9 +95,12 @@ impl Counter {
                     Started::None("the server does not preload pg_stat_statements")
                 }
             }
-            Counter::Nats(nats) => {
-                Started::Nats(nats.client().statistics().out_messages.load(Ordering::Relaxed))
-            }
+            Counter::Nats(nats) => Started::Nats(
+                nats.client()
+                    .statistics()
+                    .out_messages
+                    .load(Ordering::Relaxed),
+            ),
             Counter::Sqlite(sqlite) => {
                 let s = sqlite.stats();
                 Started::Sqlite(s.commits, s.writes)
@@ -123,6 +129,7 @@ impl Counter {
                 Ok(Count {
                     total: detail.iter().map(|d| d.0).sum(),
                     method: "SQL statements (pg_stat_statements)".to_owned(),
+                    unit: "statements",
                     detail,
                 })
             }
@@ -150,6 +157,7 @@ impl Counter {
                 Ok(Count {
                     total: detail.iter().map(|d| d.0).sum(),
                     method: "Redis commands, top level (MONITOR)".to_owned(),
+                    unit: "commands",
                     detail,
                 })
             }
@@ -161,7 +169,11 @@ impl Counter {
                     .load(Ordering::Relaxed);
                 Ok(Count {
                     total: after.saturating_sub(before),
-                    method: "NATS messages sent (client statistics)".to_owned(),
+                    method: "NATS messages sent (client statistics): an atomic batch \
+                             publish sends one message per event and waits for one \
+                             acknowledgement, so this counts messages, not round trips"
+                        .to_owned(),
+                    unit: "messages",
                     detail: Vec::new(),
                 })
             }
@@ -170,6 +182,7 @@ impl Counter {
                 Ok(Count {
                     total: s.commits.saturating_sub(commits),
                     method: "SQLite transactions (writer commits)".to_owned(),
+                    unit: "commits",
                     detail: vec![(s.writes.saturating_sub(writes), "writes in them".to_owned())],
                 })
             }
@@ -216,10 +229,7 @@ fn send_echo(addr: &str, marker: &str) -> Result<(), String> {
     let mut conn = TcpStream::connect(addr).map_err(|e| format!("ECHO connect: {e}"))?;
     conn.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let cmd = format!(
-        "*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n",
-        marker.len()
-    );
+    let cmd = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len());
     conn.write_all(cmd.as_bytes())
         .map_err(|e| format!("ECHO: {e}"))?;
     let mut answer = String::new();
@@ -271,6 +281,9 @@ mod tests {
             Counter::redis("redis://:secret@127.0.0.1:6379"),
             Counter::Redis(None)
         ));
-        assert!(matches!(Counter::redis("rediss://h:1"), Counter::Redis(None)));
+        assert!(matches!(
+            Counter::redis("rediss://h:1"),
+            Counter::Redis(None)
+        ));
     }
 }

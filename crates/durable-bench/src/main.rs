@@ -82,7 +82,10 @@ fn parent(args: &Args) -> ExitCode {
         let mut entry = BackendReport::new(kind);
         if let Some(why) = kind.unavailable() {
             if require {
-                eprintln!("durable-bench: {}: {why} and DURABLE_TEST_REQUIRE=1", kind.name());
+                eprintln!(
+                    "durable-bench: {}: {why} and DURABLE_TEST_REQUIRE=1",
+                    kind.name()
+                );
                 failed = true;
             } else {
                 eprintln!("durable-bench: {}: skipped: {why}", kind.name());
@@ -99,7 +102,11 @@ fn parent(args: &Args) -> ExitCode {
             );
             let measured = run_child(&exe, kind, workload, args.quick);
             if let Some(e) = &measured.error {
-                eprintln!("durable-bench: {} / {}: FAILED: {e}", kind.name(), workload.id());
+                eprintln!(
+                    "durable-bench: {} / {}: FAILED: {e}",
+                    kind.name(),
+                    workload.id()
+                );
                 failed = true;
             }
             entry.results.push(measured);

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use durable_core::agent::{LanguageModel, ModelChunk, ModelRequest, ModelStream, ScriptedModel, Turn};
+use durable_core::agent::{
+    LanguageModel, ModelChunk, ModelRequest, ModelStream, ScriptedModel, Turn,
+};
 use futures::StreamExt;
 
 /// The text of every delta: 16 bytes.

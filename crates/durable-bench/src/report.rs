@@ -82,6 +82,9 @@ pub(crate) struct Measured {
     /// How `round_trips` was counted, or why it was not ("n/a: …").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) round_trip_method: Option<String>,
+    /// What `round_trips` counts, short (`statements`, `commands`, `messages`, `commits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) round_trip_unit: Option<String>,
     /// The count broken down (count, statement or command).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) round_trip_detail: Vec<(u64, String)>,
@@ -233,22 +236,24 @@ impl Report {
             }
         }
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(json, text + "\n").map_err(|e| format!("cannot write {}: {e}", json.display()))
+        std::fs::write(json, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", json.display()))
     }
 
     /// The table printed on stdout: one row per backend, one column per workload.
     pub(crate) fn table(&self) -> String {
+        let q = self.quick;
         let cols = [
-            "backend (log / pubsub / store)",
-            "1×10k e2e",
-            "replay 10k",
-            "100×1k runs",
-            "peak RSS",
-            "1000×100",
-            "1000 observers p50/p99",
-            "latency p50/p99/max",
-            "first event",
-            "round trips / turn",
+            "backend (log / pubsub / store)".to_owned(),
+            Workload::E2e.label(q),
+            Workload::Replay.label(q),
+            Workload::Runs.label(q),
+            "peak RSS".to_owned(),
+            Workload::Concurrent.label(q),
+            format!("{} p50/p99", Workload::Observers.label(q)),
+            "latency p50/p99/max".to_owned(),
+            "first event".to_owned(),
+            Workload::RoundTrips.label(q),
         ];
         let mut rows: Vec<Vec<String>> = Vec::new();
         for b in &self.backends {
@@ -260,7 +265,8 @@ impl Report {
             let rate = |w| cell(b.get(w), |m| m.rate.map(|r| si(r, m.rate_unit.as_deref())));
             let lat = |w| {
                 cell(b.get(w), |m| {
-                    m.latency.map(|l| format!("{:.2}/{:.2} ms", l.p50_ms, l.p99_ms))
+                    m.latency
+                        .map(|l| format!("{:.2}/{:.2} ms", l.p50_ms, l.p99_ms))
                 })
             };
             rows.push(vec![
@@ -274,9 +280,8 @@ impl Report {
                 rate(Workload::Concurrent),
                 lat(Workload::Observers),
                 cell(b.get(Workload::Latency), |m| {
-                    m.latency.map(|l| {
-                        format!("{:.2}/{:.2}/{:.1} ms", l.p50_ms, l.p99_ms, l.max_ms)
-                    })
+                    m.latency
+                        .map(|l| format!("{:.2}/{:.2}/{:.1} ms", l.p50_ms, l.p99_ms, l.max_ms))
                 }),
                 cell(b.get(Workload::Latency), |m| {
                     m.first_event_ms.map(|t| format!("{t:.2} ms"))
@@ -284,14 +289,18 @@ impl Report {
                 match b.get(Workload::RoundTrips) {
                     Some(Measured {
                         round_trips: Some(n),
+                        round_trip_unit,
                         ..
-                    }) => n.to_string(),
+                    }) => format!("{n} {}", round_trip_unit.as_deref().unwrap_or("")),
                     Some(_) => "n/a".to_owned(),
                     None => "FAILED".to_owned(),
                 },
             ]);
             for m in b.results.iter().filter(|m| m.error.is_some() || !m.exact) {
-                let why = m.error.as_deref().unwrap_or("an observer's sequence was not exact");
+                let why = m
+                    .error
+                    .as_deref()
+                    .unwrap_or("an observer's sequence was not exact");
                 rows.push(vec![format!("  ! {} {}: {why}", b.name, m.workload)]);
             }
         }
@@ -307,18 +316,20 @@ fn cell(m: Option<&Measured>, f: impl Fn(&Measured) -> Option<String>) -> String
 }
 
 /// `123456.0` → `123k deltas/s`.
-fn si(v: f64, unit: Option<&str>) -> String {
+pub(crate) fn si(v: f64, unit: Option<&str>) -> String {
     let unit = unit.unwrap_or("");
     if v >= 1e6 {
         format!("{:.2}M {unit}", v / 1e6)
     } else if v >= 1e3 {
         format!("{:.0}k {unit}", v / 1e3)
-    } else {
+    } else if v >= 10.0 {
         format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.2} {unit}")
     }
 }
 
-fn render(cols: &[&str], rows: &[Vec<String>], report: &Report) -> String {
+fn render(cols: &[String], rows: &[Vec<String>], report: &Report) -> String {
     let mut widths: Vec<usize> = cols.iter().map(|c| c.chars().count()).collect();
     for row in rows.iter().filter(|r| r.len() == cols.len()) {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -342,7 +353,7 @@ fn render(cols: &[&str], rows: &[Vec<String>], report: &Report) -> String {
         report.machine.load_average_start,
         report.machine.load_average_end
     );
-    out.push_str(&line(&cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>()));
+    out.push_str(&line(cols));
     out.push('|');
     for w in &widths {
         let _ = write!(out, "{}|", "-".repeat(w + 2));

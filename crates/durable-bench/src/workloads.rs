@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use durable_core::agent::{Agent, DurableAgent, DurableRun, FnTool, StreamOptions, ToolContext, ToolError, Turn};
+use durable_core::agent::{
+    Agent, DurableAgent, DurableRun, FnTool, StreamOptions, ToolContext, ToolError, Turn,
+};
 use durable_core::{EventKind, ObserveOptions};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -90,6 +92,31 @@ impl Workload {
             (Workload::Latency, false) => s(1, 2_000, 1, 1),
             (Workload::Latency, true) => s(1, 100, 1, 1),
             (Workload::RoundTrips, _) => s(1, 1_000, 1, 1),
+        }
+    }
+
+    /// A short label with its sizes, for the table and the chart.
+    pub(crate) fn label(self, quick: bool) -> String {
+        let Sizes {
+            runs,
+            deltas,
+            observers,
+            ..
+        } = self.sizes(quick);
+        let k = |n: u64| {
+            if n >= 1_000 && n.is_multiple_of(1_000) {
+                format!("{}k", n / 1_000)
+            } else {
+                n.to_string()
+            }
+        };
+        match self {
+            Workload::E2e => format!("1×{} e2e", k(deltas)),
+            Workload::Replay => format!("replay {}", k(deltas)),
+            Workload::Runs | Workload::Concurrent => format!("{}×{} runs", runs, k(deltas)),
+            Workload::Observers => format!("{observers} observers"),
+            Workload::Latency => "latency".to_owned(),
+            Workload::RoundTrips => "round trips / turn".to_owned(),
         }
     }
 
@@ -343,15 +370,19 @@ async fn many(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), String> 
 
 /// A tool that returns once the gate opens: the run waits in it while observers attach.
 fn gate(open: tokio::sync::watch::Receiver<bool>) -> FnTool<Value> {
-    FnTool::new("gate", "Waits for the observers", move |_: Value, _: ToolContext| {
-        let mut open = open.clone();
-        async move {
-            open.wait_for(|o| *o)
-                .await
-                .map_err(|_| ToolError::new("the gate was dropped"))?;
-            Ok::<_, ToolError>(json!({ "open": true }))
-        }
-    })
+    FnTool::new(
+        "gate",
+        "Waits for the observers",
+        move |_: Value, _: ToolContext| {
+            let mut open = open.clone();
+            async move {
+                open.wait_for(|o| *o)
+                    .await
+                    .map_err(|_| ToolError::new("the gate was dropped"))?;
+                Ok::<_, ToolError>(json!({ "open": true }))
+            }
+        },
+    )
 }
 
 async fn observers(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), String> {
@@ -434,18 +465,26 @@ async fn latency(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), Strin
 }
 
 async fn round_trips(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), String> {
-    let weather = FnTool::new("weather", "Weather", |a: Value, _: ToolContext| async move {
-        Ok::<_, ToolError>(json!({ "city": a.get("city").cloned().unwrap_or(Value::Null) }))
-    });
+    let weather = FnTool::new(
+        "weather",
+        "Weather",
+        |a: Value, _: ToolContext| async move {
+            Ok::<_, ToolError>(json!({ "city": a.get("city").cloned().unwrap_or(Value::Null) }))
+        },
+    );
     let (first, second) = (s.deltas / 2, s.deltas / 4);
     let model = TimedModel::new(
         vec![
-            Turn::new()
-                .deltas(first as usize, DELTA)
-                .tool_call("c0", "weather", json!({ "city": "Paris" })),
-            Turn::new()
-                .deltas(second as usize, DELTA)
-                .tool_call("c1", "weather", json!({ "city": "Oslo" })),
+            Turn::new().deltas(first as usize, DELTA).tool_call(
+                "c0",
+                "weather",
+                json!({ "city": "Paris" }),
+            ),
+            Turn::new().deltas(second as usize, DELTA).tool_call(
+                "c1",
+                "weather",
+                json!({ "city": "Oslo" }),
+            ),
             Turn::new().deltas((s.deltas - first - second) as usize, DELTA),
         ],
         None,
@@ -465,6 +504,7 @@ async fn round_trips(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), S
         Ok(count) => {
             m.round_trips = Some(count.total);
             m.round_trip_method = Some(count.method);
+            m.round_trip_unit = Some(count.unit.to_owned());
             m.round_trip_detail = count.detail;
         }
         Err(why) => m.round_trip_method = Some(format!("n/a: {why}")),
@@ -486,6 +526,9 @@ mod tests {
     #[test]
     fn round_trip_turn_streams_every_delta() {
         let s = Workload::RoundTrips.sizes(false);
-        assert_eq!(s.deltas / 2 + s.deltas / 4 + (s.deltas - s.deltas / 2 - s.deltas / 4), s.deltas);
+        assert_eq!(
+            s.deltas / 2 + s.deltas / 4 + (s.deltas - s.deltas / 2 - s.deltas / 4),
+            s.deltas
+        );
     }
 }
