@@ -1,16 +1,4 @@
-//! `durable-bench`: the same `DurableAgent` workloads on every backend, through the public API
-//! (`durable_core::agent`, a scripted model streaming 16-byte text deltas), printed as a table,
-//! written as JSON and drawn as an SVG chart.
-//!
-//! ```sh
-//! cargo run --release -p durable-bench -- --backends memory,sqlite --quick
-//! cargo xtask bench            # every backend, with the servers xtask starts
-//! ```
-//!
-//! The parent process runs each (backend, workload) pair in a child process of the same binary
-//! (`durable-bench --one <backend> --workload <id>`), so each figure, peak RSS above all, belongs
-//! to that workload alone. See the crate README for what each workload measures.
-
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 mod backends;
