@@ -67,6 +67,9 @@ pub(crate) struct Measured {
     /// Peak resident memory of the process that ran this workload alone (`VmHWM`), MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) peak_rss_mib: Option<f64>,
+    /// Resident memory of that process once connected, before the workload, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) connected_rss_mib: Option<f64>,
     /// Delay from the model emitting a delta to an observer receiving it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) latency: Option<Percentiles>,
@@ -248,7 +251,7 @@ impl Report {
             Workload::E2e.label(q),
             Workload::Replay.label(q),
             Workload::Runs.label(q),
-            "peak RSS".to_owned(),
+            "peak RSS (connected)".to_owned(),
             Workload::Concurrent.label(q),
             format!("{} p50/p99", Workload::Observers.label(q)),
             "latency p50/p99/max".to_owned(),
@@ -275,7 +278,10 @@ impl Report {
                 rate(Workload::Replay),
                 rate(Workload::Runs),
                 cell(b.get(Workload::Runs), |m| {
-                    m.peak_rss_mib.map(|r| format!("{r:.0} MiB"))
+                    m.peak_rss_mib.map(|r| match m.connected_rss_mib {
+                        Some(c) => format!("{r:.0} MiB ({c:.0})"),
+                        None => format!("{r:.0} MiB"),
+                    })
                 }),
                 rate(Workload::Concurrent),
                 lat(Workload::Observers),

@@ -178,6 +178,7 @@ pub(crate) fn run_one(kind: Kind, workload: Workload, quick: bool) -> Measured {
     let result = rt.block_on(async {
         let setup = Setup::connect(kind).await?;
         let mut m = Measured::new(kind, workload);
+        m.connected_rss_mib = rss_mib("VmRSS:");
         let sizes = workload.sizes(quick);
         m.runs = sizes.runs;
         m.deltas_per_run = sizes.deltas;
@@ -202,19 +203,20 @@ pub(crate) fn run_one(kind: Kind, workload: Workload, quick: bool) -> Measured {
     rt.shutdown_timeout(Duration::from_secs(5));
     match result {
         Ok(mut m) => {
-            m.peak_rss_mib = peak_rss_mib();
+            m.peak_rss_mib = rss_mib("VmHWM:");
             m
         }
         Err(e) => Measured::failed(kind, workload, e),
     }
 }
 
-/// The process's peak resident set (`VmHWM`), MiB.
-fn peak_rss_mib() -> Option<f64> {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM:` is the peak resident
+/// set, `VmRSS:` the current one), MiB.
+fn rss_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
