@@ -37,6 +37,15 @@ fn main() -> ExitCode {
 
 /// Child mode: run one workload on one backend, print its result as one JSON line.
 fn child(backend: backends::Kind, workload: workloads::Workload, quick: bool) -> ExitCode {
+    // Warnings of the runtime and adapters (`RUST_LOG` to change) go to stderr, beside the
+    // parent's progress, so a failed workload shows what the backend said.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let measured = workloads::run_one(backend, workload, quick);
     let failed = measured.error.is_some();
     match serde_json::to_string(&measured) {
