@@ -4,7 +4,8 @@
 //!   docs, `cargo deny`. The README's test command and what CI runs.
 //! - `cargo xtask services` — start every backend service and print the environment to use them.
 //! - `cargo xtask ci-matrix` — the backend matrix as JSON.
-//! - `cargo xtask bench` — the criterion benches (with services).
+//! - `cargo xtask bench` — `durable-bench` on every backend (with services): table, JSON,
+//!   SVG chart; `--criterion` runs the criterion benches instead.
 //! - `cargo xtask demo` — the quickstart on a real local model (llama-server + SmolLM2-135M).
 //!
 //! It depends on `durable-services` (std only) and nothing else, so it builds in seconds.
@@ -73,13 +74,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage() -> String {
+pub(crate) fn usage() -> String {
     "usage: cargo xtask <command>\n\
      \n  test [--skip-lint] [--skip-deny] [-- <cargo test args>]\
      \n                 fmt + clippy + services + every test + docs + cargo deny\
      \n  services       start every backend service, print its env, wait for Enter\
      \n  ci-matrix      print the backend matrix as JSON\
-     \n  bench [-- <criterion args>]   run the criterion benches with services\
+     \n  bench [-- <durable-bench args>]\
+     \n                 durable-bench (release) on every backend with services: table, JSON, SVG\
+     \n  bench --criterion [-- <criterion args>]   the criterion benches with services instead\
      \n  demo           build/start the local model (llama-server + SmolLM2) and run the quickstart on it"
         .to_owned()
 }

@@ -107,21 +107,45 @@ fn deny(ctx: &Ctx) -> Result<()> {
     )
 }
 
-/// The criterion benches of every crate, with services started for the backend benches.
+/// `cargo xtask bench [--criterion] [-- <args>]`, with every backend's server started:
+/// `durable-bench` in release mode (its args after `--`, e.g. `--backends memory,redis` or
+/// `--quick`), or with `--criterion` the criterion benches of every crate (criterion's args
+/// after `--`).
 pub(crate) fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
-    let passthrough = match args.iter().position(|a| a == "--") {
-        Some(i) => &args[i + 1..],
-        None => args,
+    let (flags, passthrough) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let criterion = match flags {
+        [] => false,
+        [f] if f == "--criterion" => true,
+        _ => {
+            return Err(format!(
+                "bench: unknown flags {flags:?}\n\n{}",
+                crate::usage()
+            ))
+        }
     };
     let (processes, env) = start_services(ctx)?;
-    let r = run(
-        "cargo bench",
-        cargo()
-            .current_dir(&ctx.root)
-            .args(["bench", "--workspace", "--"])
-            .args(passthrough)
-            .envs(&env),
-    );
+    let r = if criterion {
+        run(
+            "cargo bench",
+            cargo()
+                .current_dir(&ctx.root)
+                .args(["bench", "--workspace", "--"])
+                .args(passthrough)
+                .envs(&env),
+        )
+    } else {
+        run(
+            "durable-bench (release)",
+            cargo()
+                .current_dir(&ctx.root)
+                .args(["run", "--release", "--quiet", "-p", "durable-bench", "--"])
+                .args(passthrough)
+                .envs(&env),
+        )
+    };
     drop(processes);
     r
 }

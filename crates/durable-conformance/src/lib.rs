@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod agent;
+pub mod bench;
 pub mod cases;
 pub mod completeness;
 pub mod harness;

@@ -18,8 +18,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, Criterion, Throughput};
+use durable_conformance::bench::{payload, runtime as rt};
 use durable_conformance::services::env_url;
 use durable_core::{Delivery, PubSub, RunId};
 use durable_kafka::{KafkaConfig, KafkaPubSub};
@@ -29,14 +29,6 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 
 static URL: OnceLock<String> = OnceLock::new();
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn url() -> String {
     URL.get().expect("url").clone()
@@ -48,10 +40,6 @@ async fn connect() -> KafkaPubSub {
         .connect()
         .await
         .expect("connect")
-}
-
-fn payload() -> Bytes {
-    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
 }
 
 fn topic(what: &str) -> String {

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use bytes::Bytes;
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use durable_conformance::bench::{delta, finish, payload, percentile, runtime as rt};
 use durable_conformance::services::env_url;
 use durable_core::{
-    AppendOptions, EventKind, EventLog, Json, LogConfig, NewEvent, ObserveOptions, RunId,
-    ServerCache, ServerCacheExt,
+    AppendOptions, EventLog, LogConfig, ObserveOptions, RunId, ServerCache, ServerCacheExt,
 };
 use durable_nats::{Nats, NatsConfig};
 use futures::StreamExt;
@@ -40,14 +40,6 @@ static URL: OnceLock<String> = OnceLock::new();
 const N: u64 = 10_000;
 const PREFIX: &str = "durable-bench";
 const STREAM: &str = "BENCH_LOGS";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn connect(rt: &tokio::runtime::Runtime) -> Nats {
     let url = URL.get().expect("url").clone();
@@ -64,26 +56,6 @@ fn event_log(nats: &Nats, ns: &str) -> EventLog {
     let mut config = LogConfig::default();
     config.namespace = ns.to_owned();
     EventLog::new(Arc::new(nats.server_cache()), Arc::new(nats.pubsub())).with_config(config)
-}
-
-fn delta() -> NewEvent {
-    static DELTA: OnceLock<NewEvent> = OnceLock::new();
-    DELTA
-        .get_or_init(|| {
-            NewEvent::new(
-                EventKind::TextDelta,
-                Json::from_text(r#""0123456789abcdef""#).expect("json"),
-            )
-        })
-        .clone()
-}
-
-fn finish() -> NewEvent {
-    NewEvent::new(EventKind::Finish, Json::null())
-}
-
-fn payload() -> Bytes {
-    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
 }
 
 fn bench_append(c: &mut Criterion) {
@@ -309,11 +281,6 @@ fn bench_e2e(c: &mut Criterion) {
         });
     });
     g.finish();
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn report(_: &mut Criterion) {

@@ -24,26 +24,15 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use durable_conformance::bench::{delta, finish, payload, percentile, runtime as rt};
 use durable_conformance::services::env_url;
-use durable_core::{
-    EventKind, EventLog, Json, LogConfig, NewEvent, ObserveOptions, RunId, ServerCache,
-    ServerCacheExt,
-};
+use durable_core::{EventLog, LogConfig, ObserveOptions, RunId, ServerCache, ServerCacheExt};
 use durable_postgres::{Postgres, PostgresConfig};
 use futures::StreamExt;
 
 static URL: OnceLock<String> = OnceLock::new();
 const N: u64 = 10_000;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn connect(rt: &tokio::runtime::Runtime) -> Postgres {
     let url = URL.get().expect("url").clone();
@@ -59,26 +48,6 @@ async fn event_log(pg: &Postgres) -> EventLog {
         Arc::new(pg.pubsub().await.expect("pubsub")),
     )
     .with_config(config)
-}
-
-fn delta() -> NewEvent {
-    static DELTA: OnceLock<NewEvent> = OnceLock::new();
-    DELTA
-        .get_or_init(|| {
-            NewEvent::new(
-                EventKind::TextDelta,
-                Json::from_text(r#""0123456789abcdef""#).expect("json"),
-            )
-        })
-        .clone()
-}
-
-fn finish() -> NewEvent {
-    NewEvent::new(EventKind::Finish, Json::null())
-}
-
-fn payload() -> Bytes {
-    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
 }
 
 fn bench_append(c: &mut Criterion) {
@@ -303,11 +272,6 @@ fn bench_e2e(c: &mut Criterion) {
         });
     });
     g.finish();
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn report_latency(_: &mut Criterion) {

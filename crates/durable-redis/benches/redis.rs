@@ -24,24 +24,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use durable_conformance::bench::{delta, finish, payload, percentile, runtime as rt};
 use durable_conformance::services::env_url;
 use durable_core::{
-    AppendOptions, CacheCapabilities, EventKind, EventLog, Json, LogConfig, LogSlice, NewEvent,
-    ObserveOptions, RunId, ServerCache, ServerCacheExt,
+    AppendOptions, CacheCapabilities, EventLog, LogConfig, LogSlice, ObserveOptions, RunId,
+    ServerCache, ServerCacheExt,
 };
 use durable_redis::{Redis, RedisConfig, RedisServerCache};
 use futures::StreamExt;
 
 static URL: OnceLock<String> = OnceLock::new();
 const N: u64 = 10_000;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn connect(rt: &tokio::runtime::Runtime) -> Redis {
     let url = URL.get().expect("url").clone();
@@ -57,26 +50,6 @@ async fn event_log(redis: &Redis) -> EventLog {
         Arc::new(redis.pubsub().await.expect("pubsub")),
     )
     .with_config(config)
-}
-
-fn delta() -> NewEvent {
-    static DELTA: OnceLock<NewEvent> = OnceLock::new();
-    DELTA
-        .get_or_init(|| {
-            NewEvent::new(
-                EventKind::TextDelta,
-                Json::from_text(r#""0123456789abcdef""#).expect("json"),
-            )
-        })
-        .clone()
-}
-
-fn finish() -> NewEvent {
-    NewEvent::new(EventKind::Finish, Json::null())
-}
-
-fn payload() -> Bytes {
-    Bytes::from_static(br#"{"k":"text-delta","d":"0123456789abcdef"}"#)
 }
 
 fn bench_append(c: &mut Criterion) {
@@ -241,11 +214,6 @@ fn bench_e2e(c: &mut Criterion) {
         });
     });
     g.finish();
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 /// The Redis cache with its announce capability hidden, so an `EventLog` over it publishes

@@ -17,20 +17,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use durable_conformance::bench::runtime as rt;
 use durable_core::agent::{Agent, DurableAgent, ScriptedModel, StreamOptions, Turn};
 use durable_core::{ObserveOptions, RunId};
 use durable_sqlite::{SqliteBackend, SqliteConfig, Synchronous};
 use futures::StreamExt;
 
 const DELTA: &str = "0123456789abcdef";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// A fresh database file for one case, under `<temp>/durable-sqlite-bench-<pid>/`.
 fn db_path(tag: &str) -> PathBuf {
