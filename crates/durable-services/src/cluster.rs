@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -110,7 +110,6 @@ pub struct ClusterNode {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<ServerProcess>,
-    dir: PathBuf,
 }
 
 /// Start a Redis Cluster: `masters × (1 + replicas)` nodes with `cluster-enabled yes` on spare
@@ -131,15 +130,13 @@ pub fn redis_cluster(options: &RedisClusterOptions) -> Result<RedisCluster, Stri
     }
     let count = options.masters * (1 + options.replicas);
     let ports = spare_ports(2 * count)?;
-    let dir = services_dir().join(format!("redis-cluster-{}-{}", ports[0], std::process::id()));
     let mut cluster = RedisCluster {
         nodes: Vec::with_capacity(count),
-        dir,
     };
     let timeout_ms = options.node_timeout.as_millis().max(100).to_string();
     for pair in ports.chunks(2) {
         let (port, bus) = (pair[0], pair[1]);
-        let node_dir = cluster.dir.join(port.to_string());
+        let node_dir = services_dir().join(format!("redis-cluster-{}-{port}", std::process::id()));
         let mut args: Vec<OsString> = [
             "--port",
             &port.to_string(),
@@ -302,26 +299,10 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// Leave every node running after drop (for `cargo xtask services`); their pids.
-    pub fn detach(mut self) -> Vec<u32> {
-        self.dir = PathBuf::new();
-        std::mem::take(&mut self.nodes)
-            .into_iter()
-            .map(ServerProcess::detach)
-            .collect()
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        remove_dir(&self.dir);
-    }
-}
-
-fn remove_dir(dir: &Path) {
-    if !dir.as_os_str().is_empty() {
-        let _ = std::fs::remove_dir_all(dir);
+    /// The node processes, each killed (and its data removed) when dropped (for `cargo xtask`,
+    /// which keeps servers as a list of processes).
+    pub fn into_processes(self) -> Vec<ServerProcess> {
+        self.nodes
     }
 }
 
@@ -354,7 +335,6 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
 pub struct NatsCluster {
     nodes: Vec<ServerProcess>,
     monitors: Vec<u16>,
-    dir: PathBuf,
 }
 
 /// Start a NATS cluster of `size` nodes (at least 3 for JetStream R3): each with its own client,
@@ -371,18 +351,15 @@ pub fn nats_cluster(size: usize) -> Result<NatsCluster, String> {
         .filter(|p| p.is_file())
         .or_else(|| find_binary("nats-server", &[]))
         .ok_or("nats-server is not installed (cargo xtask test installs it)")?;
+    if size < 3 {
+        return Err("a JetStream cluster needs at least 3 nodes".to_owned());
+    }
     let ports = spare_ports(3 * size)?;
     let (clients, rest) = ports.split_at(size);
     let (routes, monitors) = rest.split_at(size);
-    let dir = services_dir().join(format!(
-        "nats-cluster-{}-{}",
-        clients[0],
-        std::process::id()
-    ));
     let mut cluster = NatsCluster {
         nodes: Vec::with_capacity(size),
         monitors: monitors.to_vec(),
-        dir,
     };
     let route_list = routes
         .iter()
@@ -390,7 +367,11 @@ pub fn nats_cluster(size: usize) -> Result<NatsCluster, String> {
         .collect::<Vec<_>>()
         .join(", ");
     for i in 0..size {
-        let node_dir = cluster.dir.join(format!("n{i}"));
+        let node_dir = services_dir().join(format!(
+            "nats-cluster-{}-{}-n{i}",
+            std::process::id(),
+            clients[0]
+        ));
         std::fs::create_dir_all(&node_dir)
             .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
         let config = node_dir.join("nats.conf");
@@ -482,20 +463,9 @@ impl NatsCluster {
         }
     }
 
-    /// Leave every node running after drop (for `cargo xtask services`); their pids.
-    pub fn detach(mut self) -> Vec<u32> {
-        self.dir = PathBuf::new();
-        std::mem::take(&mut self.nodes)
-            .into_iter()
-            .map(ServerProcess::detach)
-            .collect()
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        remove_dir(&self.dir);
+    /// The node processes, each killed (and its data removed) when dropped (for `cargo xtask`).
+    pub fn into_processes(self) -> Vec<ServerProcess> {
+        self.nodes
     }
 }
 
