@@ -664,11 +664,21 @@ impl ServerCache for NatsServerCache {
         let Some(first) = first? else {
             return Err(corrupt(OP, format!("entry {from} of {log:?} is missing")));
         };
-        let msgs = self
-            .shared
-            .js
-            .batch(OP, stream, &format!("{base}.e.*"), first.seq, want)
-            .await?;
+        let js = &self.shared.js;
+        let msgs = if js.replicated {
+            // Leader gets of the slice's subjects, sent together (see `Js`).
+            let subjects = (from + 1..from + want as u64).map(|k| format!("{base}.e.{k}"));
+            let mut msgs = vec![first];
+            for (k, m) in (from + 1..).zip(js.last_many(OP, stream, subjects).await?) {
+                msgs.push(
+                    m.ok_or_else(|| corrupt(OP, format!("entry {k} of {log:?} is missing")))?,
+                );
+            }
+            msgs
+        } else {
+            js.batch(OP, stream, &format!("{base}.e.*"), first.seq, want)
+                .await?
+        };
         let mut entries = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.into_iter().enumerate() {
             let expected = format!("{base}.e.{}", from + i as u64);
