@@ -67,9 +67,29 @@ impl StoredMsg {
 #[derive(Deserialize)]
 struct ApiError {
     #[serde(default)]
+    code: u16,
+    #[serde(default)]
     err_code: u64,
     #[serde(default)]
     description: String,
+}
+
+/// JetStream API error code of "JetStream system temporarily unavailable" (no leader yet).
+const TEMPORARILY_UNAVAILABLE: u64 = 10008;
+
+impl ApiError {
+    /// The error for an API call that failed with this: retryable `Unavailable` when the
+    /// cluster has no leader for the moment (an election after a node loss), else
+    /// `Unexpected`.
+    fn into_error(self, op: &'static str, what: &str) -> durable_core::Error {
+        if self.code == 503 || self.err_code == TEMPORARILY_UNAVAILABLE {
+            return unavailable(op, format!("{what}: {}", self.description));
+        }
+        unexpected(
+            op,
+            format!("{what} ({}): {}", self.err_code, self.description),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -152,10 +172,7 @@ impl Js {
             {
                 Ok(Published::WrongLastSequence)
             }
-            Some(e) => Err(unexpected(
-                op,
-                format!("publish rejected ({}): {}", e.err_code, e.description),
-            )),
+            Some(e) => Err(e.into_error(op, "publish rejected")),
         }
     }
 
@@ -250,14 +267,7 @@ impl Js {
             .map_err(|e| unexpected(op, format!("bad message get reply: {e}")))?;
         match (r.error, r.message) {
             (Some(e), _) if e.err_code == NO_MESSAGE => Ok(None),
-            // No leader at the moment (an election after a node loss): retryable.
-            (Some(e), _) if e.err_code == 0 || e.description.contains("leader") => {
-                Err(unavailable(op, e.description))
-            }
-            (Some(e), _) => Err(unexpected(
-                op,
-                format!("message get failed ({}): {}", e.err_code, e.description),
-            )),
+            (Some(e), _) => Err(e.into_error(op, "message get failed")),
             (None, None) => Ok(None),
             (None, Some(msg)) => {
                 use base64::Engine as _;
@@ -412,7 +422,7 @@ impl Js {
         let r: Reply = serde_json::from_slice(&m.payload)
             .map_err(|e| unexpected(op, format!("bad purge reply: {e}")))?;
         match r.error {
-            Some(e) => Err(unexpected(op, format!("purge failed: {}", e.description))),
+            Some(e) => Err(e.into_error(op, "purge failed")),
             None => Ok(r.purged),
         }
     }
@@ -450,10 +460,7 @@ impl Js {
             let r: Reply = serde_json::from_slice(&m.payload)
                 .map_err(|e| unexpected(op, format!("bad stream info: {e}")))?;
             if let Some(e) = r.error {
-                return Err(unexpected(
-                    op,
-                    format!("stream info failed: {}", e.description),
-                ));
+                return Err(e.into_error(op, "stream info failed"));
             }
             let page: Vec<String> = r
                 .state
