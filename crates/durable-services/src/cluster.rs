@@ -103,6 +103,8 @@ pub struct ClusterNode {
     pub failing: bool,
     /// Whether it serves at least one slot.
     pub serves_slots: bool,
+    /// The slot ranges it serves (inclusive).
+    pub slots: Vec<(u16, u16)>,
 }
 
 /// A Redis Cluster of throwaway `redis-server` processes on 127.0.0.1; every node is killed and
@@ -230,6 +232,26 @@ impl RedisCluster {
         Err(last)
     }
 
+    /// The master serving `key`'s slot (`CLUSTER KEYSLOT`), as a running node sees it.
+    ///
+    /// # Errors
+    /// When no running node answers, or no master serves the slot.
+    pub fn master_of(&self, key: &str) -> Result<ClusterNode, String> {
+        let port = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .map(ServerProcess::port)
+            .ok_or("no node is running")?;
+        let slot: u16 = redis_command(port, &["CLUSTER", "KEYSLOT", key])?
+            .parse()
+            .map_err(|e| format!("bad CLUSTER KEYSLOT reply: {e}"))?;
+        self.topology()?
+            .into_iter()
+            .find(|n| n.master && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .ok_or_else(|| format!("no master serves slot {slot}"))
+    }
+
     /// Make the replica on `replica_port` take over its master's slots at once
     /// (`CLUSTER FAILOVER TAKEOVER`: no agreement of the other masters needed, which is what a
     /// test wants right after it killed the master).
@@ -324,6 +346,15 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
                 master_id: Some(f[3]).filter(|m| *m != "-").map(str::to_owned),
                 failing: flags.iter().any(|x| *x == "fail" || *x == "fail?"),
                 serves_slots: f.len() > 8,
+                slots: f
+                    .iter()
+                    .skip(8)
+                    .filter(|r| !r.starts_with('['))
+                    .filter_map(|r| match r.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => r.parse().ok().map(|a| (a, a)),
+                    })
+                    .collect(),
             })
         })
         .collect()
@@ -494,6 +525,8 @@ mod tests {
         assert_eq!(nodes[1].master_id.as_deref(), Some("a1"));
         assert!(!nodes[1].master && !nodes[1].serves_slots);
         assert!(nodes[2].failing && nodes[2].port == 7001);
+        assert_eq!(nodes[0].slots, vec![(0, 5460)]);
+        assert_eq!(nodes[2].slots, vec![(5461, 10922)]);
     }
 
     #[test]
