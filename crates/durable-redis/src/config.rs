@@ -233,11 +233,11 @@ impl RedisConfig {
             let cluster_client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
                 .connection_timeout(self.connect_timeout)
                 .response_timeout(self.response_timeout)
-                // A failover takes the cluster a moment; the caller retries retryable errors,
-                // so the client itself gives up quickly instead of stalling every request.
-                .retries(3)
-                .min_retry_wait(20)
-                .max_retry_wait(200)
+                // No retries inside the client: it would resend a script whose connection
+                // dropped after the server ran it (a failover), appending twice. Every failure
+                // comes back as a retryable error instead (redirects included; the slot map is
+                // refreshed meanwhile), and the caller decides, as after any lost answer.
+                .retries(0)
                 .build()
                 .map_err(|e| bad_url(&self.url, e))?;
             let mut conns = Vec::with_capacity(self.connections);

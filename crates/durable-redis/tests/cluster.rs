@@ -113,7 +113,7 @@ async fn a_run_survives_the_failover_of_its_master() -> Result<()> {
     let redis = RedisConfig::new(cluster.url())
         .response_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(1))
-        .replica_acks(1, Duration::from_millis(500))
+        .replica_acks(1, Duration::from_secs(2))
         .connect()
         .await?;
     let store = redis.workflow_store();
