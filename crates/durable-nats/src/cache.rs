@@ -91,7 +91,14 @@ pub struct NatsServerCache {
     /// publish the client buffered may still land, so a failed sequence check is resolved by
     /// looking for our own message id.
     last_outage: Arc<AtomicU64>,
+    /// Announcing appends of one log take its stripe for append and publish together, so the
+    /// frames of concurrent appenders in this instance leave in cursor order (an
+    /// acknowledgement does not say when its task will run next).
+    announce_order: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`NatsServerCache::announce_order`].
+const ANNOUNCE_STRIPES: usize = 1024;
 
 /// A message-id stem, reserved while its append is in progress.
 struct Nonce(String, Arc<Mutex<HashSet<String>>>);
@@ -124,7 +131,21 @@ impl NatsServerCache {
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             in_flight: Arc::default(),
             last_outage: Arc::default(),
+            announce_order: (0..ANNOUNCE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// Take the stripe of `name` (see `announce_order`): writes of one name in this instance
+    /// then run one at a time instead of racing each other's sequence checks.
+    async fn serialize(&self, name: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the same name must map to the same stripe every time.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        let stripe = (h.finish() % ANNOUNCE_STRIPES as u64) as usize;
+        self.announce_order[stripe].lock().await
     }
 
     /// The message-id stem of appending `payloads` after stream sequence `seq`: the same for a
@@ -571,6 +592,9 @@ impl ServerCache for NatsServerCache {
     async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
         const OP: &str = "increment";
         check(OP, "key", key)?;
+        // Increments of one key in this instance take turns: on a replicated stream each
+        // attempt costs a quorum write, and racing ones would mostly fail their check.
+        let _turn = self.serialize(key).await;
         for _ in 0..MAX_RETRIES {
             let (seq, current, expires) = match self.state_for_write(OP, key).await? {
                 State::Log(_) => return Err(conflict(OP, key)),
@@ -661,14 +685,33 @@ impl ServerCache for NatsServerCache {
                 next: st.next,
             });
         }
-        let Some(first) = first? else {
+        let first = match first? {
+            // On a replicated stream the two gets above may be served in either order, so an
+            // entry appended between them can be missing from the first: ask again, now that
+            // the state says it exists.
+            None if self.shared.js.replicated => {
+                self.shared.js.last(OP, stream, &first_entry).await?
+            }
+            first => first,
+        };
+        let Some(first) = first else {
             return Err(corrupt(OP, format!("entry {from} of {log:?} is missing")));
         };
-        let msgs = self
-            .shared
-            .js
-            .batch(OP, stream, &format!("{base}.e.*"), first.seq, want)
-            .await?;
+        let js = &self.shared.js;
+        let msgs = if js.replicated {
+            // Leader gets of the slice's subjects, sent together (see `Js`).
+            let subjects = (from + 1..from + want as u64).map(|k| format!("{base}.e.{k}"));
+            let mut msgs = vec![first];
+            for (k, m) in (from + 1..).zip(js.last_many(OP, stream, subjects).await?) {
+                msgs.push(
+                    m.ok_or_else(|| corrupt(OP, format!("entry {k} of {log:?} is missing")))?,
+                );
+            }
+            msgs
+        } else {
+            js.batch(OP, stream, &format!("{base}.e.*"), first.seq, want)
+                .await?
+        };
         let mut entries = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.into_iter().enumerate() {
             let expected = format!("{base}.e.{}", from + i as u64);
@@ -776,6 +819,7 @@ impl ServerCache for NatsServerCache {
     ) -> Result<Cursor> {
         check("append", "log", log)?;
         check("append", "topic", announce.topic)?;
+        let _order = self.serialize(log).await;
         let first = self.append(log, payloads, options).await?;
         if !payloads.is_empty() {
             // Persist, then announce: the frame leaves only after the stream acknowledged the

@@ -34,6 +34,7 @@ pub struct NatsConfig {
     lease: Duration,
     max_deliver: i64,
     timeout: Duration,
+    replicas: usize,
 }
 
 impl fmt::Debug for NatsConfig {
@@ -48,6 +49,7 @@ impl fmt::Debug for NatsConfig {
             .field("lease", &self.lease)
             .field("max_deliver", &self.max_deliver)
             .field("timeout", &self.timeout)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -62,7 +64,8 @@ pub(crate) fn redact(url: &str) -> String {
 
 impl NatsConfig {
     /// A configuration for the server(s) at `url` (`nats://host:port`, comma-separated for
-    /// several; credentials in the URL are used and never printed).
+    /// several nodes of a cluster: the client connects to one and fails over to the others;
+    /// credentials in the URL are used and never printed).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -74,6 +77,7 @@ impl NatsConfig {
             lease: Duration::from_secs(30),
             max_deliver: 20,
             timeout: Duration::from_secs(10),
+            replicas: 1,
         }
     }
 
@@ -148,6 +152,15 @@ impl NatsConfig {
         self
     }
 
+    /// Replicas of the log stream, the queue stream and the bucket (default 1; 3 on a
+    /// three-node cluster makes every acknowledged write survive the loss of one node). An
+    /// existing stream is updated to this count at connect.
+    #[must_use]
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// Connect, and create the streams and the bucket if missing.
     ///
     /// # Errors
@@ -170,6 +183,14 @@ impl NatsConfig {
                 ));
             }
         }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "connect",
+                format!("replicas must be 1 to 5, not {}", self.replicas),
+            ));
+        }
+        let servers = server_addrs(&self.url)?;
         let (reconnects, _) = watch::channel(0u64);
         let reconnects = Arc::new(reconnects);
         let events = reconnects.clone();
@@ -188,7 +209,13 @@ impl NatsConfig {
                 }
             })
             .request_timeout(Some(self.timeout))
-            .connect(self.url.as_str())
+            // Every process tries the nodes in the order given, so in normal operation all of
+            // them sit on the same node: a new subscription's interest reaches another node
+            // only asynchronously (over the route), and a wake-up published there in between
+            // would be lost. After a failover each reconnected subscription reports `Lagged`
+            // and its observer reads the log, so nothing is lost while processes move.
+            .retain_servers_order()
+            .connect(servers)
             .await
             .map_err(|e| unavailable("connect", e))?;
         let context = jetstream::new(client.clone());
@@ -205,6 +232,7 @@ impl NatsConfig {
                 allow_atomic_publish: true,
                 max_age: self.max_age.unwrap_or_default(),
                 duplicate_window: Duration::from_secs(120),
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -217,6 +245,7 @@ impl NatsConfig {
                 retention: stream::RetentionPolicy::Interest,
                 allow_direct: true,
                 max_age: self.max_age.unwrap_or_default(),
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -227,6 +256,7 @@ impl NatsConfig {
                     bucket: self.bucket.clone(),
                     history: 1,
                     storage: stream::StorageType::File,
+                    num_replicas: self.replicas,
                     ..Default::default()
                 })
                 .await
@@ -237,6 +267,7 @@ impl NatsConfig {
                 js: Js {
                     client,
                     timeout: self.timeout,
+                    replicated: self.replicas > 1,
                 },
                 context,
                 config: self,
@@ -244,6 +275,28 @@ impl NatsConfig {
             }),
         })
     }
+}
+
+/// The server addresses of a comma-separated URL list.
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let addrs = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|_| {
+                err(
+                    ErrorKind::InvalidInput,
+                    "connect",
+                    format!("bad NATS URL {}", redact(u)),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(err(ErrorKind::InvalidInput, "connect", "no NATS URL given"));
+    }
+    Ok(addrs)
 }
 
 /// What the three backends of one connection share.
@@ -313,5 +366,20 @@ impl Nats {
     /// The underlying client, for anything this crate does not wrap.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.js.client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_names_every_node_and_bad_ones_are_refused_without_secrets() {
+        let addrs = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,").unwrap();
+        assert_eq!(addrs.len(), 2);
+        assert!(server_addrs(" , ").is_err());
+        let e = server_addrs("nats://u:hunter2@h:1,nats://u:hunter2@:bad:port").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

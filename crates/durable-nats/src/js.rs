@@ -30,6 +30,9 @@ pub(crate) const ROLLUP: &str = "Nats-Rollup";
 /// JetStream API error code of a failed expected-sequence check.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 
+/// The same failure as a clustered stream reports it (without the sequence).
+const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
+
 /// JetStream API error code of an atomic batch carrying an already stored message id.
 const BATCH_DUPLICATE_ID: u64 = 10201;
 
@@ -64,9 +67,29 @@ impl StoredMsg {
 #[derive(Deserialize)]
 struct ApiError {
     #[serde(default)]
+    code: u16,
+    #[serde(default)]
     err_code: u64,
     #[serde(default)]
     description: String,
+}
+
+/// JetStream API error code of "JetStream system temporarily unavailable" (no leader yet).
+const TEMPORARILY_UNAVAILABLE: u64 = 10008;
+
+impl ApiError {
+    /// The error for an API call that failed with this: retryable `Unavailable` when the
+    /// cluster has no leader for the moment (an election after a node loss), else
+    /// `Unexpected`.
+    fn into_error(self, op: &'static str, what: &str) -> durable_core::Error {
+        if self.code == 503 || self.err_code == TEMPORARILY_UNAVAILABLE {
+            return unavailable(op, format!("{what}: {}", self.description));
+        }
+        unexpected(
+            op,
+            format!("{what} ({}): {}", self.err_code, self.description),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,11 +100,23 @@ struct AckReply {
 }
 
 /// A JetStream API handle over one core connection.
+///
+/// **Reads on replicated streams** (`replicated`). A direct get may be answered by any replica,
+/// and a follower can be a little behind the leader: a record just created, or an entry just
+/// announced, could read as missing from it (nats-server 2.15 has no read-after-write option
+/// for direct gets). So on replicated streams every read is a message get
+/// (`$JS.API.STREAM.MSG.GET`), which the stream leader answers: reads see every acknowledged
+/// write, from any process. Batch reads become one get per message; [`Js::last_many`] sends
+/// those of a log slice together, so a slice still costs about one round trip of latency.
 #[derive(Debug, Clone)]
 pub(crate) struct Js {
     pub(crate) client: Client,
     pub(crate) timeout: Duration,
+    pub(crate) replicated: bool,
 }
+
+/// Gets of one log slice in flight at once on a replicated stream.
+const GETS_IN_FLIGHT: usize = 256;
 
 impl Js {
     /// Fail fast while disconnected instead of handing the client a message it would buffer
@@ -129,13 +164,15 @@ impl Js {
             None => Ok(Published::Stored(ack.seq)),
             // A batch resent after a lost acknowledgement is rejected for its ids rather than
             // de-duplicated; the caller resolves both by looking for its own ids.
-            Some(e) if e.err_code == WRONG_LAST_SEQUENCE || e.err_code == BATCH_DUPLICATE_ID => {
+            Some(e)
+                if matches!(
+                    e.err_code,
+                    WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED | BATCH_DUPLICATE_ID
+                ) =>
+            {
                 Ok(Published::WrongLastSequence)
             }
-            Some(e) => Err(unexpected(
-                op,
-                format!("publish rejected ({}): {}", e.err_code, e.description),
-            )),
+            Some(e) => Err(e.into_error(op, "publish rejected")),
         }
     }
 
@@ -191,6 +228,81 @@ impl Js {
         Self::parse_ack(op, &m)
     }
 
+    /// A message get answered by the stream leader: the first message matching `body`
+    /// (`{"last_by_subj": …}` or `{"seq": …, "next_by_subj": …}`), or `None`.
+    async fn leader_get(
+        &self,
+        op: &'static str,
+        stream: &str,
+        body: serde_json::Value,
+    ) -> Result<Option<StoredMsg>> {
+        #[derive(Deserialize)]
+        struct Msg {
+            subject: String,
+            seq: u64,
+            #[serde(default)]
+            hdrs: Option<String>,
+            #[serde(default)]
+            data: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Reply {
+            message: Option<Msg>,
+            error: Option<ApiError>,
+        }
+        /// JetStream API error code of "no message found".
+        const NO_MESSAGE: u64 = 10037;
+        let m = self
+            .request(
+                op,
+                format!("$JS.API.STREAM.MSG.GET.{stream}"),
+                None,
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+        if m.status == Some(StatusCode::NO_RESPONDERS) {
+            return Err(unavailable(op, "the stream is not there"));
+        }
+        let r: Reply = serde_json::from_slice(&m.payload)
+            .map_err(|e| unexpected(op, format!("bad message get reply: {e}")))?;
+        match (r.error, r.message) {
+            (Some(e), _) if e.err_code == NO_MESSAGE => Ok(None),
+            (Some(e), _) => Err(e.into_error(op, "message get failed")),
+            (None, None) => Ok(None),
+            (None, Some(msg)) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let decode = |v: Option<String>| {
+                    b64.decode(v.unwrap_or_default())
+                        .map_err(|e| corrupt(op, format!("bad base64 in a message get: {e}")))
+                };
+                let headers = parse_headers(&decode(msg.hdrs)?);
+                Ok(Some(StoredMsg {
+                    subject: msg.subject,
+                    seq: msg.seq,
+                    headers,
+                    payload: Bytes::from(decode(msg.data)?),
+                }))
+            }
+        }
+    }
+
+    /// The last message of each of `subjects` (no wildcards), in order; on a replicated stream
+    /// the gets are sent together (up to [`GETS_IN_FLIGHT`] at a time).
+    pub(crate) async fn last_many(
+        &self,
+        op: &'static str,
+        stream: &str,
+        subjects: impl Iterator<Item = String>,
+    ) -> Result<Vec<Option<StoredMsg>>> {
+        use futures::TryStreamExt as _;
+        futures::stream::iter(subjects)
+            .map(|s| async move { self.last(op, stream, &s).await })
+            .buffered(GETS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
     /// The last message stored on `subject` (wildcards allowed), or `None`.
     pub(crate) async fn last(
         &self,
@@ -198,6 +310,11 @@ impl Js {
         stream: &str,
         subject: &str,
     ) -> Result<Option<StoredMsg>> {
+        if self.replicated {
+            return self
+                .leader_get(op, stream, json!({ "last_by_subj": subject }))
+                .await;
+        }
         let body = json!({ "last_by_subj": subject }).to_string();
         let m = self
             .request(
@@ -219,7 +336,9 @@ impl Js {
     }
 
     /// Up to `batch` messages matching `filter` from stream sequence `seq` on, in stream order,
-    /// in one request (batch direct get, server 2.11+).
+    /// in one request (batch direct get, server 2.11+). On a replicated stream: the last
+    /// message of each matching subject, read from the leader (see [`Js`]); every caller reads
+    /// key-value subjects, which hold one message each.
     pub(crate) async fn batch(
         &self,
         op: &'static str,
@@ -228,6 +347,23 @@ impl Js {
         seq: u64,
         batch: usize,
     ) -> Result<Vec<StoredMsg>> {
+        if self.replicated {
+            // The subjects holding messages (stream info, answered by the leader), then the
+            // last message of each, fetched together from the leader: the same messages as the
+            // batch on the bucket's streams (history 1, one message per subject), in about two
+            // round trips instead of one per message.
+            let subjects = self.subjects(op, stream, filter).await?;
+            let mut out: Vec<StoredMsg> = self
+                .last_many(op, stream, subjects.into_iter())
+                .await?
+                .into_iter()
+                .flatten()
+                .filter(|m| m.seq >= seq)
+                .collect();
+            out.sort_by_key(|m| m.seq);
+            out.truncate(batch);
+            return Ok(out);
+        }
         self.connected(op)?;
         let inbox = self.client.new_inbox();
         let mut sub = self
@@ -292,7 +428,7 @@ impl Js {
         let r: Reply = serde_json::from_slice(&m.payload)
             .map_err(|e| unexpected(op, format!("bad purge reply: {e}")))?;
         match r.error {
-            Some(e) => Err(unexpected(op, format!("purge failed: {}", e.description))),
+            Some(e) => Err(e.into_error(op, "purge failed")),
             None => Ok(r.purged),
         }
     }
@@ -330,10 +466,7 @@ impl Js {
             let r: Reply = serde_json::from_slice(&m.payload)
                 .map_err(|e| unexpected(op, format!("bad stream info: {e}")))?;
             if let Some(e) = r.error {
-                return Err(unexpected(
-                    op,
-                    format!("stream info failed: {}", e.description),
-                ));
+                return Err(e.into_error(op, "stream info failed"));
             }
             let page: Vec<String> = r
                 .state
@@ -357,6 +490,17 @@ fn too_big(op: &'static str, e: impl std::fmt::Display) -> durable_core::Error {
     )
     .with_backend(crate::error::NATS)
     .with_operation(op)
+}
+
+/// The headers of a message get (`NATS/1.0\r\nName: value\r\n…\r\n\r\n`).
+fn parse_headers(raw: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in String::from_utf8_lossy(raw).split("\r\n").skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            headers.insert(name.trim(), value.trim());
+        }
+    }
+    headers
 }
 
 fn stored(op: &'static str, m: async_nats::Message) -> Result<StoredMsg> {

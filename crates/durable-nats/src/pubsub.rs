@@ -128,8 +128,19 @@ impl PubSub for NatsPubSub {
             .subscribe(topic_subject(self.shared.prefix(), topic))
             .await
             .map_err(|e| unavailable(OP, e))?;
-        // The server has registered the subscription once the flush's PONG is back.
-        client.flush().await.map_err(|e| unavailable(OP, e))?;
+        // A flush only hands the SUB to the socket. A request answered by the server (no
+        // one listens on its subject, so the server itself replies "no responders") proves the
+        // server has processed the SUB before it: the subscription is live when this returns.
+        let probe = format!(
+            "{}.probe.{}",
+            self.shared.prefix(),
+            uuid::Uuid::new_v4().simple()
+        );
+        match client.request(probe, Bytes::new()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(e) => return Err(unavailable(OP, e)),
+        }
         let ring = Arc::new(Ring::default());
         let (stop, mut stopped) = oneshot::channel::<()>();
         let mut reconnects = self.shared.reconnects.subscribe();

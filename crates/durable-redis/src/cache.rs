@@ -15,9 +15,6 @@ use crate::keys::KeySpace;
 use crate::scripts::{APPEND, EXPIRE, GET, INCREMENT, LEN, SET};
 use crate::transport::{RedisTransport, Reply, Transport};
 
-/// Keys fetched per `SCAN` step of [`ServerCache::keys`].
-const SCAN_COUNT: &[u8] = b"1000";
-
 /// The cache logic shared by the Redis and Upstash types.
 #[derive(Debug)]
 pub(crate) struct CacheCore<T> {
@@ -290,44 +287,14 @@ impl<T: Transport> CacheCore<T> {
                 .with_operation("keys")
         })?;
         let pattern = self.keys.cache_scan_pattern(prefix);
-        let mut cursor = Bytes::from_static(b"0");
+        let found = self.transport.scan("keys", pattern.as_bytes()).await?;
         let mut out = BTreeSet::new();
-        loop {
-            let reply = self
-                .transport
-                .command(
-                    "keys",
-                    &[
-                        b"SCAN",
-                        &cursor,
-                        b"MATCH",
-                        pattern.as_bytes(),
-                        b"COUNT",
-                        SCAN_COUNT,
-                    ],
-                )
-                .await?;
-            let mut parts = reply
-                .into_array()
-                .ok_or_else(|| self.bad("keys", "SCAN"))?
-                .into_iter();
-            let (Some(next), Some(found)) = (
-                parts.next().and_then(Reply::into_bytes),
-                parts.next().and_then(Reply::into_array),
-            ) else {
-                return Err(self.bad("keys", "SCAN"));
-            };
-            for key in found.into_iter().filter_map(Reply::into_bytes) {
-                if let Some(name) = self.keys.logical_name(&key) {
-                    if name.starts_with(prefix) {
-                        out.insert(name.to_owned());
-                    }
+        for key in found {
+            if let Some(name) = self.keys.logical_name(&key) {
+                if name.starts_with(prefix) {
+                    out.insert(name.to_owned());
                 }
             }
-            if &next[..] == b"0" {
-                break;
-            }
-            cursor = next;
         }
         Ok(out.into_iter().collect())
     }

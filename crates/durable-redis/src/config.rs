@@ -12,7 +12,7 @@ use crate::error::{err, from_redis, REDIS};
 use crate::keys::KeySpace;
 use crate::pubsub::RedisPubSub;
 use crate::store::RedisWorkflowStore;
-use crate::transport::RedisTransport;
+use crate::transport::{Conn, RedisTransport};
 
 /// Default key prefix of every Redis key and channel.
 pub const DEFAULT_KEY_PREFIX: &str = "durable:";
@@ -28,8 +28,12 @@ pub const URL_ENV_VARS: [&str; 2] = ["DURABLE_REDIS_URL", "REDIS_URL"];
 #[non_exhaustive]
 pub struct RedisConfig {
     /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls, system roots;
-    /// needs the `tls` feature, on by default).
+    /// needs the `tls` feature, on by default). For a Redis Cluster, the seed nodes separated
+    /// by commas (`redis://h1:7000,redis://h2:7001`); more than one URL means a cluster.
     pub url: String,
+    /// Connect to a Redis Cluster even with a single seed URL (default: only when `url` lists
+    /// several).
+    pub cluster: bool,
     /// Prefix of every key and channel (default [`DEFAULT_KEY_PREFIX`]); `[A-Za-z0-9_-.:/]`.
     pub key_prefix: String,
     /// Timeout of one connection attempt (default 5 s).
@@ -52,6 +56,15 @@ pub struct RedisConfig {
     pub group_ttl: Duration,
     /// Jobs fetched per `XREADGROUP` (default 16).
     pub group_batch: usize,
+    /// Replicas that must acknowledge every write script (append, run transitions,
+    /// checkpoints, publishes) before it counts as done: `WAIT <n> <replica_ack_timeout>`
+    /// pipelined after it, so still one round trip (default 0: no wait). Redis replicates
+    /// asynchronously; without this, a master killed right after answering can take its last
+    /// writes with it when a replica takes over.
+    pub replica_acks: usize,
+    /// How long a write waits for [`RedisConfig::replica_acks`] (default 1 s); fewer acks in
+    /// that time is a retryable `Unavailable` (the write is on the master only).
+    pub replica_ack_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -59,6 +72,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
@@ -68,6 +82,8 @@ impl RedisConfig {
             group_reclaim_idle: Duration::from_secs(30),
             group_ttl: Duration::from_secs(7 * 24 * 3600),
             group_batch: 16,
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
         }
     }
 
@@ -92,6 +108,34 @@ impl RedisConfig {
             c.key_prefix = p;
         }
         Ok(c)
+    }
+
+    /// Connect to a Redis Cluster (also implied by a `url` that lists several seeds).
+    #[must_use]
+    pub fn cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The seed URLs of `url`, and whether they name a cluster.
+    fn seeds(&self) -> (Vec<&str>, bool) {
+        let seeds: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let cluster = self.cluster || seeds.len() > 1;
+        (seeds, cluster)
+    }
+
+    /// Wait for `replicas` replicas (at most `timeout`) after every write script; see
+    /// [`RedisConfig::replica_acks`].
+    #[must_use]
+    pub fn replica_acks(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replica_acks = replicas;
+        self.replica_ack_timeout = timeout;
+        self
     }
 
     /// Set the key prefix.
@@ -151,21 +195,71 @@ impl RedisConfig {
     }
 
     /// Connect (one multiplexed connection per [`RedisConfig::connections`], reconnecting by
-    /// itself after failures).
+    /// itself after failures). For a cluster, each connection is a cluster connection: it
+    /// learns the slot map from the seeds, routes every command to its slot's master, follows
+    /// `MOVED`/`ASK` and refreshes the map after a failover.
     ///
     /// # Errors
     /// `InvalidInput` for a bad URL or prefix, `Unavailable` if the server cannot be reached.
     pub async fn connect(self) -> Result<Redis> {
         let keys = KeySpace::new(&self.key_prefix).map_err(|e| e.with_backend(REDIS))?;
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+        let (seeds, cluster) = self.seeds();
+        let wait = (self.replica_acks > 0).then(|| {
+            let ms = u64::try_from(self.replica_ack_timeout.as_millis()).unwrap_or(u64::MAX);
+            (self.replica_acks, ms.max(1))
+        });
+        let bad_url = |url: &str, e: redis::RedisError| {
             err(
                 REDIS,
                 ErrorKind::InvalidInput,
                 "connect",
-                format!("bad Redis URL {}", redact(&self.url)),
+                format!("bad Redis URL {}", redact(url)),
             )
             .with_source(e)
-        })?;
+        };
+        let clients = seeds
+            .iter()
+            .map(|u| redis::Client::open(*u).map_err(|e| bad_url(u, e)))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(client) = clients.first().cloned() else {
+            return Err(err(
+                REDIS,
+                ErrorKind::InvalidInput,
+                "connect",
+                "no Redis URL given",
+            ));
+        };
+        if cluster {
+            let cluster_client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                .connection_timeout(self.connect_timeout)
+                .response_timeout(self.response_timeout)
+                // No retries inside the client: it would resend a script whose connection
+                // dropped after the server ran it (a failover), appending twice. Every failure
+                // comes back as a retryable error instead (redirects included; the slot map is
+                // refreshed meanwhile), and the caller decides, as after any lost answer.
+                .retries(0)
+                .build()
+                .map_err(|e| bad_url(&self.url, e))?;
+            let mut conns = Vec::with_capacity(self.connections);
+            for _ in 0..self.connections.max(1) {
+                let conn = cluster_client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| from_redis("connect", e))?;
+                conns.push(RedisTransport::new(Conn::Cluster(conn), wait));
+            }
+            let domain = cluster_domain(&clients, &self.key_prefix);
+            return Ok(Redis {
+                inner: Arc::new(Shared {
+                    domain,
+                    clients,
+                    transports: conns,
+                    next: std::sync::atomic::AtomicUsize::new(0),
+                    keys,
+                    config: self,
+                }),
+            });
+        }
         let mgr_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -176,13 +270,13 @@ impl RedisConfig {
             let conn = ConnectionManager::new_with_config(client.clone(), mgr_config.clone())
                 .await
                 .map_err(|e| from_redis("connect", e))?;
-            conns.push(RedisTransport::new(conn));
+            conns.push(RedisTransport::new(Conn::Single(conn), wait));
         }
         let domain = announce_domain(&client, &self.key_prefix);
         Ok(Redis {
             inner: Arc::new(Shared {
                 domain,
-                client,
+                clients,
                 transports: conns,
                 next: std::sync::atomic::AtomicUsize::new(0),
                 keys,
@@ -194,8 +288,10 @@ impl RedisConfig {
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.url.split(',').map(redact).collect();
         f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &urls.join(","))
+            .field("cluster", &self.cluster)
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -205,6 +301,8 @@ impl fmt::Debug for RedisConfig {
             .field("group_reclaim_idle", &self.group_reclaim_idle)
             .field("group_ttl", &self.group_ttl)
             .field("group_batch", &self.group_batch)
+            .field("replica_acks", &self.replica_acks)
+            .field("replica_ack_timeout", &self.replica_ack_timeout)
             .finish()
     }
 }
@@ -234,8 +332,19 @@ fn announce_domain(client: &redis::Client, key_prefix: &str) -> AnnounceDomain {
     AnnounceDomain::new(format!("redis:{addr} {key_prefix}"))
 }
 
-/// A connection to one Redis server (or proxy), shared by the cache, pubsub and store built
-/// from it. Cheap to clone.
+/// The channel space of a cluster: `PUBLISH` reaches every node of it, so it is named by its
+/// seed addresses (sorted) and the prefix.
+fn cluster_domain(clients: &[redis::Client], key_prefix: &str) -> AnnounceDomain {
+    let mut addrs: Vec<String> = clients
+        .iter()
+        .map(|c| c.get_connection_info().addr().to_string())
+        .collect();
+    addrs.sort();
+    AnnounceDomain::new(format!("redis-cluster:{} {key_prefix}", addrs.join(",")))
+}
+
+/// A connection to one Redis server (or proxy), or to a Redis Cluster, shared by the cache,
+/// pubsub and store built from it. Cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
     inner: Arc<Shared>,
@@ -244,7 +353,8 @@ pub struct Redis {
 struct Shared {
     /// Shared by the cache and the pubsub built from this connection: they are paired.
     domain: AnnounceDomain,
-    client: redis::Client,
+    /// One client per seed URL: the subscription connection uses the first that answers.
+    clients: Vec<redis::Client>,
     transports: Vec<RedisTransport>,
     next: std::sync::atomic::AtomicUsize,
     keys: KeySpace,
@@ -290,8 +400,9 @@ impl Redis {
         &self.inner.domain
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// The clients of the seed URLs, in order (at least one).
+    pub(crate) fn clients(&self) -> &[redis::Client] {
+        &self.inner.clients
     }
 
     /// The run-log cache on this connection.

@@ -39,7 +39,9 @@ pub(crate) fn from_redis(op: &'static str, e: RedisError) -> Error {
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::MasterDown
-                | ServerErrorKind::ReadOnly,
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask,
             ) => (ErrorKind::Unavailable, true),
             RedisKind::AuthenticationFailed | RedisKind::InvalidClientConfig => {
                 (ErrorKind::InvalidInput, false)
@@ -70,9 +72,8 @@ pub(crate) fn server_message_kind(code: &str, text: &str) -> (ErrorKind, bool) {
     };
     match code {
         "WRONGTYPE" => (ErrorKind::InvalidInput, false),
-        "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" => {
-            (ErrorKind::Unavailable, true)
-        }
+        "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "MOVED"
+        | "ASK" => (ErrorKind::Unavailable, true),
         _ if text.contains("WRONGTYPE") => (ErrorKind::InvalidInput, false),
         _ if text.contains("overflow") || text.contains("not an integer") => {
             (ErrorKind::InvalidInput, false)

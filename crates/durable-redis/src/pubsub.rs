@@ -254,7 +254,7 @@ const CHANNELS_PER_COMMAND: usize = 1024;
 /// connection) is failed as retryable and the connection replaced, so the task never waits on
 /// a dead server.
 async fn drive(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     initial: redis::aio::PubSub,
     hub: Weak<Hub>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
@@ -264,7 +264,11 @@ async fn drive(
     let mut first = true;
     let mut initial = Some(initial);
     let mut backoff = Duration::from_millis(50);
+    // On a cluster, every seed in turn: a `PUBLISH` reaches subscribers on every node, so any
+    // node that answers will do, and a failed one is skipped at the next attempt.
+    let mut seed = 0usize;
     loop {
+        let client = &clients[seed % clients.len()];
         let connected = match initial.take() {
             Some(p) => Ok(p),
             None => match tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await {
@@ -283,6 +287,7 @@ async fn drive(
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "redis subscription connection failed; retrying");
+                seed = seed.wrapping_add(1);
                 // Refuse subscriptions while down instead of letting them hang.
                 let wait = tokio::time::sleep(backoff);
                 tokio::pin!(wait);
@@ -517,31 +522,43 @@ impl RedisPubSub {
             next_id: AtomicU64::new(0),
             capacity: redis.config().subscriber_capacity.max(1),
         });
-        // Open the connection here so a bad server is reported now, not at first subscribe.
-        let connect = redis.client().get_async_pubsub();
-        let pubsub = match tokio::time::timeout(redis.config().connect_timeout, connect).await {
-            Ok(p) => p.map_err(|e| from_redis("connect", e))?,
-            Err(_) => {
-                return Err(err(
-                    REDIS,
-                    ErrorKind::Timeout,
-                    "connect",
-                    "the subscription connection could not be opened in time",
-                )
-                .with_retryable(true))
+        // Open the connection here so a bad server is reported now, not at first subscribe
+        // (on a cluster, to the first seed that answers).
+        let mut pubsub = None;
+        let mut failure = None;
+        for (i, client) in redis.clients().iter().enumerate() {
+            let connect = client.get_async_pubsub();
+            match tokio::time::timeout(redis.config().connect_timeout, connect).await {
+                Ok(Ok(p)) => {
+                    pubsub = Some((i, p));
+                    break;
+                }
+                Ok(Err(e)) => failure = Some(from_redis("connect", e)),
+                Err(_) => {
+                    failure = Some(
+                        err(
+                            REDIS,
+                            ErrorKind::Timeout,
+                            "connect",
+                            "the subscription connection could not be opened in time",
+                        )
+                        .with_retryable(true),
+                    )
+                }
             }
+        }
+        let Some((first, pubsub)) = pubsub else {
+            return Err(failure.unwrap_or_else(|| {
+                err(REDIS, ErrorKind::InvalidInput, "connect", "no Redis URL")
+            }));
         };
+        let mut clients = redis.clients().to_vec();
+        clients.rotate_left(first);
         let timeouts = Timeouts {
             connect: redis.config().connect_timeout,
             response: redis.config().response_timeout,
         };
-        tokio::spawn(drive(
-            redis.client().clone(),
-            pubsub,
-            Arc::downgrade(&hub),
-            rx,
-            timeouts,
-        ));
+        tokio::spawn(drive(clients, pubsub, Arc::downgrade(&hub), rx, timeouts));
         Ok(Self {
             inner: Arc::new(Inner {
                 transport: redis.transport(),

@@ -9,13 +9,21 @@ use std::sync::LazyLock;
 pub(crate) struct Script {
     pub(crate) source: &'static str,
     pub(crate) sha: String,
+    /// Whether it may write (then `RedisConfig::replica_acks` waits for replicas after it).
+    pub(crate) writes: bool,
 }
 
 impl Script {
-    /// `name` documents the script at its definition; only the source and hash are kept.
-    fn new(_name: &'static str, source: &'static str) -> Self {
+    /// `name` documents the script at its definition; only the source, the hash and whether
+    /// it writes (every script but `get`, `read` and `len`) are kept.
+    fn new(name: &'static str, source: &'static str) -> Self {
         let sha = redis::Script::new(source).get_hash().to_owned();
-        Self { source, sha }
+        let writes = !matches!(name, "get" | "read" | "len");
+        Self {
+            source,
+            sha,
+            writes,
+        }
     }
 }
 

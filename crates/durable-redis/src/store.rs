@@ -16,7 +16,7 @@ use crate::keys::KeySpace;
 use crate::scripts::{
     Script, CHECKPOINT, CLAIM, CREATE_RUN, EXPIRE_RUN, RELEASE, RENEW, SET_STATUS,
 };
-use crate::transport::{RedisTransport, Reply, Transport};
+use crate::transport::{Batch, RedisTransport, Reply, Transport};
 
 const ALL_STATUSES: [RunStatus; 6] = [
     RunStatus::Pending,
@@ -174,6 +174,22 @@ impl RedisWorkflowStore {
     ) -> Result<(i64, std::vec::IntoIter<Reply>)> {
         let rec = self.keys.run_key(run_id.as_str());
         let ck = self.keys.checkpoints_key(run_id.as_str());
+        let index = self.keys.status_index(status.as_str());
+        if self.transport.is_cluster() {
+            // The index is a global key in another slot than the run, so it cannot share a
+            // pipeline with the script there: the transition first, then the index (never the
+            // other way round, or a concurrent `list_runs` could drop the new member as stale).
+            let keys: &[&[u8]] = if with_checkpoints {
+                &[&rec, &ck]
+            } else {
+                &[&rec]
+            };
+            let reply = self.transport.eval(op, script, keys, args).await?;
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&index).arg("+inf").arg(run_id.as_str());
+            self.transport.query(op, &zadd).await?;
+            return code(reply, op);
+        }
         let mut pipe = redis::pipe();
         // EVAL (not EVALSHA) inside the pipeline: a NOSCRIPT there could not be retried alone.
         pipe.cmd("EVAL")
@@ -187,7 +203,7 @@ impl RedisWorkflowStore {
             pipe.arg(*a);
         }
         pipe.cmd("ZADD")
-            .arg(self.keys.status_index(status.as_str()))
+            .arg(&index)
             .arg("+inf")
             .arg(run_id.as_str())
             .ignore();
@@ -218,13 +234,14 @@ impl RedisWorkflowStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::default();
         for (_, id) in &ids {
-            pipe.cmd("HGETALL").arg(self.keys.run_key(id));
+            let key = self.keys.run_key(id);
+            batch.add(&key, redis::cmd("HGETALL").arg(&key).to_owned());
         }
-        let replies = self.transport.pipeline("list_runs", &pipe).await?;
+        let replies = self.transport.batch("list_runs", &batch).await?;
         let mut out = Vec::new();
-        let mut stale = redis::pipe();
+        let mut stale = Batch::default();
         let mut any_stale = false;
         for ((indexed, id), reply) in ids.into_iter().zip(replies) {
             let Ok(run_id) = RunId::new(&id) else {
@@ -239,16 +256,13 @@ impl RedisWorkflowStore {
                 }
                 _ => {
                     any_stale = true;
-                    stale
-                        .cmd("ZREM")
-                        .arg(self.keys.status_index(indexed.as_str()))
-                        .arg(&id)
-                        .ignore();
+                    let index = self.keys.status_index(indexed.as_str());
+                    stale.ignored(&index, redis::cmd("ZREM").arg(&index).arg(&id).to_owned());
                 }
             }
         }
         if any_stale {
-            self.transport.pipeline("list_runs", &stale).await?;
+            self.transport.batch("list_runs", &stale).await?;
         }
         out.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
         out.dedup_by(|a, b| a.run_id == b.run_id);
@@ -303,12 +317,15 @@ impl WorkflowStore for RedisWorkflowStore {
     }
 
     async fn load(&self, run_id: &RunId) -> Result<Option<RunSnapshot>> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(self.keys.run_key(run_id.as_str()))
-            .cmd("HGETALL")
-            .arg(self.keys.checkpoints_key(run_id.as_str()));
-        let mut replies = self.transport.pipeline("load", &pipe).await?.into_iter();
+        let (rec, ck) = (
+            self.keys.run_key(run_id.as_str()),
+            self.keys.checkpoints_key(run_id.as_str()),
+        );
+        let mut batch = Batch::default();
+        batch
+            .add(&rec, redis::cmd("HGETALL").arg(&rec).to_owned())
+            .add(&ck, redis::cmd("HGETALL").arg(&ck).to_owned());
+        let mut replies = self.transport.batch("load", &batch).await?.into_iter();
         let (Some(rec), Some(cks)) = (replies.next(), replies.next()) else {
             return Err(bad("load"));
         };
@@ -493,20 +510,24 @@ impl WorkflowStore for RedisWorkflowStore {
             None => ALL_STATUSES.to_vec(),
         };
         let now = format!("({}", now_ms());
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::default();
         for s in &statuses {
             let idx = self.keys.status_index(s.as_str());
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&idx)
-                .arg("-inf")
-                .arg(&now)
-                .ignore()
-                .cmd("ZRANGE")
-                .arg(&idx)
-                .arg(0)
-                .arg(-1);
+            batch
+                .ignored(
+                    &idx,
+                    redis::cmd("ZREMRANGEBYSCORE")
+                        .arg(&idx)
+                        .arg("-inf")
+                        .arg(&now)
+                        .to_owned(),
+                )
+                .add(
+                    &idx,
+                    redis::cmd("ZRANGE").arg(&idx).arg(0).arg(-1).to_owned(),
+                );
         }
-        let replies = self.transport.pipeline("list_runs", &pipe).await?;
+        let replies = self.transport.batch("list_runs", &batch).await?;
         let mut ids = Vec::new();
         for (s, members) in statuses.iter().zip(replies) {
             for m in members.into_array().ok_or_else(|| bad("list_runs"))? {
@@ -524,22 +545,30 @@ impl WorkflowStore for RedisWorkflowStore {
         let expires = (now_ms().saturating_add(ms)).to_string();
         let rec = self.keys.run_key(run_id.as_str());
         let ck = self.keys.checkpoints_key(run_id.as_str());
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(EXPIRE_RUN.source)
-            .arg(2)
-            .arg(&rec)
-            .arg(&ck)
-            .arg(ms);
+        let mut batch = Batch::default();
+        batch.add(
+            &rec,
+            redis::cmd("EVAL")
+                .arg(EXPIRE_RUN.source)
+                .arg(2)
+                .arg(&rec)
+                .arg(&ck)
+                .arg(ms)
+                .to_owned(),
+        );
         for s in ALL_STATUSES {
-            pipe.cmd("ZADD")
-                .arg(self.keys.status_index(s.as_str()))
-                .arg("XX")
-                .arg(&expires)
-                .arg(run_id.as_str())
-                .ignore();
+            let idx = self.keys.status_index(s.as_str());
+            batch.ignored(
+                &idx,
+                redis::cmd("ZADD")
+                    .arg(&idx)
+                    .arg("XX")
+                    .arg(&expires)
+                    .arg(run_id.as_str())
+                    .to_owned(),
+            );
         }
-        let replies = self.transport.pipeline("expire_run", &pipe).await?;
+        let replies = self.transport.batch("expire_run", &batch).await?;
         let n = replies
             .first()
             .and_then(Reply::int)
@@ -548,17 +577,23 @@ impl WorkflowStore for RedisWorkflowStore {
     }
 
     async fn delete_run(&self, run_id: &RunId) -> Result<bool> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(self.keys.run_key(run_id.as_str()))
-            .arg(self.keys.checkpoints_key(run_id.as_str()));
+        let rec = self.keys.run_key(run_id.as_str());
+        let mut batch = Batch::default();
+        batch.add(
+            &rec,
+            redis::cmd("DEL")
+                .arg(&rec)
+                .arg(self.keys.checkpoints_key(run_id.as_str()))
+                .to_owned(),
+        );
         for s in ALL_STATUSES {
-            pipe.cmd("ZREM")
-                .arg(self.keys.status_index(s.as_str()))
-                .arg(run_id.as_str())
-                .ignore();
+            let idx = self.keys.status_index(s.as_str());
+            batch.ignored(
+                &idx,
+                redis::cmd("ZREM").arg(&idx).arg(run_id.as_str()).to_owned(),
+            );
         }
-        let replies = self.transport.pipeline("delete_run", &pipe).await?;
+        let replies = self.transport.batch("delete_run", &batch).await?;
         let n = replies
             .first()
             .and_then(Reply::int)

@@ -1,5 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+mod cluster;
+
+pub use cluster::{
+    nats_cluster, redis_cluster, redis_command, spare_ports, ClusterNode, NatsCluster,
+    RedisCluster, RedisClusterOptions,
+};
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -163,3 +163,53 @@ fn nats_starts_restarts_on_its_store_and_stops() {
     drop(server);
     assert!(wait_until(Duration::from_secs(5), || !tcp_ready(port)));
 }
+
+/// Skip (or, with `DURABLE_TEST_REQUIRE=1`, fail) when a server cannot be started here.
+fn started<T>(what: &str, r: Result<T, String>) -> Option<T> {
+    match r {
+        Ok(t) => Some(t),
+        Err(why) if std::env::var("DURABLE_TEST_REQUIRE").is_ok_and(|v| v == "1") => {
+            panic!("{what}: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {what}: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_redis_cluster_has_three_masters_each_with_a_replica() {
+    let Some(cluster) = started(
+        "redis cluster",
+        durable_services::redis_cluster(&durable_services::RedisClusterOptions::default()),
+    ) else {
+        return;
+    };
+    let nodes = cluster.topology().unwrap();
+    assert_eq!(nodes.len(), 6);
+    let masters: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.master && n.serves_slots)
+        .collect();
+    assert_eq!(masters.len(), 3);
+    for m in masters {
+        assert!(nodes
+            .iter()
+            .any(|n| n.master_id.as_deref() == Some(m.id.as_str())));
+    }
+    assert_eq!(cluster.url().split(',').count(), 6);
+}
+
+#[test]
+fn a_nats_cluster_elects_a_jetstream_meta_leader() {
+    let Some(cluster) = started("nats cluster", durable_services::nats_cluster(3)) else {
+        return;
+    };
+    assert_eq!(cluster.ports().len(), 3);
+    for i in 0..3 {
+        let (status, body) = http_get(cluster.monitor_port(i).unwrap(), "/jsz").unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("meta_cluster"), "{body}");
+    }
+}
