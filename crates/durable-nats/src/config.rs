@@ -268,6 +268,7 @@ impl NatsConfig {
                     client,
                     timeout: self.timeout,
                     replicated: self.replicas > 1,
+                    batches: Arc::new(tokio::sync::Semaphore::new(crate::js::BATCHES_IN_FLIGHT)),
                 },
                 context,
                 config: self,

@@ -2,6 +2,7 @@
 //! acknowledgement we parse ourselves (expected-sequence failures are a normal answer here, not
 //! an exception), atomic batches, direct gets (single and batched) and filtered purges.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
@@ -77,12 +78,25 @@ struct ApiError {
 /// JetStream API error code of "JetStream system temporarily unavailable" (no leader yet).
 const TEMPORARILY_UNAVAILABLE: u64 = 10008;
 
+/// JetStream API error code of "atomic publish batch is incomplete": the server dropped the
+/// batch (nothing of it is stored), e.g. because more batches were in flight on the stream
+/// than its `max_inflight_per_stream` (50 by default) allows.
+const BATCH_INCOMPLETE: u64 = 10176;
+
+/// Atomic batches one process keeps in flight on the log stream: below the server's default
+/// `max_inflight_per_stream` (50), so one process alone never has a batch dropped; several
+/// processes together can, and then [`BATCH_INCOMPLETE`] is retried.
+pub(crate) const BATCHES_IN_FLIGHT: usize = 32;
+
 impl ApiError {
     /// The error for an API call that failed with this: retryable `Unavailable` when the
-    /// cluster has no leader for the moment (an election after a node loss), else
-    /// `Unexpected`.
+    /// cluster has no leader for the moment (an election after a node loss) or an atomic
+    /// batch was dropped whole, else `Unexpected`.
     fn into_error(self, op: &'static str, what: &str) -> durable_core::Error {
-        if self.code == 503 || self.err_code == TEMPORARILY_UNAVAILABLE {
+        if self.code == 503
+            || self.err_code == TEMPORARILY_UNAVAILABLE
+            || self.err_code == BATCH_INCOMPLETE
+        {
             return unavailable(op, format!("{what}: {}", self.description));
         }
         unexpected(
@@ -113,6 +127,8 @@ pub(crate) struct Js {
     pub(crate) client: Client,
     pub(crate) timeout: Duration,
     pub(crate) replicated: bool,
+    /// Permits for atomic batches in flight ([`BATCHES_IN_FLIGHT`]).
+    pub(crate) batches: Arc<tokio::sync::Semaphore>,
 }
 
 /// Gets of one log slice in flight at once on a replicated stream.
@@ -202,6 +218,13 @@ impl Js {
             };
             return self.publish(op, s, h, p).await;
         }
+        // Held until the commit is acknowledged: the server counts a batch in flight from
+        // its first message to its commit.
+        let _permit = self
+            .batches
+            .acquire()
+            .await
+            .map_err(|_| unavailable(op, "the connection is closing"))?;
         self.connected(op)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut last = None;
