@@ -1,0 +1,44 @@
+//! An observer process of the fault suite: observes runs from given cursors (any number of
+//! observers in one process, as one server instance holds many clients) and prints every event.
+//!
+//! `durable-fault-observer --backend <redis|postgres|nats|sqlite> --ns <namespace>
+//! --runs <id,id,…> --from <cursor,cursor,…>` (observer `i` follows `runs[i]` from `from[i]`),
+//! the server's URL in `DURABLE_TEST_<BACKEND>_URL`. Exits 0 once every observer saw its run end.
+
+use durable_core::RunId;
+use durable_faults::backend::{connect, Kind, Target};
+use durable_faults::process::{flags, follow_print};
+
+fn main() {
+    let flags = flags();
+    let flag = |name: &str| {
+        flags
+            .get(name)
+            .unwrap_or_else(|| panic!("--{name} is required"))
+    };
+    let kind = Kind::parse(flag("backend")).expect("--backend redis|postgres|nats|sqlite");
+    let target = Target::from_env(kind, flag("ns")).unwrap_or_else(|e| panic!("{e}"));
+    let runs: Vec<RunId> = flag("runs")
+        .split(',')
+        .map(|r| RunId::new(r).expect("run id"))
+        .collect();
+    let from: Vec<u64> = flag("from")
+        .split(',')
+        .map(|c| c.parse().expect("cursor"))
+        .collect();
+    assert_eq!(runs.len(), from.len(), "one cursor per observer");
+
+    durable_faults::runtime().block_on(async {
+        let conn = connect(&target, 2).await.unwrap_or_else(|e| panic!("{e}"));
+        let log = conn.event_log();
+        let observers: Vec<_> = runs
+            .into_iter()
+            .zip(from)
+            .enumerate()
+            .map(|(i, (run, from))| tokio::spawn(follow_print(log.clone(), run, i, from)))
+            .collect();
+        for o in observers {
+            o.await.expect("observer");
+        }
+    });
+}

@@ -1,0 +1,107 @@
+//! A worker process of the fault suite: runs durable agents on one backend until every run
+//! given is complete, printing what its observer of each run receives.
+//!
+//! `durable-fault-worker --backend <redis|postgres|nats|sqlite> --ns <namespace> --side <file>
+//! --runs <id,id,…> --from <cursor,cursor,…> --deltas <n> --delay-ms <ms>` (the script's size and
+//! pace: see `durable_faults::agent`), the server's URL in
+//! `DURABLE_TEST_<BACKEND>_URL`. It first records in the side file which tool calls are already
+//! checkpointed (`seen` lines: none of them may run here), calls `recover()`, starts each run
+//! (or picks it up: `stream` with a run id is idempotent), observes each from its cursor, and
+//! exits 0 once every run ended and is `completed`, with its retention scheduled.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use durable_conformance::agent::settled_status;
+use durable_core::agent::{DurableAgent, StreamOptions};
+use durable_core::{RunId, RunStatus};
+use durable_faults::agent::{agent, record, INPUT};
+use durable_faults::backend::{connect, Kind, Target};
+use durable_faults::process::{flags, follow_print};
+
+fn main() {
+    let flags = flags();
+    let flag = |name: &str| {
+        flags
+            .get(name)
+            .unwrap_or_else(|| panic!("--{name} is required"))
+    };
+    let kind = Kind::parse(flag("backend")).expect("--backend redis|postgres|nats|sqlite");
+    let target = Target::from_env(kind, flag("ns")).unwrap_or_else(|e| panic!("{e}"));
+    let side = PathBuf::from(flag("side"));
+    let runs: Vec<RunId> = flag("runs")
+        .split(',')
+        .map(|r| RunId::new(r).expect("run id"))
+        .collect();
+    let from: Vec<u64> = flag("from")
+        .split(',')
+        .map(|c| c.parse().expect("cursor"))
+        .collect();
+    assert_eq!(runs.len(), from.len(), "one cursor per run");
+    let deltas: usize = flag("deltas").parse().expect("--deltas");
+    let delay = Duration::from_millis(flag("delay-ms").parse().expect("--delay-ms"));
+
+    durable_faults::runtime().block_on(async {
+        let conn = connect(&target, 4).await.unwrap_or_else(|e| panic!("{e}"));
+        let pid = std::process::id();
+        for run in &runs {
+            let snapshot = conn.store.load(run).await.expect("load");
+            for (key, _) in snapshot.iter().flat_map(|s| &s.checkpoints) {
+                if key.contains("-tool-") && !key.contains("-start-") {
+                    record(&side, &format!("seen {pid} {run} {key}"));
+                }
+            }
+        }
+        let agent = DurableAgent::builder(agent(deltas, delay, Some(side)))
+            .cache_arc(conn.cache.clone())
+            .pubsub_arc(conn.pubsub.clone())
+            .store_arc(conn.store.clone())
+            .log_config(target.log_config())
+            .worker_id("fault-worker")
+            .build()
+            .expect("durable agent");
+        // A run that reached its terminal status in a killed worker may not have had its
+        // retention scheduled (it is set after the status) and `recover()` skips terminal runs:
+        // schedule it here, as `retire` is idempotent.
+        retire_terminal(&agent, &runs).await;
+        agent.recover().await.expect("recover");
+        let mut observers = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            drop(
+                agent
+                    .stream(INPUT, StreamOptions::new().run_id(run.clone()))
+                    .await
+                    .expect("stream"),
+            );
+            observers.push(tokio::spawn(follow_print(
+                agent.log().clone(),
+                run.clone(),
+                i,
+                from[i],
+            )));
+        }
+        for o in observers {
+            o.await.expect("observer");
+        }
+        for run in &runs {
+            let status = settled_status(&agent, run, Duration::from_secs(30)).await;
+            assert_eq!(status, RunStatus::Completed, "run {run}");
+        }
+        // The executing task schedules retention after the terminal status; DurableAgent offers
+        // no way to wait for it, and exiting now would cut it off.
+        retire_terminal(&agent, &runs).await;
+    });
+}
+
+async fn retire_terminal(agent: &DurableAgent, runs: &[RunId]) {
+    for run in runs {
+        match agent.status(run).await {
+            Ok(record) if record.status.is_terminal() => {
+                agent.log().retire(run).await.expect("retire");
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == durable_core::ErrorKind::NotFound => {}
+            Err(e) => panic!("status of {run}: {e}"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What every iteration checks: stitched observers are exact, tools ran once, nothing is left
+//! behind. The checks panic on failure, as test code does.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use durable_conformance::agent::{assert_contiguous, client_view};
+use durable_core::{Event, RunId};
+use serde_json::Value;
+
+use crate::backend::Connected;
+
+/// One client's view of one run, stitched across reconnections: each reconnection observes
+/// from [`Stitched::next`].
+#[derive(Debug, Clone, Default)]
+pub struct Stitched {
+    /// The cursor it first observed from.
+    pub from: u64,
+    /// What it received, in order.
+    pub events: Vec<Event>,
+}
+
+impl Stitched {
+    /// A client observing from `from`.
+    pub fn from(from: u64) -> Self {
+        Self {
+            from,
+            events: Vec::new(),
+        }
+    }
+
+    /// The cursor to observe from after a reconnection.
+    pub fn next(&self) -> u64 {
+        self.from + self.events.len() as u64
+    }
+
+    /// Add a received event; panics unless it is the next cursor (`who` names the client).
+    pub fn push(&mut self, event: Event, who: &str) {
+        assert_eq!(
+            event.cursor,
+            self.next(),
+            "{who}: got cursor {} where {} was next (a gap or a duplicate)",
+            event.cursor,
+            self.next()
+        );
+        self.events.push(event);
+    }
+
+    /// Keep only the events before cursor `cursor` (a client that lost what it had not yet
+    /// processed when it disconnected).
+    pub fn truncate_at(&mut self, cursor: u64) {
+        self.events.truncate(cursor.saturating_sub(self.from) as usize);
+    }
+
+    /// Whether it received the run's terminal event.
+    pub fn ended(&self) -> bool {
+        self.events.last().is_some_and(|e| e.kind.is_terminal())
+    }
+
+    /// Panics unless it is exactly `full[from..]`.
+    pub fn assert_suffix_of(&self, full: &[Event], who: &str) {
+        let from = self.from as usize;
+        assert!(
+            from <= full.len(),
+            "{who}: observed from {from} past the log's end"
+        );
+        assert!(
+            self.events == full[from..],
+            "{who}: observed {} events from {from}, not the log's {} (first difference at cursor {:?})",
+            self.events.len(),
+            full.len() - from,
+            self.events
+                .iter()
+                .zip(&full[from..])
+                .position(|(a, b)| a != b)
+                .map(|i| i + from)
+        );
+    }
+}
+
+/// The full log of a run as one observer from cursor 0 saw it: contiguous, ended, and as a
+/// client shows it equal to an uninterrupted run (`reference`).
+pub fn assert_complete(full: &Stitched, reference: &[(String, Value)], who: &str) {
+    assert_eq!(full.from, 0, "{who}: not observed from 0");
+    assert_contiguous(&full.events);
+    assert!(full.ended(), "{who}: the run did not end");
+    assert_eq!(
+        full.events.last().map(|e| e.kind.as_str()),
+        Some("finish"),
+        "{who}: the run did not finish"
+    );
+    assert!(
+        client_view(&full.events) == reference,
+        "{who}: the client view differs from an uninterrupted run's"
+    );
+}
+
+/// What the side file says about tool executions.
+#[derive(Debug, Clone, Copy)]
+pub struct Tools {
+    /// Distinct tool calls that completed.
+    pub calls: usize,
+    /// Executions of a call that had already been started by an earlier (killed) process
+    /// whose result was not yet checkpointed.
+    pub reruns: usize,
+}
+
+/// Check the side file: no tool call started in a process that had seen its result
+/// checkpointed (workers write `seen <pid> <run> <key>` for each checkpointed call when they
+/// start), no process started one call twice, and each of `calls` calls completed.
+pub fn verify_tools(side: &Path, calls: usize) -> Tools {
+    let text = std::fs::read_to_string(side)
+        .unwrap_or_else(|e| panic!("read {}: {e}", side.display()));
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut started: HashSet<(&str, &str)> = HashSet::new();
+    let mut done: HashMap<&str, usize> = HashMap::new();
+    let mut reruns = 0;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (what, pid, key) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(w), Some(p), Some(k)) => (w, p, k),
+            _ => panic!("bad side-file line {line:?}"),
+        };
+        match what {
+            "seen" => {
+                seen.insert((pid, key));
+            }
+            "start" => {
+                assert!(
+                    !seen.contains(&(pid, key)),
+                    "tool call {key} ran again in process {pid} after its result was checkpointed"
+                );
+                assert!(
+                    started.insert((pid, key)),
+                    "tool call {key} ran twice in process {pid}"
+                );
+                if started.iter().filter(|(_, k)| *k == key).count() > 1 {
+                    reruns += 1;
+                }
+            }
+            "done" => *done.entry(key).or_default() += 1,
+            other => panic!("unexpected side-file line {other:?}"),
+        }
+    }
+    assert_eq!(done.len(), calls, "not every tool call completed");
+    Tools {
+        calls: done.len(),
+        reruns,
+    }
+}
+
+/// Wait (up to `limit`) until nothing of `runs` is left in the backend; panics with what is
+/// left otherwise. Retention elapses on the backend's clock: this polls.
+pub async fn assert_nothing_left(conn: &Connected, runs: &[RunId], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = conn
+            .leftovers(runs)
+            .await
+            .unwrap_or_else(|e| panic!("listing leftovers: {e}"));
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind after retention: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,481 @@
+//! The fault suite: worker, observer and server processes killed at random points (chosen by
+//! waiting for the runs' logs to reach a random event count, never by sleeping; the seed is
+//! printed). See the crate's README for what each scenario does and checks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use durable_core::RunId;
+use durable_faults::agent::{reference_view, TOOLS};
+use durable_faults::backend::{connect, Kind, Server, Target};
+use durable_faults::check::{assert_complete, assert_nothing_left, verify_tools, Stitched};
+use durable_faults::process::{Hub, ProcId, Report};
+use durable_faults::{iterations, runtime, seeded, unique};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_durable-fault-worker");
+const OBSERVER: &str = env!("CARGO_BIN_EXE_durable-fault-observer");
+/// The longest silence of every process of a scenario before it counts as hung.
+const QUIET: Duration = Duration::from_secs(60);
+/// How long retention may take to remove everything once the last run ended.
+const RETENTION_LIMIT: Duration = Duration::from_secs(30);
+
+/// The script of a scenario's runs: text deltas per model step and their pace.
+#[derive(Clone, Copy)]
+struct Pace {
+    deltas: usize,
+    delay_ms: u64,
+}
+
+/// A scenario's backend: the server (none for SQLite), the target, a scratch directory.
+struct Setup {
+    target: Target,
+    dir: PathBuf,
+    _server: Option<Server>,
+}
+
+impl Setup {
+    /// `None` when the backend's server is unavailable (skip; a failure under
+    /// `DURABLE_TEST_REQUIRE=1`). `own`: a server of the test's own even when one is given.
+    fn new(kind: Kind, tag: &str, own: bool) -> Option<Setup> {
+        let ns = unique(tag);
+        let dir = std::env::temp_dir().join(format!("durable-faults-{ns}"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let (url, server) = match kind {
+            Kind::Sqlite => (dir.join("durable.db").to_string_lossy().into_owned(), None),
+            _ => {
+                let server = if own {
+                    Server::own(kind)?
+                } else {
+                    Server::given_or_own(kind)?
+                };
+                (server.url.clone(), Some(server))
+            }
+        };
+        Some(Setup {
+            target: Target { kind, url, ns },
+            dir,
+            _server: server,
+        })
+    }
+
+    fn server(&mut self) -> &mut Server {
+        self._server.as_mut().expect("a server")
+    }
+
+    fn spawn_worker(
+        &self,
+        hub: &mut Hub,
+        side: &Path,
+        runs: &[RunId],
+        from: &[Stitched],
+        pace: Pace,
+    ) -> ProcId {
+        let (mut args, env) = self.target.child_args();
+        args.extend([
+            "--side".to_owned(),
+            side.to_string_lossy().into_owned(),
+            "--runs".to_owned(),
+            join(runs),
+            "--from".to_owned(),
+            join(&from.iter().map(Stitched::next).collect::<Vec<_>>()),
+            "--deltas".to_owned(),
+            pace.deltas.to_string(),
+            "--delay-ms".to_owned(),
+            pace.delay_ms.to_string(),
+        ]);
+        hub.spawn(Path::new(WORKER), &args, &env)
+    }
+
+    /// One process holding one observer per `(runs[i], from[i].next())`.
+    fn spawn_observers(&self, hub: &mut Hub, runs: &[RunId], from: &[Stitched]) -> ProcId {
+        let (mut args, env) = self.target.child_args();
+        args.extend([
+            "--runs".to_owned(),
+            join(runs),
+            "--from".to_owned(),
+            join(&from.iter().map(Stitched::next).collect::<Vec<_>>()),
+        ]);
+        hub.spawn(Path::new(OBSERVER), &args, &env)
+    }
+
+    /// After the scenario: nothing of `runs` is left once retention elapsed.
+    fn assert_retention_removes(&self, runs: &[RunId]) {
+        runtime().block_on(async {
+            let conn = connect(&self.target, 2)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            assert_nothing_left(&conn, runs, RETENTION_LIMIT).await;
+        });
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn run_ids(tag: &str, n: usize) -> Vec<RunId> {
+    (0..n)
+        .map(|i| RunId::new(unique(&format!("{tag}r{i}x"))).expect("run id"))
+        .collect()
+}
+
+fn total(stitched: &[Stitched]) -> usize {
+    stitched.iter().map(|s| s.events.len()).sum()
+}
+
+fn connected(stitched: &[Stitched]) -> bool {
+    stitched.iter().all(|s| !s.events.is_empty())
+}
+
+/// Each run's full log (from the observer process that followed it from cursor 0) is
+/// complete, every stitched observer is exactly its suffix, and the tools ran as they should.
+fn check_iteration(
+    full: &[Stitched],
+    stitched: &[(&str, &[Stitched])],
+    reference: &[(String, serde_json::Value)],
+) {
+    for (i, f) in full.iter().enumerate() {
+        assert_complete(f, reference, &format!("run {i} from cursor 0"));
+    }
+    for (who, observers) in stitched {
+        for (j, s) in observers.iter().enumerate() {
+            s.assert_suffix_of(&full[j % full.len()].events, &format!("{who} {j}"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kill -9 of a worker
+
+const KILL_RUNS: usize = 2;
+const KILL_PACE: Pace = Pace {
+    deltas: 12,
+    delay_ms: 1,
+};
+
+fn killed_workers(kind: Kind) {
+    let Some(setup) = Setup::new(kind, "k", false) else {
+        return;
+    };
+    let mut rng = seeded(&format!("kill on {}", kind.name()));
+    let reference = runtime().block_on(reference_view(KILL_PACE.deltas));
+    let (mut all_runs, mut kills, mut reruns) = (Vec::new(), 0, 0);
+    let iters = iterations(5, 50);
+    for it in 0..iters {
+        let runs = run_ids(&format!("k{it}"), KILL_RUNS);
+        let side = setup.dir.join(format!("tools-{it}.log"));
+        let mut hub = Hub::new();
+        let mut stitched = vec![Stitched::from(0); KILL_RUNS];
+        let mut full = vec![Stitched::from(0); KILL_RUNS];
+        let mut observer = None;
+        // A run's log has at least as many events as an uninterrupted run shows: a kill at
+        // fewer events in total lands before every run ended.
+        let cap = KILL_RUNS * reference.len() - 1;
+        let planned = rng.usize(1..=3);
+        let mut landed = 0;
+        loop {
+            let kill_at = (landed < planned && total(&stitched) < cap)
+                .then(|| (total(&stitched) + rng.usize(1..=40)).min(cap));
+            let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, KILL_PACE);
+            let mut killed = false;
+            loop {
+                let (id, report) = hub.next(QUIET, "worker and observer");
+                match report {
+                    Report::Event(i, e) if id == w => {
+                        stitched[i].push(e, &format!("worker's observer of run {i}"));
+                        if !killed && kill_at.is_some_and(|k| total(&stitched) >= k) {
+                            hub.kill(w);
+                            killed = true;
+                            eprintln!("DEBUG kill it {it}: ended {:?} runs {runs:?}", stitched.iter().map(|s| s.ended()).collect::<Vec<_>>());
+                        }
+                        if observer.is_none() && connected(&stitched) {
+                            let from = vec![Stitched::from(0); KILL_RUNS];
+                            observer = Some(setup.spawn_observers(&mut hub, &runs, &from));
+                        }
+                    }
+                    Report::Event(i, e) => full[i].push(e, &format!("observer of run {i}")),
+                    Report::Exited(status) if id == w => {
+                        assert!(killed || status.success(), "the worker failed: {status}");
+                        break;
+                    }
+                    Report::Exited(status) => {
+                        assert!(status.success(), "the observer process failed: {status}");
+                    }
+                }
+            }
+            if !killed {
+                break;
+            }
+            landed += 1;
+        }
+        let observer = observer.expect("the runs started");
+        while hub.running(observer) {
+            match hub.next(QUIET, "the observer from cursor 0") {
+                (_, Report::Event(i, e)) => full[i].push(e, &format!("observer of run {i}")),
+                (_, Report::Exited(status)) => {
+                    assert!(status.success(), "the observer process failed: {status}");
+                }
+            }
+        }
+        assert!(landed >= 1, "iteration {it}: no kill landed");
+        check_iteration(&full, &[("worker observer", &stitched)], &reference);
+        reruns += verify_tools(&side, KILL_RUNS * TOOLS).reruns;
+        kills += landed;
+        all_runs.extend(runs);
+    }
+    setup.assert_retention_removes(&all_runs);
+    if kind == Kind::Sqlite {
+        let conn = rusqlite::Connection::open(&setup.target.url).expect("open the database");
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(ok, "ok");
+    }
+    eprintln!(
+        "kill on {}: {iters} iterations, {kills} kills, {reruns} tool call(s) re-run after an \
+         interrupted attempt; every run exact",
+        kind.name()
+    );
+}
+
+#[test]
+fn killed_workers_recover_every_run_exactly_on_redis() {
+    killed_workers(Kind::Redis);
+}
+
+#[test]
+fn killed_workers_recover_every_run_exactly_on_postgres() {
+    killed_workers(Kind::Postgres);
+}
+
+#[test]
+fn killed_workers_recover_every_run_exactly_on_nats() {
+    killed_workers(Kind::Nats);
+}
+
+#[test]
+fn killed_workers_recover_every_run_exactly_on_sqlite() {
+    killed_workers(Kind::Sqlite);
+}
+
+// ---------------------------------------------------------------------------------------------
+// server restart mid-run
+
+const RESTART_RUNS: usize = 2;
+const RESTART_PACE: Pace = Pace {
+    deltas: 40,
+    delay_ms: 2,
+};
+
+fn restarted_server(kind: Kind) {
+    let Some(mut setup) = Setup::new(kind, "r", true) else {
+        return;
+    };
+    let mut rng = seeded(&format!("restart on {}", kind.name()));
+    let reference = runtime().block_on(reference_view(RESTART_PACE.deltas));
+    let mut all_runs = Vec::new();
+    let iters = iterations(1, 10);
+    for it in 0..iters {
+        let runs = run_ids(&format!("r{it}"), RESTART_RUNS);
+        let side = setup.dir.join(format!("tools-{it}.log"));
+        let mut hub = Hub::new();
+        let mut stitched = vec![Stitched::from(0); RESTART_RUNS];
+        let mut full = vec![Stitched::from(0); RESTART_RUNS];
+        let restart_at = rng.usize(RESTART_RUNS..=RESTART_RUNS * reference.len() / 2);
+        let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, RESTART_PACE);
+        let mut observer = None;
+        let mut restarted = false;
+        while hub.running(w) || observer.is_some_and(|o| hub.running(o)) {
+            let (id, report) = hub.next(QUIET, "worker and observer across the restart");
+            match report {
+                Report::Event(i, e) if id == w => {
+                    stitched[i].push(e, &format!("worker's observer of run {i}"));
+                    if observer.is_none() && connected(&stitched) {
+                        let from = vec![Stitched::from(0); RESTART_RUNS];
+                        observer = Some(setup.spawn_observers(&mut hub, &runs, &from));
+                    }
+                }
+                Report::Event(i, e) => full[i].push(e, &format!("observer of run {i}")),
+                Report::Exited(status) => {
+                    assert!(status.success(), "process {id} failed: {status}");
+                }
+            }
+            // Once both the worker and the observer process are attached to every run.
+            if !restarted && connected(&full) && total(&stitched) >= restart_at {
+                assert!(
+                    !stitched.iter().all(Stitched::ended),
+                    "the runs ended before the restart"
+                );
+                setup.server().restart();
+                restarted = true;
+            }
+        }
+        assert!(restarted, "iteration {it}: the server was not restarted");
+        check_iteration(&full, &[("worker observer", &stitched)], &reference);
+        let tools = verify_tools(&side, RESTART_RUNS * TOOLS);
+        assert_eq!(tools.reruns, 0, "without a worker kill each tool runs once");
+        all_runs.extend(runs);
+    }
+    setup.assert_retention_removes(&all_runs);
+    eprintln!(
+        "restart on {}: {iters} restarts mid-run; every run exact",
+        kind.name()
+    );
+}
+
+#[test]
+fn a_server_restart_mid_run_is_survived_on_redis() {
+    restarted_server(Kind::Redis);
+}
+
+#[test]
+fn a_server_restart_mid_run_is_survived_on_postgres() {
+    restarted_server(Kind::Postgres);
+}
+
+#[test]
+fn a_server_restart_mid_run_is_survived_on_nats() {
+    restarted_server(Kind::Nats);
+}
+
+// ---------------------------------------------------------------------------------------------
+// a storm of 200 observers reconnecting at once
+
+/// 200 observers in 8 processes of 25: observers in one process share its connections, as the
+/// clients of one server instance do. 200 processes would each bring a runtime and connection
+/// pool (PostgreSQL's default 100 connections would not hold them) and on this 2-core machine
+/// would measure process start-up rather than reconnection.
+const STORM_PROCESSES: usize = 8;
+const STORM_PER_PROCESS: usize = 25;
+const STORM_PACE: Pace = Pace {
+    deltas: 100,
+    delay_ms: 4,
+};
+
+fn observer_storm(kind: Kind) {
+    let Some(setup) = Setup::new(kind, "s", false) else {
+        return;
+    };
+    let mut rng = seeded(&format!("storm on {}", kind.name()));
+    let reference = runtime().block_on(reference_view(STORM_PACE.deltas));
+    let mut all_runs = Vec::new();
+    let iters = iterations(1, 5);
+    for it in 0..iters {
+        let runs = run_ids(&format!("s{it}"), 1);
+        let side = setup.dir.join(format!("tools-{it}.log"));
+        let mut hub = Hub::new();
+        // The worker's observer from 0 is the full log: the worker is not killed here.
+        let mut full = vec![Stitched::from(0)];
+        let mut clients = vec![Stitched::from(0); STORM_PROCESSES * STORM_PER_PROCESS];
+        let group = vec![runs[0].clone(); STORM_PER_PROCESS];
+        let w = setup.spawn_worker(&mut hub, &side, &runs, &full, STORM_PACE);
+        // Generation 1, then (after the storm) generation 2: process id → first client index.
+        let mut procs: Vec<(ProcId, usize)> = Vec::new();
+        let mut storm_at = None;
+        let mut stormed = false;
+        while hub.running(w) || procs.iter().any(|(p, _)| hub.running(*p)) {
+            let (id, report) = hub.next(QUIET, "worker and observers");
+            match report {
+                Report::Event(_, e) if id == w => {
+                    full[0].push(e, "worker's observer");
+                    if procs.is_empty() {
+                        for p in 0..STORM_PROCESSES {
+                            let first = p * STORM_PER_PROCESS;
+                            let from = &clients[first..first + STORM_PER_PROCESS];
+                            procs.push((setup.spawn_observers(&mut hub, &group, from), first));
+                        }
+                    }
+                }
+                Report::Event(i, e) => {
+                    let (_, first) = procs
+                        .iter()
+                        .find(|(p, _)| *p == id)
+                        .expect("an observer process");
+                    clients[first + i].push(e, &format!("client {}", first + i));
+                }
+                Report::Exited(status) => {
+                    assert!(status.success(), "process {id} failed: {status}");
+                }
+            }
+            if storm_at.is_none() && !procs.is_empty() && connected(&clients) {
+                storm_at = Some(full[0].events.len() + rng.usize(0..=50));
+            }
+            if !stormed && storm_at.is_some_and(|at| full[0].events.len() >= at) {
+                assert!(!full[0].ended(), "the run ended before the storm");
+                stormed = true;
+                let gen1: Vec<ProcId> = procs.iter().map(|(p, _)| *p).collect();
+                for p in &gen1 {
+                    hub.kill(*p);
+                }
+                // Their last lines, then their exits; the worker keeps reporting meanwhile.
+                while gen1.iter().any(|p| hub.running(*p)) {
+                    match hub.next(QUIET, "the killed observers' exits") {
+                        (id, Report::Event(_, e)) if id == w => full[0].push(e, "worker's observer"),
+                        (id, Report::Event(i, e)) => {
+                            let (_, first) = procs
+                                .iter()
+                                .find(|(p, _)| *p == id)
+                                .expect("an observer process");
+                            clients[first + i].push(e, &format!("client {}", first + i));
+                        }
+                        (id, Report::Exited(status)) => {
+                            assert!(
+                                id != w || status.success(),
+                                "the worker failed: {status}"
+                            );
+                        }
+                    }
+                }
+                // Each client lost a random part of what it had: it reconnects from there.
+                for c in &mut clients {
+                    let at = rng.u64(c.from..=c.next());
+                    c.truncate_at(at);
+                }
+                procs.clear();
+                for p in 0..STORM_PROCESSES {
+                    let first = p * STORM_PER_PROCESS;
+                    let from = &clients[first..first + STORM_PER_PROCESS];
+                    procs.push((setup.spawn_observers(&mut hub, &group, from), first));
+                }
+            }
+        }
+        assert!(stormed, "iteration {it}: no storm");
+        check_iteration(&full, &[("client", &clients)], &reference);
+        let tools = verify_tools(&side, TOOLS);
+        assert_eq!(tools.reruns, 0, "without a worker kill each tool runs once");
+        all_runs.extend(runs);
+    }
+    setup.assert_retention_removes(&all_runs);
+    eprintln!(
+        "storm on {}: {iters} storms of {} observers; every observer exact",
+        kind.name(),
+        STORM_PROCESSES * STORM_PER_PROCESS
+    );
+}
+
+#[test]
+fn two_hundred_observers_reconnecting_at_once_are_exact_on_redis() {
+    observer_storm(Kind::Redis);
+}
+
+#[test]
+fn two_hundred_observers_reconnecting_at_once_are_exact_on_postgres() {
+    observer_storm(Kind::Postgres);
+}
+
+#[test]
+fn two_hundred_observers_reconnecting_at_once_are_exact_on_nats() {
+    observer_storm(Kind::Nats);
+}
