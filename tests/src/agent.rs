@@ -34,15 +34,25 @@ pub fn script(deltas: usize) -> Vec<Turn> {
 }
 
 /// The agent over [`script`], its text deltas `delay` apart. With a side file, its tool appends
-/// `start <pid> <run> s<step>-tool-<index>` before and `done …` after its work.
-pub fn agent(deltas: usize, delay: Duration, side: Option<PathBuf>) -> Agent {
+/// `start <pid> <run> s<step>-tool-<index>` before and `done …` after its work. With a gate,
+/// the tool call of step 1 waits until the gate file exists (so a test can act while the run
+/// is held live).
+pub fn agent(
+    deltas: usize,
+    delay: Duration,
+    side: Option<PathBuf>,
+    gate: Option<PathBuf>,
+) -> Agent {
     let tool = FnTool::new("weather", "Weather", move |a: Value, ctx: ToolContext| {
-        let side = side.clone();
+        let (side, gate) = (side.clone(), gate.clone());
         async move {
             let key = format!("{} s{}-tool-{}", ctx.run_id, ctx.step, ctx.index);
             let pid = std::process::id();
             if let Some(side) = &side {
                 record(side, &format!("start {pid} {key}"));
+            }
+            if let Some(gate) = gate.filter(|_| ctx.step == 1) {
+                wait_for_file(&gate).await;
             }
             let out = json!({ "city": a["city"], "sky": "sunny" });
             if let Some(side) = &side {
@@ -74,10 +84,23 @@ pub fn record(side: &Path, line: &str) {
 
 /// What a client shows of an uninterrupted run of [`agent`] (in memory, in this process).
 pub async fn reference_view(deltas: usize) -> Vec<(String, Value)> {
-    let agent = DurableAgent::new(agent(deltas, Duration::ZERO, None));
+    let agent = DurableAgent::new(agent(deltas, Duration::ZERO, None, None));
     let run = agent
         .stream(INPUT, StreamOptions::new())
         .await
         .expect("reference run");
     client_view(&collect(run, Duration::from_secs(30)).await)
+}
+
+/// Wait until `path` exists; panics after a minute.
+async fn wait_for_file(path: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

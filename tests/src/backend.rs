@@ -1,6 +1,7 @@
 //! The backends under test: which server, how a process connects to it, and what a run leaves
 //! behind in it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,24 +62,35 @@ pub struct Target {
     pub url: String,
     /// The namespace: `[a-z0-9]+`.
     pub ns: String,
+    /// How long a finished run is kept: long enough for the scenario's slowest observer to
+    /// finish reading, short enough to watch it elapse.
+    pub retention: Duration,
 }
 
 impl Target {
-    /// The target named by a process's arguments: the URL comes from [`Kind::env_var`].
+    /// The target named by a process's flags (`--backend`, `--ns`, `--retention-ms`); the URL
+    /// comes from [`Kind::env_var`].
     ///
     /// # Errors
-    /// When the variable is not set.
-    pub fn from_env(kind: Kind, ns: &str) -> Result<Self, String> {
+    /// When a flag is missing or bad, or the variable is not set.
+    pub fn from_flags(flags: &HashMap<String, String>) -> Result<Self, String> {
+        let flag = |name: &str| flags.get(name).ok_or_else(|| format!("--{name} is required"));
+        let kind = Kind::parse(flag("backend")?)
+            .ok_or("--backend is one of redis, postgres, nats, sqlite")?;
+        let retention = flag("retention-ms")?
+            .parse()
+            .map_err(|_| "--retention-ms is a number")?;
         let url = services::env_url_var(&kind.env_var())
             .ok_or_else(|| format!("{} is not set", kind.env_var()))?;
         Ok(Self {
             kind,
             url,
-            ns: ns.to_owned(),
+            ns: flag("ns")?.clone(),
+            retention: Duration::from_millis(retention),
         })
     }
 
-    /// The arguments and environment that point a child process at this target.
+    /// The flags and environment that point a child process at this target.
     pub fn child_args(&self) -> (Vec<String>, Vec<(String, String)>) {
         (
             vec![
@@ -86,17 +98,19 @@ impl Target {
                 self.kind.name().to_owned(),
                 "--ns".to_owned(),
                 self.ns.clone(),
+                "--retention-ms".to_owned(),
+                self.retention.as_millis().to_string(),
             ],
             vec![(self.kind.env_var(), self.url.clone())],
         )
     }
 
-    /// The event log's settings: this namespace, a short retention (so a test can watch it
-    /// elapse), and a short idle check (SQLite has no wake-ups across processes).
+    /// The event log's settings: this namespace and retention (a tombstone of 1 s after it),
+    /// and a short idle check (SQLite has no wake-ups across processes).
     pub fn log_config(&self) -> LogConfig {
         let mut config = LogConfig::default();
         config.namespace = self.ns.clone();
-        config.retention = RETENTION;
+        config.retention = self.retention;
         config.tombstone = Duration::from_secs(1);
         config.idle_check = match self.kind {
             Kind::Sqlite => Duration::from_millis(100),
@@ -105,10 +119,6 @@ impl Target {
         config
     }
 }
-
-/// How long a finished run is kept ([`Target::log_config`]): long enough for observers that
-/// lag behind to finish reading, short enough to watch it elapse.
-pub const RETENTION: Duration = Duration::from_secs(3);
 
 /// A connection of one process to a [`Target`].
 pub struct Connected {

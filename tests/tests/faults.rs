@@ -16,8 +16,11 @@ const WORKER: &str = env!("CARGO_BIN_EXE_durable-fault-worker");
 const OBSERVER: &str = env!("CARGO_BIN_EXE_durable-fault-observer");
 /// The longest silence of every process of a scenario before it counts as hung.
 const QUIET: Duration = Duration::from_secs(60);
+/// How long a finished run is kept: long enough for observers lagging behind to finish
+/// reading, short enough to watch it elapse.
+const RETENTION: Duration = Duration::from_secs(3);
 /// How long retention may take to remove everything once the last run ended.
-const RETENTION_LIMIT: Duration = Duration::from_secs(30);
+const RETENTION_LIMIT: Duration = Duration::from_secs(40);
 
 /// The script of a scenario's runs: text deltas per model step and their pace.
 #[derive(Clone, Copy)]
@@ -36,7 +39,7 @@ struct Setup {
 impl Setup {
     /// `None` when the backend's server is unavailable (skip; a failure under
     /// `DURABLE_TEST_REQUIRE=1`). `own`: a server of the test's own even when one is given.
-    fn new(kind: Kind, tag: &str, own: bool) -> Option<Setup> {
+    fn new(kind: Kind, tag: &str, own: bool, retention: Duration) -> Option<Setup> {
         let ns = unique(tag);
         let dir = std::env::temp_dir().join(format!("durable-faults-{ns}"));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -52,7 +55,12 @@ impl Setup {
             }
         };
         Some(Setup {
-            target: Target { kind, url, ns },
+            target: Target {
+                kind,
+                url,
+                ns,
+                retention,
+            },
             dir,
             _server: server,
         })
@@ -69,6 +77,7 @@ impl Setup {
         runs: &[RunId],
         from: &[Stitched],
         pace: Pace,
+        gate: Option<&Path>,
     ) -> ProcId {
         let (mut args, env) = self.target.child_args();
         args.extend([
@@ -83,6 +92,9 @@ impl Setup {
             "--delay-ms".to_owned(),
             pace.delay_ms.to_string(),
         ]);
+        if let Some(gate) = gate {
+            args.extend(["--gate".to_owned(), gate.to_string_lossy().into_owned()]);
+        }
         hub.spawn(Path::new(WORKER), &args, &env)
     }
 
@@ -96,6 +108,25 @@ impl Setup {
             join(&from.iter().map(Stitched::next).collect::<Vec<_>>()),
         ]);
         hub.spawn(Path::new(OBSERVER), &args, &env)
+    }
+
+    /// While `runs` are live the leftover check sees them (so it is not vacuous).
+    fn assert_visible(&self, runs: &[RunId]) {
+        runtime().block_on(async {
+            let conn = connect(&self.target, 2)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            let left = conn
+                .leftovers(runs)
+                .await
+                .unwrap_or_else(|e| panic!("leftovers: {e}"));
+            for run in runs {
+                assert!(
+                    left.iter().any(|l| l.contains(run.as_str()) && !l.starts_with("record")),
+                    "the leftover check does not see the live run {run} behind the traits: {left:?}"
+                );
+            }
+        });
     }
 
     /// After the scenario: nothing of `runs` is left once retention elapsed.
@@ -166,7 +197,7 @@ const KILL_PACE: Pace = Pace {
 };
 
 fn killed_workers(kind: Kind) {
-    let Some(setup) = Setup::new(kind, "k", false) else {
+    let Some(setup) = Setup::new(kind, "k", false, RETENTION) else {
         return;
     };
     let mut rng = seeded(&format!("kill on {}", kind.name()));
@@ -188,7 +219,7 @@ fn killed_workers(kind: Kind) {
         loop {
             let kill_at = (landed < planned && total(&stitched) < cap)
                 .then(|| (total(&stitched) + rng.usize(1..=40)).min(cap));
-            let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, KILL_PACE);
+            let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, KILL_PACE, None);
             let mut killed = false;
             loop {
                 let (id, report) = hub.next(QUIET, "worker and observer");
@@ -198,11 +229,13 @@ fn killed_workers(kind: Kind) {
                         if !killed && kill_at.is_some_and(|k| total(&stitched) >= k) {
                             hub.kill(w);
                             killed = true;
-                            eprintln!("DEBUG kill it {it}: ended {:?} runs {runs:?}", stitched.iter().map(|s| s.ended()).collect::<Vec<_>>());
                         }
                         if observer.is_none() && connected(&stitched) {
                             let from = vec![Stitched::from(0); KILL_RUNS];
                             observer = Some(setup.spawn_observers(&mut hub, &runs, &from));
+                            if it == 0 {
+                                setup.assert_visible(&runs);
+                            }
                         }
                     }
                     Report::Event(i, e) => full[i].push(e, &format!("observer of run {i}")),
@@ -280,7 +313,7 @@ const RESTART_PACE: Pace = Pace {
 };
 
 fn restarted_server(kind: Kind) {
-    let Some(mut setup) = Setup::new(kind, "r", true) else {
+    let Some(mut setup) = Setup::new(kind, "r", true, RETENTION) else {
         return;
     };
     let mut rng = seeded(&format!("restart on {}", kind.name()));
@@ -294,7 +327,7 @@ fn restarted_server(kind: Kind) {
         let mut stitched = vec![Stitched::from(0); RESTART_RUNS];
         let mut full = vec![Stitched::from(0); RESTART_RUNS];
         let restart_at = rng.usize(RESTART_RUNS..=RESTART_RUNS * reference.len() / 2);
-        let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, RESTART_PACE);
+        let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, RESTART_PACE, None);
         let mut observer = None;
         let mut restarted = false;
         while hub.running(w) || observer.is_some_and(|o| hub.running(o)) {
@@ -360,12 +393,15 @@ fn a_server_restart_mid_run_is_survived_on_nats() {
 const STORM_PROCESSES: usize = 8;
 const STORM_PER_PROCESS: usize = 25;
 const STORM_PACE: Pace = Pace {
-    deltas: 100,
-    delay_ms: 4,
+    deltas: 50,
+    delay_ms: 8,
 };
+/// 200 observers print ~40,000 event lines per generation, which the parent parses: the last
+/// of them may lag seconds behind the run's end, and must not find it expired.
+const STORM_RETENTION: Duration = Duration::from_secs(15);
 
 fn observer_storm(kind: Kind) {
-    let Some(setup) = Setup::new(kind, "s", false) else {
+    let Some(setup) = Setup::new(kind, "s", false, STORM_RETENTION) else {
         return;
     };
     let mut rng = seeded(&format!("storm on {}", kind.name()));
@@ -380,7 +416,9 @@ fn observer_storm(kind: Kind) {
         let mut full = vec![Stitched::from(0)];
         let mut clients = vec![Stitched::from(0); STORM_PROCESSES * STORM_PER_PROCESS];
         let group = vec![runs[0].clone(); STORM_PER_PROCESS];
-        let w = setup.spawn_worker(&mut hub, &side, &runs, &full, STORM_PACE);
+        // The run waits inside its second tool call until every observer is attached.
+        let gate = setup.dir.join(format!("gate-{it}"));
+        let w = setup.spawn_worker(&mut hub, &side, &runs, &full, STORM_PACE, Some(&gate));
         // Generation 1, then (after the storm) generation 2: process id → first client index.
         let mut procs: Vec<(ProcId, usize)> = Vec::new();
         let mut storm_at = None;
@@ -410,7 +448,8 @@ fn observer_storm(kind: Kind) {
                 }
             }
             if storm_at.is_none() && !procs.is_empty() && connected(&clients) {
-                storm_at = Some(full[0].events.len() + rng.usize(0..=50));
+                storm_at = Some(full[0].events.len() + rng.usize(0..=STORM_PACE.deltas));
+                std::fs::write(&gate, b"").expect("open the gate");
             }
             if !stormed && storm_at.is_some_and(|at| full[0].events.len() >= at) {
                 assert!(!full[0].ended(), "the run ended before the storm");

@@ -2,11 +2,12 @@
 //! observers in one process, as one server instance holds many clients) and prints every event.
 //!
 //! `durable-fault-observer --backend <redis|postgres|nats|sqlite> --ns <namespace>
+//! --retention-ms <ms>
 //! --runs <id,id,…> --from <cursor,cursor,…>` (observer `i` follows `runs[i]` from `from[i]`),
 //! the server's URL in `DURABLE_TEST_<BACKEND>_URL`. Exits 0 once every observer saw its run end.
 
 use durable_core::RunId;
-use durable_faults::backend::{connect, Kind, Target};
+use durable_faults::backend::{connect, Target};
 use durable_faults::process::{flags, follow_print};
 
 fn main() {
@@ -16,8 +17,7 @@ fn main() {
             .get(name)
             .unwrap_or_else(|| panic!("--{name} is required"))
     };
-    let kind = Kind::parse(flag("backend")).expect("--backend redis|postgres|nats|sqlite");
-    let target = Target::from_env(kind, flag("ns")).unwrap_or_else(|e| panic!("{e}"));
+    let target = Target::from_flags(&flags).unwrap_or_else(|e| panic!("{e}"));
     let runs: Vec<RunId> = flag("runs")
         .split(',')
         .map(|r| RunId::new(r).expect("run id"))

@@ -1,9 +1,10 @@
 //! A worker process of the fault suite: runs durable agents on one backend until every run
 //! given is complete, printing what its observer of each run receives.
 //!
-//! `durable-fault-worker --backend <redis|postgres|nats|sqlite> --ns <namespace> --side <file>
-//! --runs <id,id,…> --from <cursor,cursor,…> --deltas <n> --delay-ms <ms>` (the script's size and
-//! pace: see `durable_faults::agent`), the server's URL in
+//! `durable-fault-worker --backend <redis|postgres|nats|sqlite> --ns <namespace>
+//! --retention-ms <ms> --side <file>
+//! --runs <id,id,…> --from <cursor,cursor,…> --deltas <n> --delay-ms <ms> [--gate <file>]` (the script's
+//! size and pace, and a file the second tool call waits for: see `durable_faults::agent`), the server's URL in
 //! `DURABLE_TEST_<BACKEND>_URL`. It first records in the side file which tool calls are already
 //! checkpointed (`seen` lines: none of them may run here), calls `recover()`, starts each run
 //! (or picks it up: `stream` with a run id is idempotent), observes each from its cursor, and
@@ -16,7 +17,7 @@ use durable_conformance::agent::settled_status;
 use durable_core::agent::{DurableAgent, StreamOptions};
 use durable_core::{RunId, RunStatus};
 use durable_faults::agent::{agent, record, INPUT};
-use durable_faults::backend::{connect, Kind, Target};
+use durable_faults::backend::{connect, Target};
 use durable_faults::process::{flags, follow_print};
 
 fn main() {
@@ -26,8 +27,7 @@ fn main() {
             .get(name)
             .unwrap_or_else(|| panic!("--{name} is required"))
     };
-    let kind = Kind::parse(flag("backend")).expect("--backend redis|postgres|nats|sqlite");
-    let target = Target::from_env(kind, flag("ns")).unwrap_or_else(|e| panic!("{e}"));
+    let target = Target::from_flags(&flags).unwrap_or_else(|e| panic!("{e}"));
     let side = PathBuf::from(flag("side"));
     let runs: Vec<RunId> = flag("runs")
         .split(',')
@@ -52,7 +52,7 @@ fn main() {
                 }
             }
         }
-        let agent = DurableAgent::builder(agent(deltas, delay, Some(side)))
+        let agent = DurableAgent::builder(agent(deltas, delay, Some(side), flags.get("gate").map(PathBuf::from)))
             .cache_arc(conn.cache.clone())
             .pubsub_arc(conn.pubsub.clone())
             .store_arc(conn.store.clone())
