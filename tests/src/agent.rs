@@ -24,9 +24,11 @@ pub fn script(deltas: usize) -> Vec<Turn> {
         .iter()
         .enumerate()
         .map(|(i, city)| {
-            Turn::new()
-                .deltas(deltas, &format!("{city} "))
-                .tool_call(format!("call-{i}"), "weather", json!({ "city": city }))
+            Turn::new().deltas(deltas, &format!("{city} ")).tool_call(
+                format!("call-{i}"),
+                "weather",
+                json!({ "city": city }),
+            )
         })
         .collect();
     turns.push(Turn::new().deltas(deltas, "sunny "));

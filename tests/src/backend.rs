@@ -74,7 +74,11 @@ impl Target {
     /// # Errors
     /// When a flag is missing or bad, or the variable is not set.
     pub fn from_flags(flags: &HashMap<String, String>) -> Result<Self, String> {
-        let flag = |name: &str| flags.get(name).ok_or_else(|| format!("--{name} is required"));
+        let flag = |name: &str| {
+            flags
+                .get(name)
+                .ok_or_else(|| format!("--{name} is required"))
+        };
         let kind = Kind::parse(flag("backend")?)
             .ok_or("--backend is one of redis, postgres, nats, sqlite")?;
         let retention = flag("retention-ms")?
@@ -155,12 +159,17 @@ enum Raw {
 /// The backend's error, as text.
 pub async fn connect(target: &Target, pool: u32) -> Result<Connected, String> {
     let e = |e: durable_core::Error| e.to_string();
-    let (cache, pubsub, store, raw): (
-        Arc<dyn ServerCache>,
-        Arc<dyn PubSub>,
-        Arc<dyn WorkflowStore>,
-        Raw,
-    ) = match target.kind {
+    let parts = |cache: Arc<dyn ServerCache>,
+                 pubsub: Arc<dyn PubSub>,
+                 store: Arc<dyn WorkflowStore>,
+                 raw: Raw| Connected {
+        cache,
+        pubsub,
+        store,
+        raw,
+        target: target.clone(),
+    };
+    Ok(match target.kind {
         Kind::Redis => {
             let r = RedisConfig::new(target.url.clone())
                 .key_prefix(format!("{}:", target.ns))
@@ -168,7 +177,7 @@ pub async fn connect(target: &Target, pool: u32) -> Result<Connected, String> {
                 .await
                 .map_err(e)?;
             let pubsub = r.pubsub().await.map_err(e)?;
-            (
+            parts(
                 Arc::new(r.server_cache()),
                 Arc::new(pubsub),
                 Arc::new(r.workflow_store()),
@@ -183,7 +192,7 @@ pub async fn connect(target: &Target, pool: u32) -> Result<Connected, String> {
                 .await
                 .map_err(e)?;
             let pubsub = pg.pubsub().await.map_err(e)?;
-            (
+            parts(
                 Arc::new(pg.server_cache().with_announce()),
                 Arc::new(pubsub),
                 Arc::new(pg.workflow_store()),
@@ -202,7 +211,7 @@ pub async fn connect(target: &Target, pool: u32) -> Result<Connected, String> {
                 .connect()
                 .await
                 .map_err(e)?;
-            (
+            parts(
                 Arc::new(nats.server_cache()),
                 Arc::new(nats.pubsub()),
                 Arc::new(nats.workflow_store()),
@@ -213,20 +222,13 @@ pub async fn connect(target: &Target, pool: u32) -> Result<Connected, String> {
             let db = SqliteBackend::open_async(SqliteConfig::new(PathBuf::from(&target.url)))
                 .await
                 .map_err(e)?;
-            (
+            parts(
                 Arc::new(db.server_cache()),
                 Arc::new(db.pubsub()),
                 Arc::new(db.workflow_store()),
                 Raw::Sqlite,
             )
         }
-    };
-    Ok(Connected {
-        cache,
-        pubsub,
-        store,
-        raw,
-        target: target.clone(),
     })
 }
 
@@ -327,10 +329,7 @@ impl Connected {
         let mut left = Vec::new();
         for stream in [format!("{upper}_LOGS"), format!("KV_{upper}_RUNS")] {
             let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            let mut subjects = s
-                .info_with_subjects(">")
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut subjects = s.info_with_subjects(">").await.map_err(|e| e.to_string())?;
             while let Some(item) = subjects.next().await {
                 let (subject, n) = item.map_err(|e| e.to_string())?;
                 // Run ids are `[a-z0-9]`: the subject token of a name containing one contains it.

@@ -50,7 +50,8 @@ impl Stitched {
     /// Keep only the events before cursor `cursor` (a client that lost what it had not yet
     /// processed when it disconnected).
     pub fn truncate_at(&mut self, cursor: u64) {
-        self.events.truncate(cursor.saturating_sub(self.from) as usize);
+        self.events
+            .truncate(cursor.saturating_sub(self.from) as usize);
     }
 
     /// Whether it received the run's terminal event.
@@ -110,8 +111,8 @@ pub struct Tools {
 /// checkpointed (workers write `seen <pid> <run> <key>` for each checkpointed call when they
 /// start), no process started one call twice, and each of `calls` calls completed.
 pub fn verify_tools(side: &Path, calls: usize) -> Tools {
-    let text = std::fs::read_to_string(side)
-        .unwrap_or_else(|e| panic!("read {}: {e}", side.display()));
+    let text =
+        std::fs::read_to_string(side).unwrap_or_else(|e| panic!("read {}: {e}", side.display()));
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut started: HashSet<(&str, &str)> = HashSet::new();
     let mut done: HashMap<&str, usize> = HashMap::new();

@@ -461,7 +461,9 @@ fn observer_storm(kind: Kind) {
                 // Their last lines, then their exits; the worker keeps reporting meanwhile.
                 while gen1.iter().any(|p| hub.running(*p)) {
                     match hub.next(QUIET, "the killed observers' exits") {
-                        (id, Report::Event(_, e)) if id == w => full[0].push(e, "worker's observer"),
+                        (id, Report::Event(_, e)) if id == w => {
+                            full[0].push(e, "worker's observer")
+                        }
                         (id, Report::Event(i, e)) => {
                             let (_, first) = procs
                                 .iter()
@@ -470,10 +472,7 @@ fn observer_storm(kind: Kind) {
                             clients[first + i].push(e, &format!("client {}", first + i));
                         }
                         (id, Report::Exited(status)) => {
-                            assert!(
-                                id != w || status.success(),
-                                "the worker failed: {status}"
-                            );
+                            assert!(id != w || status.success(), "the worker failed: {status}");
                         }
                     }
                 }

@@ -52,14 +52,19 @@ fn main() {
                 }
             }
         }
-        let agent = DurableAgent::builder(agent(deltas, delay, Some(side), flags.get("gate").map(PathBuf::from)))
-            .cache_arc(conn.cache.clone())
-            .pubsub_arc(conn.pubsub.clone())
-            .store_arc(conn.store.clone())
-            .log_config(target.log_config())
-            .worker_id("fault-worker")
-            .build()
-            .expect("durable agent");
+        let agent = DurableAgent::builder(agent(
+            deltas,
+            delay,
+            Some(side),
+            flags.get("gate").map(PathBuf::from),
+        ))
+        .cache_arc(conn.cache.clone())
+        .pubsub_arc(conn.pubsub.clone())
+        .store_arc(conn.store.clone())
+        .log_config(target.log_config())
+        .worker_id("fault-worker")
+        .build()
+        .expect("durable agent");
         // A run that reached its terminal status in a killed worker may not have had its
         // retention scheduled (it is set after the status) and `recover()` skips terminal runs:
         // schedule it here, as `retire` is idempotent.
