@@ -168,11 +168,56 @@ fn read_reports(
     let _ = tx.send((id, Report::Exited(status)));
 }
 
-/// The `--name value` flags of this process.
-///
-/// # Panics
-/// On a flag without a value or a stray argument.
-pub fn flags() -> HashMap<String, String> {
+/// The flags of a worker or observer process.
+#[derive(Debug)]
+pub struct Flags(HashMap<String, String>);
+
+impl Flags {
+    /// The flags of this process (`--name value` each).
+    ///
+    /// # Panics
+    /// On a flag without a value or a stray argument.
+    pub fn parse() -> Self {
+        Self(flags())
+    }
+
+    /// Every flag by name.
+    pub fn all(&self) -> &HashMap<String, String> {
+        &self.0
+    }
+
+    /// The value of `--name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// The value of `--name`; panics if it is missing.
+    pub fn required(&self, name: &str) -> &str {
+        self.get(name)
+            .unwrap_or_else(|| panic!("--{name} is required"))
+    }
+
+    /// `--runs <id,…>` paired with `--from <cursor,…>`: one observer each.
+    ///
+    /// # Panics
+    /// On a bad run id or cursor, or lists of different lengths.
+    pub fn observers(&self) -> Vec<(RunId, u64)> {
+        let runs: Vec<RunId> = self
+            .required("runs")
+            .split(',')
+            .map(|r| RunId::new(r).expect("run id"))
+            .collect();
+        let from: Vec<u64> = self
+            .required("from")
+            .split(',')
+            .map(|c| c.parse().expect("cursor"))
+            .collect();
+        assert_eq!(runs.len(), from.len(), "one cursor per run");
+        runs.into_iter().zip(from).collect()
+    }
+}
+
+fn flags() -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

@@ -3,6 +3,7 @@
 //! printed). See the crate's README for what each scenario does and checks.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use durable_core::RunId;
@@ -187,6 +188,68 @@ fn check_iteration(
     }
 }
 
+/// The runs of one iteration as two clients see them: the worker's own observers (stitched
+/// across the workers that follow one another) and one observer process from cursor 0 (started
+/// once every run has an event, living through every worker kill and server restart).
+struct Watch {
+    runs: Vec<RunId>,
+    side: PathBuf,
+    stitched: Vec<Stitched>,
+    full: Vec<Stitched>,
+    observer: Option<ProcId>,
+}
+
+impl Watch {
+    fn new(setup: &Setup, tag: &str, it: usize, n: usize) -> Self {
+        Self {
+            runs: run_ids(&format!("{tag}{it}"), n),
+            side: setup.dir.join(format!("tools-{it}.log")),
+            stitched: vec![Stitched::from(0); n],
+            full: vec![Stitched::from(0); n],
+            observer: None,
+        }
+    }
+
+    /// Start a worker that picks the runs up where the worker's observers left them.
+    fn spawn_worker(&self, setup: &Setup, hub: &mut Hub, pace: Pace) -> ProcId {
+        setup.spawn_worker(hub, &self.side, &self.runs, &self.stitched, pace, None)
+    }
+
+    /// Take one report; the exit status when it is worker `w`'s exit.
+    fn take(&mut self, setup: &Setup, hub: &mut Hub, w: ProcId) -> Option<ExitStatus> {
+        let (id, report) = hub.next(QUIET, "worker and observer");
+        match report {
+            Report::Event(i, e) if id == w => {
+                self.stitched[i].push(e, &format!("worker's observer of run {i}"));
+                if self.observer.is_none() && connected(&self.stitched) {
+                    let from = vec![Stitched::from(0); self.runs.len()];
+                    self.observer = Some(setup.spawn_observers(hub, &self.runs, &from));
+                }
+            }
+            Report::Event(i, e) => self.full[i].push(e, &format!("observer of run {i}")),
+            Report::Exited(status) if id == w => return Some(status),
+            Report::Exited(status) => {
+                assert!(status.success(), "the observer process failed: {status}");
+            }
+        }
+        None
+    }
+
+    fn observing(&self, hub: &Hub) -> bool {
+        self.observer.is_some_and(|o| hub.running(o))
+    }
+
+    /// The iteration's checks (the observer process must have ended).
+    fn check(&self, reference: &[(String, serde_json::Value)]) -> usize {
+        check_iteration(
+            &self.full,
+            &[("worker observer", &self.stitched)],
+            reference,
+        );
+        verify_tools(&self.side, self.runs.len() * TOOLS).reruns
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // kill -9 of a worker
 
@@ -203,70 +266,47 @@ fn killed_workers(kind: Kind) {
     let mut rng = seeded(&format!("kill on {}", kind.name()));
     let reference = runtime().block_on(reference_view(KILL_PACE.deltas));
     let (mut all_runs, mut kills, mut reruns) = (Vec::new(), 0, 0);
+    let mut visible = false;
     let iters = iterations(5, 50);
     for it in 0..iters {
-        let runs = run_ids(&format!("k{it}"), KILL_RUNS);
-        let side = setup.dir.join(format!("tools-{it}.log"));
         let mut hub = Hub::new();
-        let mut stitched = vec![Stitched::from(0); KILL_RUNS];
-        let mut full = vec![Stitched::from(0); KILL_RUNS];
-        let mut observer = None;
+        let mut watch = Watch::new(&setup, "k", it, KILL_RUNS);
         // A run's log has at least as many events as an uninterrupted run shows: a kill at
         // fewer events in total lands before every run ended.
         let cap = KILL_RUNS * reference.len() - 1;
         let planned = rng.usize(1..=3);
         let mut landed = 0;
         loop {
-            let kill_at = (landed < planned && total(&stitched) < cap)
-                .then(|| (total(&stitched) + rng.usize(1..=40)).min(cap));
-            let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, KILL_PACE, None);
+            let kill_at = (landed < planned && total(&watch.stitched) < cap)
+                .then(|| (total(&watch.stitched) + rng.usize(1..=40)).min(cap));
+            let w = watch.spawn_worker(&setup, &mut hub, KILL_PACE);
             let mut killed = false;
-            loop {
-                let (id, report) = hub.next(QUIET, "worker and observer");
-                match report {
-                    Report::Event(i, e) if id == w => {
-                        stitched[i].push(e, &format!("worker's observer of run {i}"));
-                        if !killed && kill_at.is_some_and(|k| total(&stitched) >= k) {
-                            hub.kill(w);
-                            killed = true;
-                        }
-                        if observer.is_none() && connected(&stitched) {
-                            let from = vec![Stitched::from(0); KILL_RUNS];
-                            observer = Some(setup.spawn_observers(&mut hub, &runs, &from));
-                            if it == 0 {
-                                setup.assert_visible(&runs);
-                            }
-                        }
-                    }
-                    Report::Event(i, e) => full[i].push(e, &format!("observer of run {i}")),
-                    Report::Exited(status) if id == w => {
-                        assert!(killed || status.success(), "the worker failed: {status}");
-                        break;
-                    }
-                    Report::Exited(status) => {
-                        assert!(status.success(), "the observer process failed: {status}");
-                    }
+            let status = loop {
+                if let Some(status) = watch.take(&setup, &mut hub, w) {
+                    break status;
                 }
-            }
+                if !killed && kill_at.is_some_and(|k| total(&watch.stitched) >= k) {
+                    hub.kill(w);
+                    killed = true;
+                }
+                if it == 0 && !visible && watch.observer.is_some() {
+                    setup.assert_visible(&watch.runs);
+                    visible = true;
+                }
+            };
             if !killed {
+                assert!(status.success(), "the worker failed: {status}");
                 break;
             }
             landed += 1;
         }
-        let observer = observer.expect("the runs started");
-        while hub.running(observer) {
-            match hub.next(QUIET, "the observer from cursor 0") {
-                (_, Report::Event(i, e)) => full[i].push(e, &format!("observer of run {i}")),
-                (_, Report::Exited(status)) => {
-                    assert!(status.success(), "the observer process failed: {status}");
-                }
-            }
+        while watch.observing(&hub) {
+            watch.take(&setup, &mut hub, usize::MAX);
         }
         assert!(landed >= 1, "iteration {it}: no kill landed");
-        check_iteration(&full, &[("worker observer", &stitched)], &reference);
-        reruns += verify_tools(&side, KILL_RUNS * TOOLS).reruns;
+        reruns += watch.check(&reference);
         kills += landed;
-        all_runs.extend(runs);
+        all_runs.extend(watch.runs);
     }
     setup.assert_retention_removes(&all_runs);
     if kind == Kind::Sqlite {
@@ -321,34 +361,19 @@ fn restarted_server(kind: Kind) {
     let mut all_runs = Vec::new();
     let iters = iterations(1, 10);
     for it in 0..iters {
-        let runs = run_ids(&format!("r{it}"), RESTART_RUNS);
-        let side = setup.dir.join(format!("tools-{it}.log"));
         let mut hub = Hub::new();
-        let mut stitched = vec![Stitched::from(0); RESTART_RUNS];
-        let mut full = vec![Stitched::from(0); RESTART_RUNS];
+        let mut watch = Watch::new(&setup, "r", it, RESTART_RUNS);
         let restart_at = rng.usize(RESTART_RUNS..=RESTART_RUNS * reference.len() / 2);
-        let w = setup.spawn_worker(&mut hub, &side, &runs, &stitched, RESTART_PACE, None);
-        let mut observer = None;
+        let w = watch.spawn_worker(&setup, &mut hub, RESTART_PACE);
         let mut restarted = false;
-        while hub.running(w) || observer.is_some_and(|o| hub.running(o)) {
-            let (id, report) = hub.next(QUIET, "worker and observer across the restart");
-            match report {
-                Report::Event(i, e) if id == w => {
-                    stitched[i].push(e, &format!("worker's observer of run {i}"));
-                    if observer.is_none() && connected(&stitched) {
-                        let from = vec![Stitched::from(0); RESTART_RUNS];
-                        observer = Some(setup.spawn_observers(&mut hub, &runs, &from));
-                    }
-                }
-                Report::Event(i, e) => full[i].push(e, &format!("observer of run {i}")),
-                Report::Exited(status) => {
-                    assert!(status.success(), "process {id} failed: {status}");
-                }
+        while hub.running(w) || watch.observing(&hub) {
+            if let Some(status) = watch.take(&setup, &mut hub, w) {
+                assert!(status.success(), "the worker failed: {status}");
             }
             // Once both the worker and the observer process are attached to every run.
-            if !restarted && connected(&full) && total(&stitched) >= restart_at {
+            if !restarted && connected(&watch.full) && total(&watch.stitched) >= restart_at {
                 assert!(
-                    !stitched.iter().all(Stitched::ended),
+                    !watch.stitched.iter().all(Stitched::ended),
                     "the runs ended before the restart"
                 );
                 setup.server().restart();
@@ -356,10 +381,9 @@ fn restarted_server(kind: Kind) {
             }
         }
         assert!(restarted, "iteration {it}: the server was not restarted");
-        check_iteration(&full, &[("worker observer", &stitched)], &reference);
-        let tools = verify_tools(&side, RESTART_RUNS * TOOLS);
-        assert_eq!(tools.reruns, 0, "without a worker kill each tool runs once");
-        all_runs.extend(runs);
+        let reruns = watch.check(&reference);
+        assert_eq!(reruns, 0, "without a worker kill each tool runs once");
+        all_runs.extend(watch.runs);
     }
     setup.assert_retention_removes(&all_runs);
     eprintln!(
@@ -400,6 +424,56 @@ const STORM_PACE: Pace = Pace {
 /// of them may lag seconds behind the run's end, and must not find it expired.
 const STORM_RETENTION: Duration = Duration::from_secs(15);
 
+/// One storm iteration: the worker (its observer from 0 is the full log: it is not killed
+/// here) and a generation of 200 clients in observer processes.
+struct Storm {
+    run: RunId,
+    worker: ProcId,
+    full: Stitched,
+    clients: Vec<Stitched>,
+    /// The current generation: process id and its first client's index.
+    procs: Vec<(ProcId, usize)>,
+    /// Processes killed in the storm: their exit status is SIGKILL's.
+    killed: Vec<ProcId>,
+}
+
+impl Storm {
+    /// Start one generation of observer processes, each client from its next cursor.
+    fn spawn_generation(&mut self, setup: &Setup, hub: &mut Hub) {
+        let group = vec![self.run.clone(); STORM_PER_PROCESS];
+        self.procs = (0..STORM_PROCESSES)
+            .map(|p| {
+                let first = p * STORM_PER_PROCESS;
+                let from = &self.clients[first..first + STORM_PER_PROCESS];
+                (setup.spawn_observers(hub, &group, from), first)
+            })
+            .collect();
+    }
+
+    fn take(&mut self, hub: &mut Hub) {
+        let (id, report) = hub.next(QUIET, "worker and observers");
+        match report {
+            Report::Event(_, e) if id == self.worker => self.full.push(e, "worker's observer"),
+            Report::Event(i, e) => {
+                let (_, first) = self
+                    .procs
+                    .iter()
+                    .find(|(p, _)| *p == id)
+                    .expect("an observer process of this generation");
+                self.clients[first + i].push(e, &format!("client {}", first + i));
+            }
+            Report::Exited(status) => assert!(
+                self.killed.contains(&id) || status.success(),
+                "process {id} failed: {status}"
+            ),
+        }
+    }
+
+    fn running(&self, hub: &Hub) -> bool {
+        hub.running(self.worker) || self.procs.iter().any(|(p, _)| hub.running(*p))
+    }
+}
+
 fn observer_storm(kind: Kind) {
     let Some(setup) = Setup::new(kind, "s", false, STORM_RETENTION) else {
         return;
@@ -412,85 +486,52 @@ fn observer_storm(kind: Kind) {
         let runs = run_ids(&format!("s{it}"), 1);
         let side = setup.dir.join(format!("tools-{it}.log"));
         let mut hub = Hub::new();
-        // The worker's observer from 0 is the full log: the worker is not killed here.
-        let mut full = vec![Stitched::from(0)];
-        let mut clients = vec![Stitched::from(0); STORM_PROCESSES * STORM_PER_PROCESS];
-        let group = vec![runs[0].clone(); STORM_PER_PROCESS];
-        // The run waits inside its second tool call until every observer is attached.
+        // The run waits inside its second tool call until every client is attached.
         let gate = setup.dir.join(format!("gate-{it}"));
-        let w = setup.spawn_worker(&mut hub, &side, &runs, &full, STORM_PACE, Some(&gate));
-        // Generation 1, then (after the storm) generation 2: process id → first client index.
-        let mut procs: Vec<(ProcId, usize)> = Vec::new();
+        let from = [Stitched::from(0)];
+        let worker = setup.spawn_worker(&mut hub, &side, &runs, &from, STORM_PACE, Some(&gate));
+        let mut storm = Storm {
+            run: runs[0].clone(),
+            worker,
+            full: Stitched::from(0),
+            clients: vec![Stitched::from(0); STORM_PROCESSES * STORM_PER_PROCESS],
+            procs: Vec::new(),
+            killed: Vec::new(),
+        };
         let mut storm_at = None;
-        let mut stormed = false;
-        while hub.running(w) || procs.iter().any(|(p, _)| hub.running(*p)) {
-            let (id, report) = hub.next(QUIET, "worker and observers");
-            match report {
-                Report::Event(_, e) if id == w => {
-                    full[0].push(e, "worker's observer");
-                    if procs.is_empty() {
-                        for p in 0..STORM_PROCESSES {
-                            let first = p * STORM_PER_PROCESS;
-                            let from = &clients[first..first + STORM_PER_PROCESS];
-                            procs.push((setup.spawn_observers(&mut hub, &group, from), first));
-                        }
-                    }
-                }
-                Report::Event(i, e) => {
-                    let (_, first) = procs
-                        .iter()
-                        .find(|(p, _)| *p == id)
-                        .expect("an observer process");
-                    clients[first + i].push(e, &format!("client {}", first + i));
-                }
-                Report::Exited(status) => {
-                    assert!(status.success(), "process {id} failed: {status}");
-                }
+        while storm.running(&hub) {
+            storm.take(&mut hub);
+            if storm.procs.is_empty() && !storm.full.events.is_empty() {
+                storm.spawn_generation(&setup, &mut hub);
             }
-            if storm_at.is_none() && !procs.is_empty() && connected(&clients) {
-                storm_at = Some(full[0].events.len() + rng.usize(0..=STORM_PACE.deltas));
+            if storm_at.is_none() && !storm.procs.is_empty() && connected(&storm.clients) {
+                storm_at = Some(storm.full.events.len() + rng.usize(0..=STORM_PACE.deltas));
                 std::fs::write(&gate, b"").expect("open the gate");
             }
-            if !stormed && storm_at.is_some_and(|at| full[0].events.len() >= at) {
-                assert!(!full[0].ended(), "the run ended before the storm");
-                stormed = true;
-                let gen1: Vec<ProcId> = procs.iter().map(|(p, _)| *p).collect();
-                for p in &gen1 {
+            if storm.killed.is_empty() && storm_at.is_some_and(|at| storm.full.events.len() >= at) {
+                assert!(!storm.full.ended(), "the run ended before the storm");
+                storm.killed = storm.procs.iter().map(|(p, _)| *p).collect();
+                for p in &storm.killed {
                     hub.kill(*p);
                 }
                 // Their last lines, then their exits; the worker keeps reporting meanwhile.
-                while gen1.iter().any(|p| hub.running(*p)) {
-                    match hub.next(QUIET, "the killed observers' exits") {
-                        (id, Report::Event(_, e)) if id == w => {
-                            full[0].push(e, "worker's observer")
-                        }
-                        (id, Report::Event(i, e)) => {
-                            let (_, first) = procs
-                                .iter()
-                                .find(|(p, _)| *p == id)
-                                .expect("an observer process");
-                            clients[first + i].push(e, &format!("client {}", first + i));
-                        }
-                        (id, Report::Exited(status)) => {
-                            assert!(id != w || status.success(), "the worker failed: {status}");
-                        }
-                    }
+                while storm.killed.iter().any(|p| hub.running(*p)) {
+                    storm.take(&mut hub);
                 }
                 // Each client lost a random part of what it had: it reconnects from there.
-                for c in &mut clients {
+                for c in &mut storm.clients {
                     let at = rng.u64(c.from..=c.next());
                     c.truncate_at(at);
                 }
-                procs.clear();
-                for p in 0..STORM_PROCESSES {
-                    let first = p * STORM_PER_PROCESS;
-                    let from = &clients[first..first + STORM_PER_PROCESS];
-                    procs.push((setup.spawn_observers(&mut hub, &group, from), first));
-                }
+                storm.spawn_generation(&setup, &mut hub);
             }
         }
-        assert!(stormed, "iteration {it}: no storm");
-        check_iteration(&full, &[("client", &clients)], &reference);
+        assert!(!storm.killed.is_empty(), "iteration {it}: no storm");
+        check_iteration(
+            std::slice::from_ref(&storm.full),
+            &[("client", &storm.clients)],
+            &reference,
+        );
         let tools = verify_tools(&side, TOOLS);
         assert_eq!(tools.reruns, 0, "without a worker kill each tool runs once");
         all_runs.extend(runs);

@@ -6,34 +6,19 @@
 //! --runs <id,id,…> --from <cursor,cursor,…>` (observer `i` follows `runs[i]` from `from[i]`),
 //! the server's URL in `DURABLE_TEST_<BACKEND>_URL`. Exits 0 once every observer saw its run end.
 
-use durable_core::RunId;
 use durable_faults::backend::{connect, Target};
-use durable_faults::process::{flags, follow_print};
+use durable_faults::process::{follow_print, Flags};
 
 fn main() {
-    let flags = flags();
-    let flag = |name: &str| {
-        flags
-            .get(name)
-            .unwrap_or_else(|| panic!("--{name} is required"))
-    };
-    let target = Target::from_flags(&flags).unwrap_or_else(|e| panic!("{e}"));
-    let runs: Vec<RunId> = flag("runs")
-        .split(',')
-        .map(|r| RunId::new(r).expect("run id"))
-        .collect();
-    let from: Vec<u64> = flag("from")
-        .split(',')
-        .map(|c| c.parse().expect("cursor"))
-        .collect();
-    assert_eq!(runs.len(), from.len(), "one cursor per observer");
+    let flags = Flags::parse();
+    let target = Target::from_flags(flags.all()).unwrap_or_else(|e| panic!("{e}"));
+    let observers = flags.observers();
 
     durable_faults::runtime().block_on(async {
         let conn = connect(&target, 2).await.unwrap_or_else(|e| panic!("{e}"));
         let log = conn.event_log();
-        let observers: Vec<_> = runs
+        let observers: Vec<_> = observers
             .into_iter()
-            .zip(from)
             .enumerate()
             .map(|(i, (run, from))| tokio::spawn(follow_print(log.clone(), run, i, from)))
             .collect();

@@ -18,28 +18,16 @@ use durable_core::agent::{DurableAgent, StreamOptions};
 use durable_core::{RunId, RunStatus};
 use durable_faults::agent::{agent, record, INPUT};
 use durable_faults::backend::{connect, Target};
-use durable_faults::process::{flags, follow_print};
+use durable_faults::process::{follow_print, Flags};
 
 fn main() {
-    let flags = flags();
-    let flag = |name: &str| {
-        flags
-            .get(name)
-            .unwrap_or_else(|| panic!("--{name} is required"))
-    };
-    let target = Target::from_flags(&flags).unwrap_or_else(|e| panic!("{e}"));
-    let side = PathBuf::from(flag("side"));
-    let runs: Vec<RunId> = flag("runs")
-        .split(',')
-        .map(|r| RunId::new(r).expect("run id"))
-        .collect();
-    let from: Vec<u64> = flag("from")
-        .split(',')
-        .map(|c| c.parse().expect("cursor"))
-        .collect();
-    assert_eq!(runs.len(), from.len(), "one cursor per run");
-    let deltas: usize = flag("deltas").parse().expect("--deltas");
-    let delay = Duration::from_millis(flag("delay-ms").parse().expect("--delay-ms"));
+    let flags = Flags::parse();
+    let target = Target::from_flags(flags.all()).unwrap_or_else(|e| panic!("{e}"));
+    let side = PathBuf::from(flags.required("side"));
+    let (runs, from): (Vec<RunId>, Vec<u64>) = flags.observers().into_iter().unzip();
+    let deltas: usize = flags.required("deltas").parse().expect("--deltas");
+    let delay = Duration::from_millis(flags.required("delay-ms").parse().expect("--delay-ms"));
+    let gate = flags.get("gate").map(PathBuf::from);
 
     durable_faults::runtime().block_on(async {
         let conn = connect(&target, 4).await.unwrap_or_else(|e| panic!("{e}"));
@@ -52,19 +40,14 @@ fn main() {
                 }
             }
         }
-        let agent = DurableAgent::builder(agent(
-            deltas,
-            delay,
-            Some(side),
-            flags.get("gate").map(PathBuf::from),
-        ))
-        .cache_arc(conn.cache.clone())
-        .pubsub_arc(conn.pubsub.clone())
-        .store_arc(conn.store.clone())
-        .log_config(target.log_config())
-        .worker_id("fault-worker")
-        .build()
-        .expect("durable agent");
+        let agent = DurableAgent::builder(agent(deltas, delay, Some(side), gate))
+            .cache_arc(conn.cache.clone())
+            .pubsub_arc(conn.pubsub.clone())
+            .store_arc(conn.store.clone())
+            .log_config(target.log_config())
+            .worker_id("fault-worker")
+            .build()
+            .expect("durable agent");
         // A run that reached its terminal status in a killed worker may not have had its
         // retention scheduled (it is set after the status) and `recover()` skips terminal runs:
         // schedule it here, as `retire` is idempotent.
