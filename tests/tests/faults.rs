@@ -19,7 +19,7 @@ const OBSERVER: &str = env!("CARGO_BIN_EXE_durable-fault-observer");
 const QUIET: Duration = Duration::from_secs(60);
 /// How long a finished run is kept: long enough for observers lagging behind to finish
 /// reading, short enough to watch it elapse.
-const RETENTION: Duration = Duration::from_secs(3);
+const RETENTION: Duration = Duration::from_secs(8);
 /// How long retention may take to remove everything once the last run ended.
 const RETENTION_LIMIT: Duration = Duration::from_secs(40);
 
@@ -197,6 +197,8 @@ struct Watch {
     stitched: Vec<Stitched>,
     full: Vec<Stitched>,
     observer: Option<ProcId>,
+    /// `observe(0)` of each final log, printed by the worker that completed the runs.
+    last: Vec<Stitched>,
 }
 
 impl Watch {
@@ -207,11 +209,13 @@ impl Watch {
             stitched: vec![Stitched::from(0); n],
             full: vec![Stitched::from(0); n],
             observer: None,
+            last: vec![Stitched::from(0); n],
         }
     }
 
     /// Start a worker that picks the runs up where the worker's observers left them.
-    fn spawn_worker(&self, setup: &Setup, hub: &mut Hub, pace: Pace) -> ProcId {
+    fn spawn_worker(&mut self, setup: &Setup, hub: &mut Hub, pace: Pace) -> ProcId {
+        self.last = vec![Stitched::from(0); self.runs.len()];
         setup.spawn_worker(hub, &self.side, &self.runs, &self.stitched, pace, None)
     }
 
@@ -219,6 +223,10 @@ impl Watch {
     fn take(&mut self, setup: &Setup, hub: &mut Hub, w: ProcId) -> Option<ExitStatus> {
         let (id, report) = hub.next(QUIET, "worker and observer");
         match report {
+            Report::Event(i, e) if id == w && i >= self.runs.len() => {
+                let i = i - self.runs.len();
+                self.last[i].push(e, &format!("final observe(0) of run {i}"));
+            }
             Report::Event(i, e) if id == w => {
                 self.stitched[i].push(e, &format!("worker's observer of run {i}"));
                 if self.observer.is_none() && connected(&self.stitched) {
@@ -430,6 +438,8 @@ struct Storm {
     run: RunId,
     worker: ProcId,
     full: Stitched,
+    /// `observe(0)` of the final log.
+    last: Stitched,
     clients: Vec<Stitched>,
     /// The current generation: process id and its first client's index.
     procs: Vec<(ProcId, usize)>,
@@ -453,7 +463,8 @@ impl Storm {
     fn take(&mut self, hub: &mut Hub) {
         let (id, report) = hub.next(QUIET, "worker and observers");
         match report {
-            Report::Event(_, e) if id == self.worker => self.full.push(e, "worker's observer"),
+            Report::Event(0, e) if id == self.worker => self.full.push(e, "worker's observer"),
+            Report::Event(_, e) if id == self.worker => self.last.push(e, "final observe(0)"),
             Report::Event(i, e) => {
                 let (_, first) = self
                     .procs
@@ -494,6 +505,7 @@ fn observer_storm(kind: Kind) {
             run: runs[0].clone(),
             worker,
             full: Stitched::from(0),
+            last: Stitched::from(0),
             clients: vec![Stitched::from(0); STORM_PROCESSES * STORM_PER_PROCESS],
             procs: Vec::new(),
             killed: Vec::new(),
@@ -529,7 +541,10 @@ fn observer_storm(kind: Kind) {
         assert!(!storm.killed.is_empty(), "iteration {it}: no storm");
         check_iteration(
             std::slice::from_ref(&storm.full),
-            &[("client", &storm.clients)],
+            &[
+                ("client", &storm.clients),
+                ("final observe(0)", std::slice::from_ref(&storm.last)),
+            ],
             &reference,
         );
         let tools = verify_tools(&side, TOOLS);

@@ -7,8 +7,9 @@
 //! size and pace, and a file the second tool call waits for: see `durable_faults::agent`), the server's URL in
 //! `DURABLE_TEST_<BACKEND>_URL`. It first records in the side file which tool calls are already
 //! checkpointed (`seen` lines: none of them may run here), calls `recover()`, starts each run
-//! (or picks it up: `stream` with a run id is idempotent), observes each from its cursor, and
-//! exits 0 once every run ended and is `completed`, with its retention scheduled.
+//! (or picks it up: `stream` with a run id is idempotent), observes each from its cursor
+//! (observer `i` for run `i`), prints `observe(0)` of each final log (observer `runs + i`), and
+//! exits 0 once every run is `completed`, with its retention scheduled.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +71,10 @@ fn main() {
         }
         for o in observers {
             o.await.expect("observer");
+        }
+        // `observe(0)` of each final log, as observer `runs.len() + i`.
+        for (i, run) in runs.iter().enumerate() {
+            follow_print(agent.log().clone(), run.clone(), runs.len() + i, 0).await;
         }
         for run in &runs {
             let status = settled_status(&agent, run, Duration::from_secs(30)).await;
