@@ -36,7 +36,7 @@ pub fn script(deltas: usize) -> Vec<Turn> {
 }
 
 /// The agent over [`script`], its text deltas `delay` apart. With a side file, its tool appends
-/// `start <pid> <run> s<step>-tool-<index>` before and `done …` after its work. With a gate,
+/// `start <pid> <run> s<step>-tool-<index> <attempt>` before and `done …` after its work. With a gate,
 /// the tool call of step 1 waits until the gate file exists (so a test can act while the run
 /// is held live).
 pub fn agent(
@@ -51,7 +51,7 @@ pub fn agent(
             let key = format!("{} s{}-tool-{}", ctx.run_id, ctx.step, ctx.index);
             let pid = std::process::id();
             if let Some(side) = &side {
-                record(side, &format!("start {pid} {key}"));
+                record(side, &format!("start {pid} {key} {}", ctx.attempt));
             }
             if let Some(gate) = gate.filter(|_| ctx.step == 1) {
                 wait_for_file(&gate).await;

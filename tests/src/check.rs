@@ -102,52 +102,53 @@ pub fn assert_complete(full: &Stitched, reference: &[(String, Value)], who: &str
 pub struct Tools {
     /// Distinct tool calls that completed.
     pub calls: usize,
-    /// Executions of a call that had already been started by an earlier (killed) process
-    /// whose result was not yet checkpointed.
+    /// Executions of a call whose earlier attempt was interrupted before its result was
+    /// checkpointed (tools are at-least-once: by a killed worker, or by an outage that outlasted
+    /// the executing instance's retries, which then restarted the step itself).
     pub reruns: usize,
 }
 
 /// Check the side file: no tool call started in a process that had seen its result
 /// checkpointed (workers write `seen <pid> <run> <key>` for each checkpointed call when they
-/// start), no process started one call twice, and each of `calls` calls completed.
+/// start), a call started again in one process only as a later attempt (`ToolContext::attempt`),
+/// and each of `calls` calls completed.
 pub fn verify_tools(side: &Path, calls: usize) -> Tools {
     let text =
         std::fs::read_to_string(side).unwrap_or_else(|e| panic!("read {}: {e}", side.display()));
-    let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    let mut started: HashSet<(&str, &str)> = HashSet::new();
-    let mut done: HashMap<&str, usize> = HashMap::new();
-    let mut reruns = 0;
+    // A call is named `<run> <step key>`.
+    let mut seen: HashSet<(&str, String)> = HashSet::new();
+    let mut attempts: HashMap<(&str, String), u32> = HashMap::new();
+    let mut started: HashMap<String, usize> = HashMap::new();
+    let mut done: HashSet<String> = HashSet::new();
     for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (what, pid, key) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(w), Some(p), Some(k)) => (w, p, k),
-            _ => panic!("bad side-file line {line:?}"),
-        };
-        match what {
-            "seen" => {
-                seen.insert((pid, key));
+        match line.split(' ').collect::<Vec<_>>().as_slice() {
+            ["seen", pid, run, key] => {
+                seen.insert((pid, format!("{run} {key}")));
             }
-            "start" => {
+            ["start", pid, run, key, attempt] => {
+                let call = format!("{run} {key}");
                 assert!(
-                    !seen.contains(&(pid, key)),
-                    "tool call {key} ran again in process {pid} after its result was checkpointed"
+                    !seen.contains(&(pid, call.clone())),
+                    "tool call {call} ran again in process {pid} after its result was checkpointed"
                 );
+                let attempt: u32 = attempt.parse().expect("attempt");
+                let last = attempts.insert((pid, call.clone()), attempt);
                 assert!(
-                    started.insert((pid, key)),
-                    "tool call {key} ran twice in process {pid}"
+                    last.is_none_or(|last| attempt > last),
+                    "tool call {call} started twice in process {pid} as attempt {attempt}"
                 );
-                if started.iter().filter(|(_, k)| *k == key).count() > 1 {
-                    reruns += 1;
-                }
+                *started.entry(call).or_default() += 1;
             }
-            "done" => *done.entry(key).or_default() += 1,
-            other => panic!("unexpected side-file line {other:?}"),
+            ["done", _, run, key] => {
+                done.insert(format!("{run} {key}"));
+            }
+            _ => panic!("unexpected side-file line {line:?}"),
         }
     }
     assert_eq!(done.len(), calls, "not every tool call completed");
     Tools {
         calls: done.len(),
-        reruns,
+        reruns: started.values().map(|n| n - 1).sum(),
     }
 }
 
