@@ -360,8 +360,11 @@ const RESTART_PACE: Pace = Pace {
     delay_ms: 2,
 };
 
+/// Observers may fall behind while the server is down and catch up after it.
+const RESTART_RETENTION: Duration = Duration::from_secs(15);
+
 fn restarted_server(kind: Kind) {
-    let Some(mut setup) = Setup::new(kind, "r", true, RETENTION) else {
+    let Some(mut setup) = Setup::new(kind, "r", true, RESTART_RETENTION) else {
         return;
     };
     let mut rng = seeded(&format!("restart on {}", kind.name()));

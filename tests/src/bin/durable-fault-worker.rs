@@ -72,9 +72,23 @@ fn main() {
         for o in observers {
             o.await.expect("observer");
         }
+        let ended = std::time::Instant::now();
         // `observe(0)` of each final log, as observer `runs.len() + i`.
         for (i, run) in runs.iter().enumerate() {
-            follow_print(agent.log().clone(), run.clone(), runs.len() + i, 0).await;
+            let last = tokio::spawn(follow_print(
+                agent.log().clone(),
+                run.clone(),
+                runs.len() + i,
+                0,
+            ));
+            if let Err(e) = last.await {
+                let record = agent.store().get_run(run).await;
+                panic!(
+                    "observe(0) of the final log of {run}, {:?} after the observers ended \
+                     (record {record:?}): {e}",
+                    ended.elapsed()
+                );
+            }
         }
         for run in &runs {
             let status = settled_status(&agent, run, Duration::from_secs(30)).await;
