@@ -43,6 +43,27 @@ pub(crate) fn from_redis(op: &'static str, e: RedisError) -> Error {
                 | ServerErrorKind::Moved
                 | ServerErrorKind::Ask,
             ) => (ErrorKind::Unavailable, true),
+            // A transaction whose every command was refused because the server is not ready
+            // (loading its data after a restart, a failover) is as retryable as one command.
+            RedisKind::Server(ServerErrorKind::ExecAbort)
+                if e.clone().into_server_errors().is_some_and(|errors| {
+                    !errors.is_empty()
+                        && errors.iter().all(|(_, error)| {
+                            matches!(
+                                error.kind(),
+                                Some(
+                                    ServerErrorKind::BusyLoading
+                                        | ServerErrorKind::TryAgain
+                                        | ServerErrorKind::ClusterDown
+                                        | ServerErrorKind::MasterDown
+                                        | ServerErrorKind::ReadOnly
+                                )
+                            )
+                        })
+                }) =>
+            {
+                (ErrorKind::Unavailable, true)
+            }
             RedisKind::AuthenticationFailed | RedisKind::InvalidClientConfig => {
                 (ErrorKind::InvalidInput, false)
             }

@@ -407,7 +407,12 @@ impl Observer {
         let now = now_ms();
         let grace = crate::store::ttl_ms(self.log.inner.config.producer_grace);
         let lost = match record.status {
-            s if s.is_terminal() => true,
+            // The terminal event is stored before the terminal status: it may have landed
+            // after the read that found nothing new, so look once more.
+            s if s.is_terminal() => {
+                self.read_batch().await?;
+                self.buf.is_empty()
+            }
             RunStatus::Running => {
                 !record.lease_live(now)
                     && record
