@@ -74,6 +74,7 @@ pub async fn topics_are_isolated(b: Backend) -> CaseResult {
 }
 
 /// Dropping a subscription detaches only it; the topic keeps working for others and new ones.
+/// A new subscriber gets what is published after it subscribed.
 pub async fn dropped_subscription_unsubscribes(b: Backend) -> CaseResult {
     let p = pubsub(&b)?;
     let t = topic();
@@ -88,9 +89,15 @@ pub async fn dropped_subscription_unsubscribes(b: Backend) -> CaseResult {
     p.publish(&t, msg(2)).await?;
     let mut s3 = p.subscribe(&t).await?;
     p.publish(&t, msg(3)).await?;
-    let m = next_message(&mut s3).await?;
+    // A broker of several nodes (Redis Cluster) forwards a publish to the other nodes after it
+    // returns, so message 2, published while nobody subscribed, may still reach a subscription
+    // made right after it on another node; it must never come after message 3.
+    let mut m = next_message(&mut s3).await?;
+    if num(&m) == Some(2) {
+        m = next_message(&mut s3).await?;
+    }
     ensure(num(&m) == Some(3), || {
-        format!("new subscriber got {m:?}, want only messages after it subscribed")
+        format!("new subscriber got {m:?}, want message 3 (after at most message 2)")
     })
 }
 
