@@ -27,51 +27,11 @@ use tokio::sync::watch;
 const EVENTS: u64 = 2000;
 const FAULT_AT: u64 = 500;
 const DEADLINE: Duration = Duration::from_secs(120);
-/// Pause between retries of a failed call while the server is down (retry pacing only; every
-/// wait for progress below is on a condition).
-const RETRY_PAUSE: Duration = Duration::from_millis(10);
-
 fn event(i: u64) -> NewEvent {
     if i == EVENTS {
         NewEvent::json(EventKind::Finish, &serde_json::json!({})).unwrap()
     } else {
         NewEvent::json(EventKind::TextDelta, &serde_json::json!({ "i": i })).unwrap()
-    }
-}
-
-/// Append event `i` exactly once: after a retryable error, the log's length tells whether the
-/// lost answer belonged to a stored append.
-async fn append_once(
-    log: &EventLog,
-    run: &RunId,
-    i: u64,
-    fence: u64,
-    errors: &watch::Sender<usize>,
-) {
-    let e = event(i);
-    loop {
-        match log.append(run, std::slice::from_ref(&e), Some(fence)).await {
-            Ok(cursor) => {
-                assert_eq!(cursor, i, "append got a cursor out of sequence");
-                return;
-            }
-            Err(err) if err.is_retryable() => {
-                errors.send_modify(|n| *n += 1);
-                loop {
-                    match log.len(run).await {
-                        Ok(Some(len)) if len > i => {
-                            assert_eq!(len, i + 1, "log grew by more than one append");
-                            return;
-                        }
-                        Ok(_) => break,
-                        Err(err) if err.is_retryable() => tokio::time::sleep(RETRY_PAUSE).await,
-                        Err(err) => panic!("len: {err}"),
-                    }
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-            Err(err) => panic!("append {i}: {err}"),
-        }
     }
 }
 
@@ -134,7 +94,15 @@ async fn start_run(pg: &Postgres) -> Running {
         let (log, run) = (log.clone(), run.clone());
         tokio::spawn(async move {
             for i in 0..=EVENTS {
-                append_once(&log, &run, i, lease.epoch, &errors_tx).await;
+                durable_conformance::agent::append_once(
+                    &log,
+                    &run,
+                    i,
+                    &event(i),
+                    lease.epoch,
+                    &errors_tx,
+                )
+                .await;
                 let _ = progress_tx.send(i + 1);
             }
         })

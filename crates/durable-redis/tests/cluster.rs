@@ -54,49 +54,12 @@ mod agent {
 
 const EVENTS: u64 = 2000;
 const KILL_AT: u64 = 500;
-/// Pause between retries of a failed call while the cluster fails over (retry pacing only;
-/// every wait for progress below is on a condition).
-const RETRY_PAUSE: Duration = Duration::from_millis(10);
-
-/// Append event `i` exactly once: after a retryable error, the log's length tells whether the
-/// lost answer belonged to a stored append.
-async fn append_once(
-    log: &EventLog,
-    run: &RunId,
-    i: u64,
-    fence: u64,
-    errors: &tokio::sync::watch::Sender<usize>,
-) {
-    let event = if i == EVENTS {
+/// Event `i` of the run: deltas, then `finish` at `EVENTS`.
+fn event(i: u64) -> NewEvent {
+    if i == EVENTS {
         NewEvent::json(EventKind::Finish, &serde_json::json!({})).expect("json")
     } else {
         NewEvent::json(EventKind::TextDelta, &serde_json::json!({ "i": i })).expect("json")
-    };
-    loop {
-        match log
-            .append(run, std::slice::from_ref(&event), Some(fence))
-            .await
-        {
-            Ok(cursor) => {
-                assert_eq!(cursor, i, "append got a cursor out of sequence");
-                return;
-            }
-            Err(e) if e.is_retryable() => {
-                errors.send_modify(|n| *n += 1);
-                loop {
-                    match log.len(run).await {
-                        Ok(Some(len)) if len > i => {
-                            assert_eq!(len, i + 1, "log grew by more than one append");
-                            return;
-                        }
-                        Ok(_) => break,
-                        Err(e) if e.is_retryable() => tokio::time::sleep(RETRY_PAUSE).await,
-                        Err(e) => panic!("len: {e}"),
-                    }
-                }
-            }
-            Err(e) => panic!("append {i}: {e}"),
-        }
     }
 }
 
@@ -144,7 +107,15 @@ async fn a_run_survives_the_failover_of_its_master() -> Result<()> {
         let (log, run) = (log.clone(), run.clone());
         tokio::spawn(async move {
             for i in 0..=EVENTS {
-                append_once(&log, &run, i, lease.epoch, &errors_tx).await;
+                durable_conformance::agent::append_once(
+                    &log,
+                    &run,
+                    i,
+                    &event(i),
+                    lease.epoch,
+                    &errors_tx,
+                )
+                .await;
                 let _ = progress_tx.send(i + 1);
             }
         })

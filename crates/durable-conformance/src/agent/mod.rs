@@ -186,3 +186,47 @@ impl SharedBackends {
             .store_arc(self.store.clone())
     }
 }
+
+/// Append `event` as entry `i` of `run` exactly once, for fault tests whose producer outlives
+/// backend failures: after a retryable error, the log's length tells whether the lost answer
+/// belonged to a stored append (then it is not sent again). Each retryable error bumps
+/// `errors`; any other error, a cursor out of sequence, or a log grown by more than one entry
+/// panics.
+pub async fn append_once(
+    log: &durable_core::EventLog,
+    run: &durable_core::RunId,
+    i: u64,
+    event: &durable_core::NewEvent,
+    fence: u64,
+    errors: &tokio::sync::watch::Sender<usize>,
+) {
+    /// Pause between retries while the backend is down (pacing only, not synchronisation).
+    const RETRY_PAUSE: Duration = Duration::from_millis(10);
+    loop {
+        match log
+            .append(run, std::slice::from_ref(event), Some(fence))
+            .await
+        {
+            Ok(cursor) => {
+                assert_eq!(cursor, i, "append got a cursor out of sequence");
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                errors.send_modify(|n| *n += 1);
+                loop {
+                    match log.len(run).await {
+                        Ok(Some(len)) if len > i => {
+                            assert_eq!(len, i + 1, "log grew by more than one append");
+                            return;
+                        }
+                        Ok(_) => break,
+                        Err(e) if e.is_retryable() => tokio::time::sleep(RETRY_PAUSE).await,
+                        Err(e) => panic!("len: {e}"),
+                    }
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => panic!("append {i}: {e}"),
+        }
+    }
+}
