@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use durable_core::{EventKind, Json, NewEvent};
+use durable_core::{EventKind, Json, NewEvent, ServerCacheExt as _};
 
 /// The 16 bytes of text every benchmark delta carries.
 pub const DELTA_TEXT: &str = "0123456789abcdef";
@@ -67,6 +67,48 @@ pub fn summary(samples: &mut [Duration]) -> String {
         percentile(samples, 0.99),
         samples.last().copied().unwrap_or_default()
     )
+}
+
+/// Append `n` entries of [`payload`] to `log` one after another, then delete it.
+///
+/// # Panics
+/// On any backend error (bench code).
+pub async fn append_sequential(cache: &dyn durable_core::ServerCache, log: &str, n: u64) {
+    for _ in 0..n {
+        cache.append(log, payload()).await.expect("append");
+    }
+    cache.delete(log).await.expect("delete");
+}
+
+/// Append `n` entries of [`payload`] to `log` from `producers` tasks at once, check none was
+/// lost, then delete it.
+///
+/// # Panics
+/// On any backend error or a lost entry (bench code).
+pub async fn append_concurrent(
+    cache: std::sync::Arc<dyn durable_core::ServerCache>,
+    log: &str,
+    n: u64,
+    producers: u64,
+) {
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            let (cache, log) = (cache.clone(), log.to_owned());
+            tokio::spawn(async move {
+                for _ in 0..n / producers {
+                    cache.append(&log, payload()).await.expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("producer");
+    }
+    assert_eq!(
+        cache.len(log).await.expect("len"),
+        Some(n / producers * producers)
+    );
+    cache.delete(log).await.expect("delete");
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use durable_conformance::bench::{delta, finish, payload, percentile, runtime as rt};
 use durable_conformance::services::env_url;
-use durable_core::{EventLog, LogConfig, ObserveOptions, RunId, ServerCache, ServerCacheExt};
+use durable_core::{EventLog, LogConfig, ObserveOptions, RunId, ServerCache};
 use durable_postgres::{Postgres, PostgresConfig};
 use futures::StreamExt;
 
@@ -54,18 +54,16 @@ fn bench_append(c: &mut Criterion) {
     let rt = rt();
     let pg = connect(&rt);
     let cache = pg.server_cache();
+    let shared: Arc<dyn ServerCache> = Arc::new(cache.clone());
     let mut g = c.benchmark_group("postgres_append");
     g.throughput(Throughput::Elements(N));
     g.bench_function("sequential", |b| {
         b.iter_batched(
             || format!("bench/seq/{}", RunId::generate()),
             |log| {
-                rt.block_on(async {
-                    for _ in 0..N {
-                        cache.append(&log, payload()).await.expect("append");
-                    }
-                    cache.delete(&log).await.expect("delete");
-                })
+                rt.block_on(durable_conformance::bench::append_sequential(
+                    &cache, &log, N,
+                ))
             },
             BatchSize::PerIteration,
         );
@@ -74,23 +72,12 @@ fn bench_append(c: &mut Criterion) {
         b.iter_batched(
             || format!("bench/par/{}", RunId::generate()),
             |log| {
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..16)
-                        .map(|_| {
-                            let (cache, log) = (cache.clone(), log.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..N / 16 {
-                                    cache.append(&log, payload()).await.expect("append");
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("producer");
-                    }
-                    assert_eq!(cache.len(&log).await.expect("len"), Some(N / 16 * 16));
-                    cache.delete(&log).await.expect("delete");
-                })
+                rt.block_on(durable_conformance::bench::append_concurrent(
+                    shared.clone(),
+                    &log,
+                    N,
+                    16,
+                ))
             },
             BatchSize::PerIteration,
         );

@@ -28,7 +28,7 @@ use durable_conformance::bench::{delta, finish, payload, percentile, runtime as 
 use durable_conformance::services::env_url;
 use durable_core::{
     AppendOptions, CacheCapabilities, EventLog, LogConfig, LogSlice, ObserveOptions, RunId,
-    ServerCache, ServerCacheExt,
+    ServerCache,
 };
 use durable_redis::{Redis, RedisConfig, RedisServerCache};
 use futures::StreamExt;
@@ -56,18 +56,16 @@ fn bench_append(c: &mut Criterion) {
     let rt = rt();
     let redis = connect(&rt);
     let cache = redis.server_cache();
+    let shared: Arc<dyn ServerCache> = Arc::new(cache.clone());
     let mut g = c.benchmark_group("redis_append");
     g.throughput(Throughput::Elements(N));
     g.bench_function("sequential", |b| {
         b.iter_batched(
             || format!("bench/seq/{}", RunId::generate()),
             |log| {
-                rt.block_on(async {
-                    for _ in 0..N {
-                        cache.append(&log, payload()).await.expect("append");
-                    }
-                    cache.delete(&log).await.expect("delete");
-                })
+                rt.block_on(durable_conformance::bench::append_sequential(
+                    &cache, &log, N,
+                ))
             },
             BatchSize::PerIteration,
         );
@@ -76,23 +74,12 @@ fn bench_append(c: &mut Criterion) {
         b.iter_batched(
             || format!("bench/par/{}", RunId::generate()),
             |log| {
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..16)
-                        .map(|_| {
-                            let (cache, log) = (cache.clone(), log.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..N / 16 {
-                                    cache.append(&log, payload()).await.expect("append");
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("producer");
-                    }
-                    assert_eq!(cache.len(&log).await.expect("len"), Some(N / 16 * 16));
-                    cache.delete(&log).await.expect("delete");
-                })
+                rt.block_on(durable_conformance::bench::append_concurrent(
+                    shared.clone(),
+                    &log,
+                    N,
+                    16,
+                ))
             },
             BatchSize::PerIteration,
         );
