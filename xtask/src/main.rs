@@ -87,7 +87,22 @@ pub(crate) fn usage() -> String {
         .to_owned()
 }
 
+/// The workspace this xtask runs for, found at run time: `cargo run` sets
+/// `CARGO_MANIFEST_DIR` to `<workspace>/xtask`; else the nearest ancestor of the current
+/// directory holding `xtask/Cargo.toml`. The compile-time path is the last resort only: a
+/// target directory shared between clones (CI's cache) can hold a binary built in another one.
 fn workspace_root() -> PathBuf {
+    let is_root = |dir: &Path| dir.join("xtask").join("Cargo.toml").is_file();
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) {
+        if let Some(root) = dir.parent().filter(|r| is_root(r)) {
+            return root.to_path_buf();
+        }
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(root) = cwd.ancestors().find(|d| is_root(d)) {
+            return root.to_path_buf();
+        }
+    }
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().unwrap_or(here).to_path_buf()
 }
