@@ -136,7 +136,7 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
          PRAGMA wal_autocheckpoint = 1000;
          PRAGMA journal_size_limit = 16777216;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -16384;",
+         PRAGMA cache_size = -4096;",
         config.synchronous.pragma()
     ))
     .map_err(|e| from_sqlite(op, e))?;
@@ -182,7 +182,9 @@ fn open_reader(path: &Path, config: &SqliteConfig) -> Result<Connection> {
     conn.busy_timeout(config.busy_timeout)
         .map_err(|e| from_sqlite(op, e))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -8192;")
+    // 2 MiB of page cache per reader (4 MiB for the writer): a log is read front to back once
+    // per observer, so a bigger cache only raised the 100-run load's peak RSS (measured).
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -2048;")
         .map_err(|e| from_sqlite(op, e))?;
     Ok(conn)
 }
