@@ -395,6 +395,21 @@ impl WorkflowStore for TimeoutStore {
         )
         .await
     }
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        bounded(
+            self.backend(),
+            "finish_run",
+            self.limit,
+            self.inner.finish_run(run_id, epoch, status, ttl),
+        )
+        .await
+    }
     async fn delete_run(&self, run_id: &RunId) -> Result<bool> {
         bounded(
             self.backend(),

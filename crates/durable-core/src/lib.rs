@@ -24,6 +24,6 @@ pub use pubsub::{
     Delivery, GroupSubscription, Job, JobAcker, PubSub, PubSubCapabilities, Subscription,
 };
 pub use store::{
-    now_ms, ttl_ms, Epoch, Lease, NewRun, RunRecord, RunSnapshot, RunStatus, StoreCapabilities,
-    WorkflowStore,
+    check_terminal, now_ms, ttl_ms, Epoch, Lease, NewRun, RunRecord, RunSnapshot, RunStatus,
+    StoreCapabilities, WorkflowStore,
 };

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::RunId;
 
 /// An owner epoch. Every successful [`WorkflowStore::claim`] increments it; writes carrying an
@@ -294,6 +294,47 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
 
     /// Delete the record and its checkpoints. Returns whether the run existed.
     async fn delete_run(&self, run_id: &RunId) -> Result<bool>;
+
+    /// Enter the terminal `status` and make the record and its checkpoints expire after `ttl`:
+    /// [`set_status`](Self::set_status) and [`expire_run`](Self::expire_run) together, so no
+    /// crash can leave a terminal run that never expires (G6). No process looks at a terminal run
+    /// again, so its retention must be in the write that makes it terminal.
+    ///
+    /// The default runs the two writes one after the other; every store of this workspace
+    /// overrides it with one atomic write, and a third-party store should too.
+    ///
+    /// # Behavior
+    /// - The run is terminal at once and its record expires after `ttl`
+    ///   (`finishing_a_run_schedules_its_expiry`).
+    /// - A non-terminal `status` is `InvalidInput`; the fence, terminal and not-found rules of
+    ///   `set_status` apply.
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        check_terminal(status)?;
+        let record = self.set_status(run_id, epoch, status, None).await?;
+        self.expire_run(run_id, ttl).await?;
+        Ok(record)
+    }
+}
+
+/// `finish_run`'s argument check: only a terminal status finishes a run.
+///
+/// # Errors
+/// `InvalidInput` for a status that is not terminal.
+pub fn check_terminal(status: RunStatus) -> Result<()> {
+    if status.is_terminal() {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(format!(
+            "finish_run needs a terminal status, not {}",
+            status.as_str()
+        )))
+    }
 }
 
 #[async_trait]
@@ -348,6 +389,15 @@ impl<T: WorkflowStore + ?Sized> WorkflowStore for Arc<T> {
     }
     async fn delete_run(&self, run_id: &RunId) -> Result<bool> {
         (**self).delete_run(run_id).await
+    }
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        (**self).finish_run(run_id, epoch, status, ttl).await
     }
 }
 

@@ -18,8 +18,9 @@ use durable_core::agent::{
 };
 use durable_core::memory::{InMemoryCache, InMemoryPubSub, InMemoryWorkflowStore};
 use durable_core::{
-    Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, Error, ErrorKind, Event,
-    EventKind, LogConfig, LogSlice, Result, RunId, RunStatus, ServerCache,
+    Announce, AnnounceDomain, AppendOptions, CacheCapabilities, Cursor, Epoch, Error, ErrorKind,
+    Event, EventKind, Lease, LogConfig, LogSlice, NewRun, Result, RunId, RunRecord, RunSnapshot,
+    RunStatus, ServerCache, StoreCapabilities, WorkflowStore,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -613,4 +614,140 @@ async fn an_evented_resume_is_executed_by_a_worker_not_by_the_caller() {
     assert_eq!(done.get("worker:call-0"), Some(&1), "{done:?}");
     assert_eq!(done.get("api:call-0"), None, "the caller executed nothing");
     drop(worker);
+}
+
+/// An in-memory store whose first `finish_run` calls fail, retryably, before they change
+/// anything: a process that dies between appending a run's last event and recording its end.
+#[derive(Debug, Clone)]
+struct FailingFinish {
+    inner: InMemoryWorkflowStore,
+    failures: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl WorkflowStore for FailingFinish {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn capabilities(&self) -> StoreCapabilities {
+        self.inner.capabilities()
+    }
+    async fn create_run(&self, run: NewRun) -> Result<RunRecord> {
+        self.inner.create_run(run).await
+    }
+    async fn get_run(&self, run_id: &RunId) -> Result<Option<RunRecord>> {
+        self.inner.get_run(run_id).await
+    }
+    async fn load(&self, run_id: &RunId) -> Result<Option<RunSnapshot>> {
+        self.inner.load(run_id).await
+    }
+    async fn claim(&self, run_id: &RunId, owner: &str, ttl: Duration) -> Result<Lease> {
+        self.inner.claim(run_id, owner, ttl).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.inner.release(lease).await
+    }
+    async fn checkpoint(
+        &self,
+        run_id: &RunId,
+        epoch: Epoch,
+        key: &str,
+        output: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        self.inner.checkpoint(run_id, epoch, key, output).await
+    }
+    async fn set_status(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        data: Option<serde_json::Value>,
+    ) -> Result<RunRecord> {
+        self.inner.set_status(run_id, epoch, status, data).await
+    }
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>> {
+        self.inner.list_runs(status).await
+    }
+    async fn expire_run(&self, run_id: &RunId, ttl: Duration) -> Result<bool> {
+        self.inner.expire_run(run_id, ttl).await
+    }
+    async fn delete_run(&self, run_id: &RunId) -> Result<bool> {
+        self.inner.delete_run(run_id).await
+    }
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        let left = self.failures.load(Ordering::Acquire);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::Release);
+            return Err(Faults::unavailable("finish_run"));
+        }
+        self.inner.finish_run(run_id, epoch, status, ttl).await
+    }
+}
+
+/// G6 across a crash between a run's last event and its terminal status: the log's retention is
+/// scheduled first, the status write fails, and the instance runs the run again by itself: it
+/// finds the log ended, records the status with its expiry, and after the retention nothing of
+/// the run is left (no record, no key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_end_was_not_recorded_is_finished_with_its_retention() {
+    let cache = FaultyCache::new(Arc::default());
+    let store = FailingFinish {
+        inner: InMemoryWorkflowStore::new(),
+        failures: Arc::new(AtomicU32::new(1)),
+        calls: Arc::default(),
+    };
+    let mut config = LogConfig::default();
+    config.retention = Duration::from_millis(300);
+    config.tombstone = Duration::from_millis(100);
+    let calls = Calls::default();
+    let a = DurableAgent::builder(agent(ScriptedModel::new(script()), calls.clone(), None))
+        .cache(cache.clone())
+        .pubsub(InMemoryPubSub::new())
+        .store(store.clone())
+        .worker_id("node-1")
+        .lease_ttl(Duration::from_millis(500))
+        .log_config(config)
+        .build()
+        .unwrap();
+    let run = a.stream("Weather?", StreamOptions::new()).await.unwrap();
+    let run_id = run.run_id().clone();
+    let events = support::collect(run, DEADLINE).await;
+    assert_contiguous(&events);
+    assert_eq!(
+        events.last().map(|e| e.kind.clone()),
+        Some(EventKind::Finish),
+        "the run streamed to its end"
+    );
+    let prefix = a.log().run_prefix(&run_id);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let record = store.get_run(&run_id).await.unwrap();
+        let keys = cache.keys(&prefix).await.unwrap();
+        if record.is_none() && keys.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: record {record:?}, keys {keys:?} (finish_run called {} times)",
+            store.calls.load(Ordering::Acquire)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.calls.load(Ordering::Acquire),
+        2,
+        "the failed finish was retried once by the instance itself"
+    );
+    assert_eq!(calls.done.lock().unwrap().values().sum::<u32>(), 1);
 }

@@ -14,8 +14,8 @@ use async_nats::header::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    now_ms, ttl_ms, validate_name, Epoch, ErrorKind, Lease, NewRun, Result, RunId, RunRecord,
-    RunSnapshot, RunStatus, StoreCapabilities, WorkflowStore,
+    check_terminal, now_ms, ttl_ms, validate_name, Epoch, ErrorKind, Lease, NewRun, Result, RunId,
+    RunRecord, RunSnapshot, RunStatus, StoreCapabilities, WorkflowStore,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -169,6 +169,17 @@ impl NatsWorkflowStore {
         &self,
         op: &'static str,
         run_id: &RunId,
+        f: impl FnMut(&mut RunRecord) -> Result<T>,
+    ) -> Result<(T, RunRecord)> {
+        self.update_expiring(op, run_id, None, f).await
+    }
+
+    /// [`update`](Self::update) that also sets the record's expiry (Unix ms) in the same write.
+    async fn update_expiring<T>(
+        &self,
+        op: &'static str,
+        run_id: &RunId,
+        expires_at: Option<u64>,
         mut f: impl FnMut(&mut RunRecord) -> Result<T>,
     ) -> Result<(T, RunRecord)> {
         for _ in 0..MAX_RETRIES {
@@ -178,12 +189,41 @@ impl NatsWorkflowStore {
                 .ok_or_else(|| not_found(op, run_id))?;
             let out = f(&mut record)?;
             record.updated_at = now_ms();
-            if let Published::Stored(_) = self.write_record(op, rev, &record, None).await? {
+            if let Published::Stored(_) = self.write_record(op, rev, &record, expires_at).await? {
                 return Ok((out, record));
             }
         }
         Err(err(ErrorKind::Unavailable, op, "too much contention on one run").with_retryable(true))
     }
+}
+
+/// `set_status`'s change of a record read for a compare-and-set write.
+fn change_status(
+    op: &'static str,
+    rec: &mut RunRecord,
+    epoch: Option<Epoch>,
+    status: RunStatus,
+    data: Option<&Value>,
+) -> Result<()> {
+    if let Some(e) = epoch {
+        fence(op, rec, e)?;
+    }
+    if rec.status.is_terminal() {
+        return Err(err(
+            ErrorKind::InvalidState,
+            op,
+            format!("run {} is already {}", rec.run_id, rec.status.as_str()),
+        ));
+    }
+    rec.status = status;
+    if let Some(d) = data {
+        rec.data = d.clone();
+    }
+    if status.is_terminal() || status == RunStatus::Suspended {
+        rec.owner = None;
+        rec.lease_expires_at = None;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -408,25 +448,26 @@ impl WorkflowStore for NatsWorkflowStore {
         const OP: &str = "set_status";
         let (_, record) = self
             .update(OP, run_id, |rec| {
-                if let Some(e) = epoch {
-                    fence(OP, rec, e)?;
-                }
-                if rec.status.is_terminal() {
-                    return Err(err(
-                        ErrorKind::InvalidState,
-                        OP,
-                        format!("run {run_id} is already {}", rec.status.as_str()),
-                    ));
-                }
-                rec.status = status;
-                if let Some(d) = &data {
-                    rec.data = d.clone();
-                }
-                if status.is_terminal() || status == RunStatus::Suspended {
-                    rec.owner = None;
-                    rec.lease_expires_at = None;
-                }
-                Ok(())
+                change_status(OP, rec, epoch, status, data.as_ref())
+            })
+            .await?;
+        Ok(record)
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        const OP: &str = "finish_run";
+        check_terminal(status)?;
+        // The status and the expiry in one revision-checked write of the record (G6).
+        let expires_at = now_ms().saturating_add(ttl_ms(ttl));
+        let (_, record) = self
+            .update_expiring(OP, run_id, Some(expires_at), |rec| {
+                change_status(OP, rec, epoch, status, None)
             })
             .await?;
         Ok(record)

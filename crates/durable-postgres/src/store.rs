@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use durable_core::{
-    Epoch, ErrorKind, Lease, NewRun, Result, RunId, RunRecord, RunSnapshot, RunStatus,
-    StoreCapabilities, WorkflowStore,
+    check_terminal, Epoch, ErrorKind, Lease, NewRun, Result, RunId, RunRecord, RunSnapshot,
+    RunStatus, StoreCapabilities, WorkflowStore,
 };
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -270,6 +270,44 @@ impl WorkflowStore for PostgresWorkflowStore {
                 .bind(data.clone())
         })
         .await
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        const OP: &str = "finish_run";
+        check_terminal(status)?;
+        let set = format!("SELECT {RUN_COLUMNS} FROM durable_set_status($1, $2, $3, NULL)");
+        let expire = "UPDATE runs SET expires_at = now() + $2 * interval '1 millisecond' \
+                      WHERE run_id = $1";
+        // One transaction: the status and the expiry commit together. Behind a pooler the
+        // transaction keeps the session, so named statements are fine only without one.
+        let persistent = !self.pg.config().pooler;
+        let row = crate::error::retry_unsent(|| async {
+            let mut tx = self.pg.pool().begin().await?;
+            let row = sqlx::query(&set)
+                .bind(run_id.as_str())
+                .bind(epoch.map(epoch_i64))
+                .bind(status.as_str())
+                .persistent(persistent)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query(expire)
+                .bind(run_id.as_str())
+                .bind(ms(ttl))
+                .persistent(persistent)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+        .await
+        .map_err(|e| from_sqlx(OP, e))?;
+        record(OP, &row)
     }
 
     async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>> {

@@ -336,6 +336,25 @@ return {0, redis.call('HGETALL', KEYS[1])}
     )
 });
 
+/// Enter a terminal status and expire the record and checkpoints, atomically. KEYS: record,
+/// checkpoints. ARGV: fenced flag, epoch, status, ttl ms. Codes as `SET_STATUS`.
+pub(crate) static FINISH_RUN: LazyLock<Script> = LazyLock::new(|| {
+    store_script!(
+        "finish_run",
+        r#"
+local r = redis.call('HMGET', KEYS[1], 'st', 'ep')
+if not r[1] then return {1} end
+if ARGV[1] == '1' and r[2] ~= ARGV[2] then return {4} end
+if terminal(r[1]) then return {2} end
+redis.call('HSET', KEYS[1], 'st', ARGV[3], 'ua', s(now()))
+redis.call('HDEL', KEYS[1], 'ow', 'le')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {0, redis.call('HGETALL', KEYS[1])}
+"#,
+    )
+});
+
 /// Expire a run's record and checkpoints. KEYS: record, checkpoints. ARGV: ttl ms.
 /// Returns 0 if missing, else 1.
 pub(crate) static EXPIRE_RUN: LazyLock<Script> = LazyLock::new(|| {

@@ -6,15 +6,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    now_ms, ttl_ms, validate_name, Epoch, Error, ErrorKind, Lease, NewRun, Result, RunId,
-    RunRecord, RunSnapshot, RunStatus, StoreCapabilities, WorkflowStore,
+    check_terminal, now_ms, ttl_ms, validate_name, Epoch, Error, ErrorKind, Lease, NewRun, Result,
+    RunId, RunRecord, RunSnapshot, RunStatus, StoreCapabilities, WorkflowStore,
 };
 use serde_json::Value;
 
 use crate::error::{err, REDIS};
 use crate::keys::KeySpace;
 use crate::scripts::{
-    Script, CHECKPOINT, CLAIM, CREATE_RUN, EXPIRE_RUN, RELEASE, RENEW, SET_STATUS,
+    Script, CHECKPOINT, CLAIM, CREATE_RUN, EXPIRE_RUN, FINISH_RUN, RELEASE, RENEW, SET_STATUS,
 };
 use crate::transport::{Batch, RedisTransport, Reply, Transport};
 
@@ -162,7 +162,9 @@ impl RedisWorkflowStore {
         code(self.transport.eval(op, script, keys, args).await?, op)
     }
 
-    /// Run a transition script, then add the run to `status`'s index, in one round trip.
+    /// Run a transition script, then add the run to `status`'s index with `score` (its expiry
+    /// in ms, `+inf` for none), in one round trip.
+    #[allow(clippy::too_many_arguments)]
     async fn eval_indexed(
         &self,
         op: &'static str,
@@ -171,6 +173,7 @@ impl RedisWorkflowStore {
         with_checkpoints: bool,
         args: &[&[u8]],
         status: RunStatus,
+        score: &str,
     ) -> Result<(i64, std::vec::IntoIter<Reply>)> {
         let rec = self.keys.run_key(run_id.as_str());
         let ck = self.keys.checkpoints_key(run_id.as_str());
@@ -186,7 +189,7 @@ impl RedisWorkflowStore {
             };
             let reply = self.transport.eval(op, script, keys, args).await?;
             let mut zadd = redis::cmd("ZADD");
-            zadd.arg(&index).arg("+inf").arg(run_id.as_str());
+            zadd.arg(&index).arg(score).arg(run_id.as_str());
             self.transport.query(op, &zadd).await?;
             return code(reply, op);
         }
@@ -204,12 +207,29 @@ impl RedisWorkflowStore {
         }
         pipe.cmd("ZADD")
             .arg(&index)
-            .arg("+inf")
+            .arg(score)
             .arg(run_id.as_str())
             .ignore();
         let mut replies = self.transport.pipeline(op, &pipe).await?;
         let first = replies.drain(..).next().ok_or_else(|| bad(op))?;
         code(first, op)
+    }
+
+    /// Give the run's members of every status index the score `expires` (where it has one), so
+    /// `list_runs` drops them once the record is gone.
+    fn expire_in_indexes(&self, batch: &mut Batch, run_id: &RunId, expires: &str) {
+        for s in ALL_STATUSES {
+            let idx = self.keys.status_index(s.as_str());
+            batch.ignored(
+                &idx,
+                redis::cmd("ZADD")
+                    .arg(&idx)
+                    .arg("XX")
+                    .arg(expires)
+                    .arg(run_id.as_str())
+                    .to_owned(),
+            );
+        }
     }
 
     fn record(
@@ -294,6 +314,7 @@ impl WorkflowStore for RedisWorkflowStore {
                 true,
                 &[run.status.as_str().as_bytes(), has_rs, rs, &data],
                 run.status,
+                "+inf",
             )
             .await?;
         match c {
@@ -489,6 +510,7 @@ impl WorkflowStore for RedisWorkflowStore {
                     d,
                 ],
                 status,
+                "+inf",
             )
             .await?;
         match c {
@@ -502,6 +524,60 @@ impl WorkflowStore for RedisWorkflowStore {
             4 => Err(fenced("set_status", run_id, epoch.unwrap_or_default())),
             _ => Err(bad("set_status")),
         }
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        const OP: &str = "finish_run";
+        check_terminal(status)?;
+        let ms = ttl_ms(ttl);
+        let expires = now_ms().saturating_add(ms).to_string();
+        let ep = epoch.map(|e| e.to_string()).unwrap_or_default();
+        let fenced_flag: &[u8] = if epoch.is_some() { b"1" } else { b"0" };
+        // The status and the expiry of the record and its checkpoints in one script (G6); the
+        // new index member carries the expiry as its score.
+        let (c, mut rest) = self
+            .eval_indexed(
+                OP,
+                &FINISH_RUN,
+                run_id,
+                true,
+                &[
+                    fenced_flag,
+                    ep.as_bytes(),
+                    status.as_str().as_bytes(),
+                    ms.to_string().as_bytes(),
+                ],
+                status,
+                &expires,
+            )
+            .await?;
+        let record = match c {
+            0 => Self::record(run_id, &mut rest, OP)?,
+            1 => return Err(not_found(OP, run_id)),
+            2 => {
+                return Err(fail(
+                    ErrorKind::InvalidState,
+                    OP,
+                    format!("run {run_id} is already terminal"),
+                ))
+            }
+            4 => return Err(fenced(OP, run_id, epoch.unwrap_or_default())),
+            _ => return Err(bad(OP)),
+        };
+        // The members the run left in other indexes expire with it (best effort: `list_runs`
+        // drops a member whose record is gone in any case).
+        let mut batch = Batch::default();
+        self.expire_in_indexes(&mut batch, run_id, &expires);
+        if let Err(e) = self.transport.batch(OP, &batch).await {
+            tracing::debug!(run_id = %run_id, error = %e, "index members keep no expiry");
+        }
+        Ok(record)
     }
 
     async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>> {
@@ -556,18 +632,7 @@ impl WorkflowStore for RedisWorkflowStore {
                 .arg(ms)
                 .to_owned(),
         );
-        for s in ALL_STATUSES {
-            let idx = self.keys.status_index(s.as_str());
-            batch.ignored(
-                &idx,
-                redis::cmd("ZADD")
-                    .arg(&idx)
-                    .arg("XX")
-                    .arg(&expires)
-                    .arg(run_id.as_str())
-                    .to_owned(),
-            );
-        }
+        self.expire_in_indexes(&mut batch, run_id, &expires);
         let replies = self.transport.batch("expire_run", &batch).await?;
         let n = replies
             .first()

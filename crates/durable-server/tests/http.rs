@@ -378,6 +378,15 @@ impl WorkflowStore for Counting {
     async fn expire_run(&self, run_id: &RunId, ttl: Duration) -> durable_core::Result<bool> {
         self.inner.expire_run(run_id, ttl).await
     }
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> durable_core::Result<RunRecord> {
+        self.inner.finish_run(run_id, epoch, status, ttl).await
+    }
     async fn delete_run(&self, run_id: &RunId) -> durable_core::Result<bool> {
         self.inner.delete_run(run_id).await
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use durable_core::{
-    ttl_ms, validate_name, Epoch, ErrorKind, Lease, NewRun, Result, RunId, RunRecord, RunSnapshot,
-    RunStatus, StoreCapabilities, WorkflowStore,
+    check_terminal, ttl_ms, validate_name, Epoch, ErrorKind, Lease, NewRun, Result, RunId,
+    RunRecord, RunSnapshot, RunStatus, StoreCapabilities, WorkflowStore,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
@@ -143,6 +143,41 @@ impl SqliteWorkflowStore {
             })
             .await
     }
+}
+
+/// `set_status` on a record read in the writer's transaction.
+#[allow(clippy::too_many_arguments)]
+fn change_status(
+    conn: &Connection,
+    op: &'static str,
+    id: &RunId,
+    mut rec: RunRecord,
+    now: u64,
+    epoch: Option<Epoch>,
+    status: RunStatus,
+    data: Option<Value>,
+) -> Result<RunRecord> {
+    if let Some(e) = epoch {
+        fence(op, &rec, e)?;
+    }
+    if rec.status.is_terminal() {
+        return Err(err(
+            ErrorKind::InvalidState,
+            op,
+            format!("run {id} is already {}", rec.status.as_str()),
+        ));
+    }
+    rec.status = status;
+    if let Some(d) = data {
+        rec.data = d;
+    }
+    if status.is_terminal() || status == RunStatus::Suspended {
+        rec.owner = None;
+        rec.lease_expires_at = None;
+    }
+    rec.updated_at = now;
+    save(conn, op, &rec)?;
+    Ok(rec)
 }
 
 #[async_trait]
@@ -359,27 +394,29 @@ impl WorkflowStore for SqliteWorkflowStore {
     ) -> Result<RunRecord> {
         let op = "set_status";
         let id = run_id.clone();
-        self.transition(op, run_id, move |conn, mut rec, now| {
-            if let Some(e) = epoch {
-                fence(op, &rec, e)?;
-            }
-            if rec.status.is_terminal() {
-                return Err(err(
-                    ErrorKind::InvalidState,
-                    op,
-                    format!("run {id} is already {}", rec.status.as_str()),
-                ));
-            }
-            rec.status = status;
-            if let Some(d) = data {
-                rec.data = d;
-            }
-            if status.is_terminal() || status == RunStatus::Suspended {
-                rec.owner = None;
-                rec.lease_expires_at = None;
-            }
-            rec.updated_at = now;
-            save(conn, op, &rec)?;
+        self.transition(op, run_id, move |conn, rec, now| {
+            change_status(conn, op, &id, rec, now, epoch, status, data)
+        })
+        .await
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        let op = "finish_run";
+        check_terminal(status)?;
+        let id = run_id.clone();
+        // One transaction (the writer's): the status and the expiry commit together.
+        self.transition(op, run_id, move |conn, rec, now| {
+            let rec = change_status(conn, op, &id, rec, now, epoch, status, None)?;
+            let at = i64::try_from(now.saturating_add(ttl_ms(ttl))).unwrap_or(i64::MAX);
+            conn.prepare_cached("UPDATE runs SET expires_at = ?2 WHERE run_id = ?1")
+                .and_then(|mut s| s.execute(params![id.as_str(), at]))
+                .map_err(|e| from_sqlite(op, e))?;
             Ok(rec)
         })
         .await

@@ -85,6 +85,7 @@ registry!(
     terminal_status_is_final,
     list_runs_by_status,
     run_record_expires,
+    finishing_a_run_schedules_its_expiry,
     // Shared between instances (capability `shared`)
     shared_cache_is_seen_by_another_instance,
     shared_pubsub_reaches_another_instance,

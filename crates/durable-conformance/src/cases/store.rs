@@ -274,3 +274,84 @@ pub async fn run_record_expires(b: Backend) -> CaseResult {
         "expire of a missing run returned true".into()
     })
 }
+
+/// `finish_run` makes the run terminal and schedules its expiry in the same write (G6): the
+/// record is terminal at once, then it and its checkpoints are gone after the TTL. A
+/// non-terminal status is refused; a stale epoch is fenced; a terminal run stays final.
+pub async fn finishing_a_run_schedules_its_expiry(b: Backend) -> CaseResult {
+    let s = store(&b)?;
+    if !s.capabilities().ttl {
+        return skip_capability("capability ttl is off");
+    }
+    let id = run_id("finish");
+    s.create_run(NewRun::new(id.clone())).await?;
+    let l = s.claim(&id, "w", Duration::from_secs(30)).await?;
+    s.checkpoint(&id, l.epoch, "step-1", json!(1)).await?;
+    let refused = s
+        .finish_run(
+            &id,
+            Some(l.epoch),
+            RunStatus::Running,
+            Duration::from_secs(1),
+        )
+        .await;
+    ensure(
+        refused.is_err_and(|e| e.kind() == ErrorKind::InvalidInput),
+        || "finish_run accepted a non-terminal status".into(),
+    )?;
+    let stale = s
+        .finish_run(
+            &id,
+            Some(l.epoch + 1),
+            RunStatus::Completed,
+            Duration::from_secs(1),
+        )
+        .await;
+    ensure(stale.is_err_and(|e| e.kind() == ErrorKind::Fenced), || {
+        "finish_run with a stale epoch was not fenced".into()
+    })?;
+    let rec = s
+        .finish_run(
+            &id,
+            Some(l.epoch),
+            RunStatus::Completed,
+            Duration::from_millis(500),
+        )
+        .await?;
+    ensure(rec.status == RunStatus::Completed, || {
+        format!("finish_run returned status {:?}", rec.status)
+    })?;
+    ensure(rec.owner.is_none(), || "finish_run kept the lease".into())?;
+    let again = s
+        .finish_run(&id, None, RunStatus::Failed, Duration::from_secs(60))
+        .await;
+    ensure(
+        again.is_err_and(|e| e.kind() == ErrorKind::InvalidState),
+        || "a finished run was finished again".into(),
+    )?;
+    let stored = s.get_run(&id).await?;
+    ensure(
+        stored.is_none() || stored.is_some_and(|r| r.status == RunStatus::Completed),
+        || "the finished run is not completed".into(),
+    )?;
+    eventually(
+        "finished record expires",
+        Duration::from_secs(10),
+        || async { Ok(s.get_run(&id).await?.is_none()) },
+    )
+    .await?;
+    ensure(s.load(&id).await?.is_none(), || {
+        "checkpoints outlive the finished record".into()
+    })?;
+    let listed = s.list_runs(Some(RunStatus::Completed)).await?;
+    ensure(!listed.iter().any(|r| r.run_id == id), || {
+        "expired finished run still listed".into()
+    })?;
+    let missing = s
+        .finish_run(&id, None, RunStatus::Completed, Duration::from_secs(1))
+        .await;
+    ensure(
+        missing.is_err_and(|e| e.kind() == ErrorKind::NotFound),
+        || "finish_run of a missing run did not say NotFound".into(),
+    )
+}

@@ -23,7 +23,7 @@ use crate::event::{Event, NewEvent};
 use crate::id::RunId;
 use crate::names::Names;
 use crate::pubsub::PubSub;
-use crate::store::{now_ms, Epoch, WorkflowStore};
+use crate::store::{check_terminal, now_ms, Epoch, RunRecord, RunStatus, WorkflowStore};
 
 pub mod frame;
 mod observe;
@@ -422,6 +422,43 @@ impl EventLog {
     /// # Errors
     /// The backend's error.
     pub async fn retire(&self, run_id: &RunId) -> Result<()> {
+        self.retire_log(run_id).await?;
+        if let Some(store) = &self.inner.store {
+            store
+                .expire_run(run_id, self.inner.config.retention)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Make a run terminal with its retention, so that no crash can leave any of it without
+    /// an expiry: first the log's retention (and tombstone), then `store`'s
+    /// [`finish_run`](WorkflowStore::finish_run), which writes the terminal status and the
+    /// record's expiry together. A crash between the two leaves a run that is not terminal
+    /// and whose log has ended: recovery finds it and finishes it again.
+    ///
+    /// # Behavior
+    /// - The record is terminal and everything of the run expires after
+    ///   [`LogConfig::retention`] (`retention_removes_log_and_record`).
+    ///
+    /// # Errors
+    /// The cache's or the store's error (nothing is terminal yet if the cache failed).
+    pub async fn finish(
+        &self,
+        store: &dyn WorkflowStore,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+    ) -> Result<RunRecord> {
+        check_terminal(status)?;
+        self.retire_log(run_id).await?;
+        store
+            .finish_run(run_id, epoch, status, self.inner.config.retention)
+            .await
+    }
+
+    /// The log's part of [`retire`](Self::retire): its expiry and the tombstone's.
+    async fn retire_log(&self, run_id: &RunId) -> Result<()> {
         let cfg = &self.inner.config;
         if let Some(cache) = &self.inner.cache {
             cache.expire(&self.log_name(run_id), cfg.retention).await?;
@@ -434,9 +471,6 @@ impl EventLog {
                 .await?;
         } else {
             self.lock_live().remove(run_id);
-        }
-        if let Some(store) = &self.inner.store {
-            store.expire_run(run_id, cfg.retention).await?;
         }
         Ok(())
     }

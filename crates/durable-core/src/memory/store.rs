@@ -73,6 +73,40 @@ fn fence(op: &'static str, record: &RunRecord, epoch: Epoch) -> Result<()> {
     Ok(())
 }
 
+/// `set_status` on a record held under the store's lock.
+fn change_status(
+    op: &'static str,
+    r: &mut StoredRun,
+    epoch: Option<Epoch>,
+    status: RunStatus,
+    data: Option<Value>,
+) -> Result<RunRecord> {
+    if let Some(e) = epoch {
+        fence(op, &r.record, e)?;
+    }
+    if r.record.status.is_terminal() {
+        return Err(err(
+            ErrorKind::InvalidState,
+            op,
+            format!(
+                "run {} is already {}",
+                r.record.run_id,
+                r.record.status.as_str()
+            ),
+        ));
+    }
+    r.record.status = status;
+    if let Some(d) = data {
+        r.record.data = d;
+    }
+    if status.is_terminal() || status == RunStatus::Suspended {
+        r.record.owner = None;
+        r.record.lease_expires_at = None;
+    }
+    r.record.updated_at = now_ms();
+    Ok(r.record.clone())
+}
+
 #[async_trait]
 impl WorkflowStore for InMemoryWorkflowStore {
     fn backend(&self) -> &'static str {
@@ -225,26 +259,22 @@ impl WorkflowStore for InMemoryWorkflowStore {
         data: Option<Value>,
     ) -> Result<RunRecord> {
         self.with_run("set_status", run_id, |r| {
-            if let Some(e) = epoch {
-                fence("set_status", &r.record, e)?;
-            }
-            if r.record.status.is_terminal() {
-                return Err(err(
-                    ErrorKind::InvalidState,
-                    "set_status",
-                    format!("run {run_id} is already {}", r.record.status.as_str()),
-                ));
-            }
-            r.record.status = status;
-            if let Some(d) = data {
-                r.record.data = d;
-            }
-            if status.is_terminal() || status == RunStatus::Suspended {
-                r.record.owner = None;
-                r.record.lease_expires_at = None;
-            }
-            r.record.updated_at = now_ms();
-            Ok(r.record.clone())
+            change_status("set_status", r, epoch, status, data)
+        })
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        crate::store::check_terminal(status)?;
+        self.with_run("finish_run", run_id, |r| {
+            let record = change_status("finish_run", r, epoch, status, None)?;
+            r.expires_at = Some(Instant::now() + ttl);
+            Ok(record)
         })
     }
 

@@ -156,10 +156,14 @@ impl DurableAgent {
         i.log.create(run_id, Some(lease.epoch)).await?;
         let ev = NewEvent::json(EventKind::Abort, &json!({"reason": "aborted"}))?;
         i.log.append(run_id, &[ev], Some(lease.epoch)).await?;
-        i.store
-            .set_status(run_id, Some(lease.epoch), RunStatus::Aborted, None)
+        i.log
+            .finish(
+                i.store.as_ref(),
+                run_id,
+                Some(lease.epoch),
+                RunStatus::Aborted,
+            )
             .await?;
-        i.log.retire(run_id).await?;
         Ok(RunStatus::Aborted)
     }
 

@@ -212,8 +212,13 @@ impl DurableAgent {
             Err(e) => {
                 tracing::error!(run_id = %run_id, error = %e, "cannot execute run");
                 let _ = i
-                    .store
-                    .set_status(run_id, Some(lease.epoch), RunStatus::Failed, None)
+                    .log
+                    .finish(
+                        i.store.as_ref(),
+                        run_id,
+                        Some(lease.epoch),
+                        RunStatus::Failed,
+                    )
                     .await;
                 return Outcome::Failed;
             }
@@ -240,12 +245,12 @@ impl DurableAgent {
                         _ => Outcome::Failed,
                     };
                     *lease_active.lock().await = false;
-                    if i.store
-                        .set_status(run_id, Some(lease.epoch), ended, None)
+                    if let Err(e) = i
+                        .log
+                        .finish(i.store.as_ref(), run_id, Some(lease.epoch), ended)
                         .await
-                        .is_ok()
                     {
-                        let _ = i.log.retire(run_id).await;
+                        tracing::warn!(run_id = %run_id, error = %e, "ended run not finished; the next recovery finishes it");
                     }
                     return outcome;
                 }

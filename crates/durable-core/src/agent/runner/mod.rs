@@ -524,13 +524,12 @@ impl Runner {
             return Ok(());
         };
         *d.lease_active.lock().await = false;
-        d.store
-            .set_status(&self.run_id, Some(d.epoch), status, None)
+        // Status and retention together (G6): if this fails, the supervisor runs the run
+        // again, finds its log ended and finishes it then.
+        d.log
+            .finish(d.store.as_ref(), &self.run_id, Some(d.epoch), status)
             .await
             .map_err(fatal)?;
-        if let Err(e) = d.log.retire(&self.run_id).await {
-            tracing::warn!(run_id = %self.run_id, error = %e, "retention not scheduled");
-        }
         if let Some((cache, key)) = &d.abort_marker {
             let _ = cache.delete(key).await;
         }
