@@ -7,7 +7,8 @@
 //! Both are `#[ignore]`d: against tansu 0.6.0 the restart makes librdkafka 2.12.1 crash the
 //! process (SIGSEGV in its `rd_kafka_metadata_cache_find`, a `strcmp` on a NULL topic name while
 //! applying a metadata answer of the restarted broker), which no client code can catch. Run
-//! them with `cargo test -p durable-kafka --test fault -- --ignored`.
+//! them with `cargo test -p durable-kafka --test fault -- --ignored`. The cause, traced with gdb,
+//! is librdkafka's KIP-951 leader discovery on a name-based Fetch answer (see the crate README).
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
