@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::{EventLog, LogConfig, PubSub, RunId, ServerCache, WorkflowStore};
+use durable_kafka::KafkaConfig;
 use durable_nats::{Nats, NatsConfig};
 use durable_postgres::{Postgres, PostgresConfig};
 use durable_redis::RedisConfig;
@@ -25,6 +26,9 @@ pub enum Kind {
     Nats,
     /// `durable-sqlite`: one file, written by one process at a time (wake-ups in-process only).
     Sqlite,
+    /// `durable-kafka` for wake-ups, abort and control between processes, with the log and the
+    /// records in one SQLite file ([`Target::sqlite_file`]): Kafka is never the run log.
+    Kafka,
 }
 
 impl Kind {
@@ -35,14 +39,21 @@ impl Kind {
             Kind::Postgres => "postgres",
             Kind::Nats => "nats",
             Kind::Sqlite => "sqlite",
+            Kind::Kafka => "kafka",
         }
     }
 
     /// The kind named `name`.
     pub fn parse(name: &str) -> Option<Kind> {
-        [Kind::Redis, Kind::Postgres, Kind::Nats, Kind::Sqlite]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            Kind::Redis,
+            Kind::Postgres,
+            Kind::Nats,
+            Kind::Sqlite,
+            Kind::Kafka,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 
     /// `DURABLE_TEST_<NAME>_URL`: where the worker and observer processes find the server (for
@@ -80,7 +91,7 @@ impl Target {
                 .ok_or_else(|| format!("--{name} is required"))
         };
         let kind = Kind::parse(flag("backend")?)
-            .ok_or("--backend is one of redis, postgres, nats, sqlite")?;
+            .ok_or("--backend is one of redis, postgres, nats, sqlite, kafka")?;
         let retention = flag("retention-ms")?
             .parse()
             .map_err(|_| "--retention-ms is a number")?;
@@ -107,6 +118,20 @@ impl Target {
             ],
             vec![(self.kind.env_var(), self.url.clone())],
         )
+    }
+
+    /// The scratch directory of the test using namespace `ns` (every process computes it).
+    pub fn scratch_dir(ns: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("durable-faults-{ns}"))
+    }
+
+    /// The SQLite file holding the log and records: the URL for [`Kind::Sqlite`], a file in
+    /// [`Target::scratch_dir`] beside the Kafka broker for [`Kind::Kafka`].
+    pub fn sqlite_file(&self) -> PathBuf {
+        match self.kind {
+            Kind::Kafka => Self::scratch_dir(&self.ns).join("durable.db"),
+            _ => PathBuf::from(&self.url),
+        }
     }
 
     /// The event log's settings: this namespace and retention (a tombstone of 1 s after it),
@@ -219,12 +244,28 @@ pub async fn connect(target: &Target, pool: u32) -> Result<Connected, String> {
             )
         }
         Kind::Sqlite => {
-            let db = SqliteBackend::open_async(SqliteConfig::new(PathBuf::from(&target.url)))
+            let db = SqliteBackend::open_async(SqliteConfig::new(target.sqlite_file()))
                 .await
                 .map_err(e)?;
             parts(
                 Arc::new(db.server_cache()),
                 Arc::new(db.pubsub()),
+                Arc::new(db.workflow_store()),
+                Raw::Sqlite,
+            )
+        }
+        Kind::Kafka => {
+            let db = SqliteBackend::open_async(SqliteConfig::new(target.sqlite_file()))
+                .await
+                .map_err(e)?;
+            let pubsub = KafkaConfig::new(target.url.clone())
+                .topic_prefix(format!("{}.", target.ns))
+                .connect()
+                .await
+                .map_err(e)?;
+            parts(
+                Arc::new(db.server_cache()),
+                Arc::new(pubsub),
                 Arc::new(db.workflow_store()),
                 Raw::Sqlite,
             )
@@ -381,6 +422,7 @@ impl Server {
             }),
             Kind::Nats => services::nats().map(|p| (format!("nats://127.0.0.1:{}", p.port()), p)),
             Kind::Sqlite => Err("SQLite has no server".to_owned()),
+            Kind::Kafka => services::tansu().map(|p| (format!("127.0.0.1:{}", p.port()), p)),
         };
         match started {
             Ok((url, process)) => Some(Server {

@@ -42,7 +42,7 @@ impl Setup {
     /// `DURABLE_TEST_REQUIRE=1`). `own`: a server of the test's own even when one is given.
     fn new(kind: Kind, tag: &str, own: bool, retention: Duration) -> Option<Setup> {
         let ns = unique(tag);
-        let dir = std::env::temp_dir().join(format!("durable-faults-{ns}"));
+        let dir = Target::scratch_dir(&ns);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let (url, server) = match kind {
             Kind::Sqlite => (dir.join("durable.db").to_string_lossy().into_owned(), None),
@@ -317,8 +317,9 @@ fn killed_workers(kind: Kind) {
         all_runs.extend(watch.runs);
     }
     setup.assert_retention_removes(&all_runs);
-    if kind == Kind::Sqlite {
-        let conn = rusqlite::Connection::open(&setup.target.url).expect("open the database");
+    if matches!(kind, Kind::Sqlite | Kind::Kafka) {
+        let conn =
+            rusqlite::Connection::open(setup.target.sqlite_file()).expect("open the database");
         let ok: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .expect("integrity_check");
@@ -349,6 +350,13 @@ fn killed_workers_recover_every_run_exactly_on_nats() {
 #[test]
 fn killed_workers_recover_every_run_exactly_on_sqlite() {
     killed_workers(Kind::Sqlite);
+}
+
+/// Kafka carries the wake-ups (observer processes are woken through it), the abort and control
+/// topics; the log and records are in a SQLite file.
+#[test]
+fn killed_workers_recover_every_run_exactly_on_kafka() {
+    killed_workers(Kind::Kafka);
 }
 
 // ---------------------------------------------------------------------------------------------
