@@ -422,7 +422,9 @@ impl Server {
             }),
             Kind::Nats => services::nats().map(|p| (format!("nats://127.0.0.1:{}", p.port()), p)),
             Kind::Sqlite => Err("SQLite has no server".to_owned()),
-            Kind::Kafka => services::tansu().map(|p| (format!("127.0.0.1:{}", p.port()), p)),
+            Kind::Kafka => {
+                services::tansu_persistent().map(|p| (format!("127.0.0.1:{}", p.port()), p))
+            }
         };
         match started {
             Ok((url, process)) => Some(Server {

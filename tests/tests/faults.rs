@@ -428,6 +428,13 @@ fn a_server_restart_mid_run_is_survived_on_nats() {
     restarted_server(Kind::Nats);
 }
 
+/// The Kafka broker (tansu with SQLite storage) restarts while the runs stream: wake-ups
+/// between the processes stop and resume; the log in SQLite is untouched.
+#[test]
+fn a_server_restart_mid_run_is_survived_on_kafka() {
+    restarted_server(Kind::Kafka);
+}
+
 // ---------------------------------------------------------------------------------------------
 // a storm of 200 observers reconnecting at once
 

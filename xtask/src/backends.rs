@@ -172,7 +172,7 @@ const BACKENDS: &[BackendEntry] = &[
         name: "kafka",
         krate: "durable-kafka",
         env: &["DURABLE_TEST_KAFKA_URL"],
-        source: "tansu 0.6.0 (crates.io, cargo install --features dynostore, cached in the tools dir), memory storage",
+        source: "tansu 0.6.0 (crates.io, cargo install --features dynostore,libsql, cached in the tools dir), memory storage",
         install: tansu::install,
         start: |_| {
             let server = services::tansu()?;

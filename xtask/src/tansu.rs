@@ -2,8 +2,9 @@
 //! 0.6.0 from crates.io, built with `cargo install` (about 12 minutes on 2 cores) into the
 //! tools dir once, so a kept machine or a fresh clone on it skips the build.
 //!
-//! `--features dynostore` gives it the `memory://` storage engine the tests use; the build's
-//! own target dir is deleted afterwards (it is several GB).
+//! `--features dynostore,libsql` gives it the `memory://` storage engine most tests use and the
+//! `sqlite://` one of the broker-restart tests (a restart that keeps the broker's data); the
+//! build's own target dir is deleted afterwards (it is several GB).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +16,10 @@ use crate::{Ctx, Result};
 const VERSION: &str = durable_services::TANSU_VERSION;
 
 fn root(ctx: &Ctx) -> PathBuf {
-    ctx.tools().join(format!("tansu-{VERSION}"))
+    ctx.tools().join(format!(
+        "tansu-{VERSION}-{}",
+        durable_services::TANSU_FEATURES_TAG
+    ))
 }
 
 fn installed(bin: &Path) -> bool {
@@ -25,7 +29,7 @@ fn installed(bin: &Path) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION))
 }
 
-/// `cargo install tansu` into `<tools>/tansu-<VERSION>` unless `bin/tansu --version` there
+/// `cargo install tansu` into `<tools>/tansu-<VERSION>-<tag>` unless `bin/tansu --version` there
 /// already prints the version.
 pub(crate) fn install(ctx: &Ctx) -> Result<()> {
     let root = root(ctx);
@@ -36,11 +40,11 @@ pub(crate) fn install(ctx: &Ctx) -> Result<()> {
     let target = ctx.tools().join(format!("tansu-{VERSION}-build"));
     let result = run(
         &format!(
-            "cargo install tansu {VERSION} (about 12 min on 2 cores, cached in the tools dir)"
+            "cargo install tansu {VERSION} (about 15 min on 2 cores, cached in the tools dir)"
         ),
         cargo()
             .args(["install", "tansu", "--version", VERSION, "--locked"])
-            .args(["--features", "dynostore", "--root"])
+            .args(["--features", durable_services::TANSU_FEATURES, "--root"])
             .arg(&root)
             .env("CARGO_TARGET_DIR", &target),
     );

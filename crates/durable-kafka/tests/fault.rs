@@ -1,14 +1,13 @@
-//! Fault tests on a tansu broker of their own (`durable_services::tansu`, memory storage):
-//! restarting it loses every topic, record and committed offset, the worst a broker restart
-//! can do. Publishers must fail with retryable errors and then recover, subscribers must be
-//! told (`Lagged`) and then receive again, and an observer of a run that spans the restart must
-//! still finish with exactly the run's events.
+//! Fault tests on a tansu broker of their own (`durable_services::tansu_persistent`, SQLite
+//! storage), killed (SIGKILL) and restarted on the same port and data mid-run: publishers must
+//! fail with retryable errors and then recover, subscribers must be told (`Lagged`) and then
+//! receive again, and an observer of a run that spans the restart must still finish with
+//! exactly the run's events.
 //!
-//! Both are `#[ignore]`d: against tansu 0.6.0 the restart makes librdkafka 2.12.1 crash the
-//! process (SIGSEGV in its `rd_kafka_metadata_cache_find`, a `strcmp` on a NULL topic name while
-//! applying a metadata answer of the restarted broker), which no client code can catch. Run
-//! them with `cargo test -p durable-kafka --test fault -- --ignored`. The cause, traced with gdb,
-//! is librdkafka's KIP-951 leader discovery on a name-based Fetch answer (see the crate README).
+//! Not tested: a restart of a *memory* broker, which comes back without any topic. Against it
+//! librdkafka 2.12.1 crashes the process (SIGSEGV: its KIP-951 leader discovery builds a
+//! metadata update with a NULL topic name from the restarted broker's Fetch answer; see the
+//! crate README), which no client code can catch.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
@@ -27,7 +26,7 @@ use tokio::time::Instant;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn own_broker() -> Option<ServerProcess> {
-    match services::tansu() {
+    match services::tansu_persistent() {
         Ok(b) => Some(b),
         Err(e) => {
             assert!(
@@ -70,7 +69,6 @@ async fn next(sub: &mut Subscription, within: Duration) -> Option<Delivery> {
 }
 
 #[test]
-#[ignore = "librdkafka 2.12.1 segfaults (rd_kafka_metadata_cache_find, strcmp on a NULL topic name) on tansu 0.6.0 metadata after a memory-broker restart; see the README"]
 fn publishers_and_subscribers_recover_from_a_broker_restart() {
     let Some(mut broker) = own_broker() else {
         return;
@@ -133,7 +131,6 @@ fn agent() -> Agent {
 }
 
 #[test]
-#[ignore = "librdkafka 2.12.1 segfaults (rd_kafka_metadata_cache_find, strcmp on a NULL topic name) on tansu 0.6.0 metadata after a memory-broker restart; see the README"]
 fn an_observer_of_a_run_spanning_a_broker_restart_finishes_exactly() {
     let Some(mut broker) = own_broker() else {
         return;

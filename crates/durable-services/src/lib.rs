@@ -113,8 +113,10 @@ impl ServerProcess {
         let log = std::fs::File::create(self.dir.join("server.log"))
             .map_err(|e| format!("cannot create log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        // In its own directory: whatever it writes by a relative path stays there.
         let child = Command::new(&self.program)
             .args(&self.args)
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -595,6 +597,13 @@ pub const NATS_SERVER_VERSION: &str = "2.15.1";
 /// The tansu release the tests are written against (`cargo xtask test` installs it).
 pub const TANSU_VERSION: &str = "0.6.0";
 
+/// The storage engines tansu is built with (`cargo install --features`): `memory://` and
+/// `sqlite://`.
+pub const TANSU_FEATURES: &str = "dynostore,libsql";
+
+/// [`TANSU_FEATURES`] in the tools directory's name, so a build with other engines is rebuilt.
+pub const TANSU_FEATURES_TAG: &str = "libsql";
+
 /// The tools dir of `cargo xtask`: `DURABLE_TOOLS_DIR`, else `~/.cache/durable/tools`, else
 /// `<workspace>/.tools`.
 pub fn tools_dir() -> PathBuf {
@@ -656,11 +665,12 @@ pub fn nats() -> Result<ServerProcess, String> {
     ServerProcess::start("nats-server", program, args, port, dir, nats_ready)
 }
 
-/// The `tansu` binary: `<tools>/tansu-<TANSU_VERSION>/bin/tansu` (where xtask installs it),
+/// The `tansu` binary: `<tools>/tansu-<TANSU_VERSION>-<TANSU_FEATURES_TAG>/bin/tansu` (where
+/// xtask installs it),
 /// else `tansu` in `PATH`.
 pub fn tansu_binary() -> Option<PathBuf> {
     let cached = tools_dir()
-        .join(format!("tansu-{TANSU_VERSION}"))
+        .join(format!("tansu-{TANSU_VERSION}-{TANSU_FEATURES_TAG}"))
         .join("bin")
         .join("tansu");
     if cached.is_file() {
@@ -679,6 +689,20 @@ pub fn tansu_binary() -> Option<PathBuf> {
 /// # Errors
 /// When tansu is not installed (`cargo xtask test` installs it) or does not start.
 pub fn tansu() -> Result<ServerProcess, String> {
+    tansu_with("memory://tansu/")
+}
+
+/// A throwaway tansu broker like [`tansu`], with **SQLite storage** (`sqlite://tansu.db` in its
+/// directory, tansu's `libsql` engine): [`ServerProcess::restart`] brings the same topics,
+/// records and committed offsets back, as a restarted production broker would.
+///
+/// # Errors
+/// When tansu is not installed, was built without `libsql`, or does not start.
+pub fn tansu_persistent() -> Result<ServerProcess, String> {
+    tansu_with("sqlite://tansu.db")
+}
+
+fn tansu_with(storage: &str) -> Result<ServerProcess, String> {
     let program = tansu_binary().ok_or_else(|| {
         format!("tansu {TANSU_VERSION} is not installed (cargo xtask test installs it)")
     })?;
@@ -692,7 +716,7 @@ pub fn tansu() -> Result<ServerProcess, String> {
         "--advertised-listener-url",
         &url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
     .iter()
     .map(OsString::from)
