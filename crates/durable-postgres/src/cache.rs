@@ -199,21 +199,28 @@ impl ServerCache for PostgresServerCache {
         check("read", "log", log)?;
         let from_i = i64::try_from(from).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let end_i = from_i.saturating_add(limit_i);
         // One statement, one snapshot: the entries and the length agree. The page comes as
         // one array in one row: per-row overhead (server and driver) would otherwise
-        // dominate a page of small events.
+        // dominate a page of small events. Cursors are contiguous, so the page is exactly
+        // the range `[from, from + limit)`: bounding the index condition by it (not only by
+        // `LIMIT`) keeps the scan to the page. With only `LIMIT`, the planner (which
+        // cannot know how many rows lie below `next_cursor`) picks a bitmap scan of the
+        // whole rest of the log plus a sort, per page: a catch-up read of n events cost
+        // O(n²/limit) rows.
         let row = crate::error::retry_unsent(|| {
             sqlx::query(
                 "SELECT l.is_log, l.next_cursor, CASE WHEN l.is_log THEN \
-                   (SELECT array_agg(e.payload ORDER BY e.cursor) FROM \
-                     (SELECT cursor, payload FROM log_events \
-                       WHERE name = $1 AND cursor >= $2 AND cursor < l.next_cursor \
-                       ORDER BY cursor LIMIT $3) e) END \
+                   ARRAY(SELECT payload FROM log_events \
+                     WHERE name = $1 AND cursor >= $2 AND cursor < $3 \
+                       AND cursor < l.next_cursor \
+                     ORDER BY cursor LIMIT $4) END \
                  FROM cache_items l \
                  WHERE l.name = $1 AND (l.expires_at IS NULL OR l.expires_at > clock_timestamp())",
             )
             .bind(log)
             .bind(from_i)
+            .bind(end_i)
             .bind(limit_i)
             .fetch_optional_on(&self.pg)
         })
