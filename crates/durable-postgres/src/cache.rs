@@ -15,6 +15,23 @@ use crate::error::{check, err, from_sqlx, BACKEND};
 use crate::exec::{QueryExt, ScalarExt};
 use crate::notify;
 
+/// One page of a log: `$1` name, `$2` from, `$3` from + limit, `$4` limit.
+///
+/// One statement, one snapshot: the entries and the length agree. The page comes as one
+/// array in one row: per-row overhead (server and driver) would otherwise dominate a page of
+/// small events. Cursors are contiguous, so the page is exactly the range `[from, from +
+/// limit)`: bounding the index condition by it (not only by `LIMIT`) keeps the scan to the
+/// page. With only `LIMIT`, the planner, which cannot know how many rows lie below
+/// `next_cursor`, chose (for the custom plans of a connection's first executions) a bitmap
+/// scan of the whole rest of the log and a sort, per page: a catch-up read of n events
+/// scanned O(n²/limit) rows (`read_scans_only_its_page`).
+const READ_SQL: &str = "SELECT l.is_log, l.next_cursor, CASE WHEN l.is_log THEN \
+       ARRAY(SELECT payload FROM log_events \
+         WHERE name = $1 AND cursor >= $2 AND cursor < $3 AND cursor < l.next_cursor \
+         ORDER BY cursor LIMIT $4) END \
+     FROM cache_items l \
+     WHERE l.name = $1 AND (l.expires_at IS NULL OR l.expires_at > clock_timestamp())";
+
 /// The run log and key/value cache on PostgreSQL.
 ///
 /// - Logs: a row per log in `cache_items` (next cursor, fence, expiry) and a row per event in
@@ -199,23 +216,14 @@ impl ServerCache for PostgresServerCache {
         check("read", "log", log)?;
         let from_i = i64::try_from(from).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
-        // One statement, one snapshot: the entries and the length agree. The page comes as
-        // one array in one row: per-row overhead (server and driver) would otherwise
-        // dominate a page of small events.
+        let end_i = from_i.saturating_add(limit_i);
         let row = crate::error::retry_unsent(|| {
-            sqlx::query(
-                "SELECT l.is_log, l.next_cursor, CASE WHEN l.is_log THEN \
-                   (SELECT array_agg(e.payload ORDER BY e.cursor) FROM \
-                     (SELECT cursor, payload FROM log_events \
-                       WHERE name = $1 AND cursor >= $2 AND cursor < l.next_cursor \
-                       ORDER BY cursor LIMIT $3) e) END \
-                 FROM cache_items l \
-                 WHERE l.name = $1 AND (l.expires_at IS NULL OR l.expires_at > clock_timestamp())",
-            )
-            .bind(log)
-            .bind(from_i)
-            .bind(limit_i)
-            .fetch_optional_on(&self.pg)
+            sqlx::query(READ_SQL)
+                .bind(log)
+                .bind(from_i)
+                .bind(end_i)
+                .bind(limit_i)
+                .fetch_optional_on(&self.pg)
         })
         .await
         .map_err(|e| from_sqlx("read", e))?;
@@ -421,8 +429,9 @@ fn bytea_array(buf: &Bytes) -> Option<Vec<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use super::bytea_array;
+    use super::{bytea_array, READ_SQL};
     use bytes::{BufMut, Bytes, BytesMut};
+    use durable_core::{AppendOptions, ServerCache};
 
     fn array(elements: &[&[u8]]) -> Bytes {
         let mut b = BytesMut::new();
@@ -458,5 +467,100 @@ mod tests {
         let mut text = BytesMut::from(&page[..]);
         text[8..12].copy_from_slice(&25u32.to_be_bytes());
         assert!(bytea_array(&text.freeze()).is_none());
+    }
+
+    /// The largest actual row count of any node of an `EXPLAIN (ANALYZE)` plan, from its
+    /// `(actual time=… rows=N loops=…)` parts.
+    fn max_actual_rows(plan: &[String]) -> u64 {
+        plan.iter()
+            .filter_map(|line| {
+                let actual = &line[line.find("(actual ")?..];
+                let rows = &actual[actual.find("rows=")? + 5..];
+                let digits = rows.split(|c: char| !c.is_ascii_digit()).next()?;
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A page read touches the rows of its page and no others, under both the custom plans of
+    /// a connection's first executions and the generic plan that follows: a catch-up read of
+    /// a long log must not scan the rest of the log for every page.
+    #[tokio::test]
+    async fn read_scans_only_its_page() {
+        let Some(url) = durable_conformance::services::env_url("postgres") else {
+            assert!(
+                !durable_conformance::harness::require_backends(),
+                "DURABLE_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("SKIPPED: DURABLE_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let schema = format!("t_cacheunit_{}_{nanos:x}", std::process::id());
+        let pg = crate::PostgresConfig::new(url)
+            .schema(schema)
+            .connect()
+            .await
+            .unwrap();
+        let cache = pg.server_cache();
+        let log = "plan/run/events";
+        let events: Vec<Bytes> = (0..3000).map(|i| Bytes::from(format!("{i}"))).collect();
+        cache
+            .append_many(log, &events, AppendOptions::default())
+            .await
+            .unwrap();
+        let mut conn = pg.pool().acquire().await.unwrap();
+        sqlx::query(&format!(
+            "PREPARE page(text, bigint, bigint, bigint) AS {READ_SQL}"
+        ))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            for (from, limit) in [(0, 100), (1000, 100), (2950, 100)] {
+                let plan: Vec<String> = sqlx::query_scalar(&format!(
+                    "EXPLAIN (ANALYZE) EXECUTE page('{log}', {from}, {}, {limit})",
+                    from + limit
+                ))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+                let rows = max_actual_rows(&plan);
+                assert!(rows > 0, "{mode}: no row counts in {plan:#?}");
+                assert!(
+                    rows <= limit,
+                    "{mode}: a page of {limit} from {from} touched {rows} rows: {plan:#?}"
+                );
+            }
+            let slice = cache.read(log, 2950, 100).await.unwrap();
+            assert_eq!(slice.entries, events[2950..]);
+            assert_eq!(slice.next, 3000);
+        }
+        // The page's bound saturates: no limit or offset overflows the range.
+        let all = cache.read(log, 0, usize::MAX).await.unwrap();
+        assert_eq!((all.first, all.next), (0, 3000));
+        assert_eq!(all.entries, events);
+        assert!(cache.read(log, 5, 0).await.unwrap().entries.is_empty());
+        assert!(cache.read(log, 3000, 10).await.unwrap().entries.is_empty());
+        for (from, limit) in [(3001, 1), (u64::MAX, usize::MAX)] {
+            let e = cache.read(log, from, limit).await.unwrap_err();
+            assert_eq!(e.kind(), durable_core::ErrorKind::OffsetAhead);
+        }
+        sqlx::query("RESET plan_cache_mode")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query("DEALLOCATE page")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
     }
 }
