@@ -367,15 +367,33 @@ fn report_statements(_: &mut Criterion) {
         // Exact per-statement counts where the server preloads pg_stat_statements (the
         // servers durable-services starts do); otherwise transactions of the whole database,
         // an upper bound (autovacuum and other sessions count too).
-        let exact = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        // The extension may live in any schema (usually `public`, off this search_path): its
+        // functions and view are named through it. Only this database's counters are reset.
+        let ext: Option<String> = match sqlx::query(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH SCHEMA public",
+        )
+        .execute(pg.pool())
+        .await
+        {
+            Ok(_) => sqlx::query_scalar(
+                "SELECT quote_ident(extnamespace::regnamespace::text) FROM pg_extension \
+                 WHERE extname = 'pg_stat_statements'",
+            )
+            .fetch_optional(pg.pool())
+            .await
+            .expect("pg_extension"),
+            Err(_) => None,
+        };
+        let exact = ext.is_some();
+        let ext = ext.unwrap_or_default();
+        let before = if exact {
+            sqlx::query(&format!(
+                "SELECT {ext}.pg_stat_statements_reset(0, (SELECT oid FROM pg_database \
+                 WHERE datname = current_database()), 0)"
+            ))
             .execute(pg.pool())
             .await
-            .is_ok();
-        let before = if exact {
-            sqlx::query("SELECT pg_stat_statements_reset()")
-                .execute(pg.pool())
-                .await
-                .expect("pg_stat_statements_reset");
+            .expect("pg_stat_statements_reset");
             0
         } else {
             transactions(&pg).await
@@ -394,12 +412,12 @@ fn report_statements(_: &mut Criterion) {
             // The first pg_stat_database read counts itself.
             return (Err(transactions(&pg).await - before - 1), events);
         }
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String)> = sqlx::query_as(&format!(
             "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
-             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database \
+             FROM {ext}.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database \
              WHERE datname = current_database()) \
-             AND query NOT LIKE '%pg_stat_statements_reset%' ORDER BY calls DESC",
-        )
+             AND query NOT LIKE '%pg_stat_statements_reset%' ORDER BY calls DESC"
+        ))
         .fetch_all(pg.pool())
         .await
         .expect("pg_stat_statements");
