@@ -9,13 +9,16 @@
 //! - `nats_append/batch_100`: one task, `append_many` of 100 deltas at a time (one atomic batch).
 //! - `nats_raw/publish_sync_ack` and `nats_raw/publish_async_ack`: the comparison, a bare
 //!   async-nats JetStream publish loop on the same stream, awaiting each ack before the next, or
-//!   sending all and awaiting the acks after.
+//!   sending without waiting and awaiting the acks 1,000 at a time.
 //! - `nats_replay/10k_raw_reads` (`ServerCache::read`, 512 per call) and `nats_replay/10k`
 //!   (`EventLog::observe(0)` of a finished 10,000-event run, to the end).
 //! - `nats_e2e/writer_10k`: one run streaming 10,000 deltas through `EventLog::writer` with one
 //!   observer; `nats_e2e/durable_agent_10k`: a `DurableAgent` run of the scripted model streaming
 //!   10,000 deltas on NATS only (log, wake-ups, record, lease, checkpoints), drained.
-//! - printed, not criterion measurements: append → observer latency at 1 ms pacing (p50, p99,
+//! - printed, not criterion measurements: the publish comparison (median of 3 rounds,
+//!   interleaved): raw publish with sync acks, raw publish with async acks, raw atomic batches of
+//!   1,000, beside the adapter's `append` one at a time and `append_many` of 1,000, all on the
+//!   same server and stream; append → observer latency at 1 ms pacing (p50, p99,
 //!   max over 2,000 events) beside a bare core round trip and the append alone; and fan-out to
 //!   1,000 observers of one run, with the core wake subject (this crate's design) and with one
 //!   JetStream ordered consumer per observer (the alternative), including setup time. Run them
@@ -137,17 +140,7 @@ fn bench_raw(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let subject = format!("{PREFIX}.c.raw-{}.x", RunId::generate());
-                let mut acks = Vec::with_capacity(N as usize);
-                for _ in 0..N {
-                    acks.push(
-                        js.publish(subject.clone(), payload())
-                            .await
-                            .expect("publish"),
-                    );
-                }
-                for a in acks {
-                    a.await.expect("ack");
-                }
+                publish_async_acks(&js, &subject, N).await;
             })
         });
     });
@@ -270,8 +263,142 @@ fn bench_e2e(c: &mut Criterion) {
 
 fn report(_: &mut Criterion) {
     let rt = rt();
+    publish_comparison(&rt);
     latency(&rt);
     fan_out(&rt, 1000, 1000);
+}
+
+/// The adapter's appends beside a bare async-nats JetStream publish loop on the same server and
+/// stream, round by round (median of [`ROUNDS`]), so the machine's noise hits all alike: how
+/// close the adapter gets to what the server can take.
+///
+/// - raw, sync acks: `publish` and await each ack before the next (one round trip per message);
+/// - raw, async acks: publish without waiting, awaiting the acks 1,000 at a time (the server's
+///   ingest rate);
+/// - raw, atomic batches of 1,000: the same atomic batch publish the adapter uses, bare (batch
+///   headers only, commit acknowledged);
+/// - adapter `append` one at a time, and `append_many` of 1,000 (what the run writer sends
+///   when the producer outpaces the round trip).
+fn publish_comparison(rt: &tokio::runtime::Runtime) {
+    const ROUNDS: usize = 3;
+    const SEQUENTIAL: u64 = 2_000;
+    let nats = connect(rt);
+    let cache = nats.server_cache();
+    let client = nats.client().clone();
+    let js = {
+        let _rt = rt.enter();
+        async_nats::jetstream::new(client.clone())
+    };
+    let batch: Vec<Bytes> = (0..1000).map(|_| payload()).collect();
+    let mut rows: [(&str, u64, Vec<f64>); 5] = [
+        ("raw publish, sync ack per message", SEQUENTIAL, Vec::new()),
+        ("raw publish, async acks", N, Vec::new()),
+        ("raw atomic batches of 1,000", N, Vec::new()),
+        ("adapter append, one at a time", SEQUENTIAL, Vec::new()),
+        ("adapter append_many, 1,000 per call", N, Vec::new()),
+    ];
+    rt.block_on(async {
+        for _ in 0..ROUNDS {
+            for (i, (_, n, rates)) in rows.iter_mut().enumerate() {
+                let n = *n;
+                let id = RunId::generate();
+                let subject = format!("{PREFIX}.c.raw-{id}.x");
+                let log = format!("bench/cmp/{id}");
+                let t = Instant::now();
+                match i {
+                    0 => {
+                        for _ in 0..n {
+                            js.publish(subject.clone(), payload())
+                                .await
+                                .expect("publish")
+                                .await
+                                .expect("ack");
+                        }
+                    }
+                    1 => {
+                        publish_async_acks(&js, &subject, n).await;
+                    }
+                    2 => {
+                        for _ in 0..n / 1000 {
+                            raw_atomic_batch(&client, &subject, &batch).await;
+                        }
+                    }
+                    3 => {
+                        for _ in 0..n {
+                            durable_core::ServerCacheExt::append(&cache, &log, payload())
+                                .await
+                                .expect("append");
+                        }
+                    }
+                    _ => {
+                        for _ in 0..n / 1000 {
+                            cache
+                                .append_many(&log, &batch, AppendOptions::default())
+                                .await
+                                .expect("append");
+                        }
+                    }
+                }
+                rates.push(n as f64 / t.elapsed().as_secs_f64());
+                if i >= 3 {
+                    cache.delete(&log).await.expect("delete");
+                }
+            }
+        }
+    });
+    for (name, n, rates) in &mut rows {
+        rates.sort_by(f64::total_cmp);
+        eprintln!(
+            "nats publish comparison ({n} messages of {} bytes, median of {ROUNDS}) {name}: {:.0} msgs/s",
+            payload().len(),
+            rates[rates.len() / 2]
+        );
+    }
+}
+
+/// Publish `n` messages, awaiting the acks in windows of [`ACK_WINDOW`]: async-nats holds at most
+/// 5,000 acks in flight per context and then makes `publish` wait for them, so awaiting them
+/// only after every publish would never finish.
+async fn publish_async_acks(js: &async_nats::jetstream::Context, subject: &str, n: u64) {
+    const ACK_WINDOW: usize = 1000;
+    let mut acks = Vec::with_capacity(ACK_WINDOW);
+    for i in 0..n {
+        acks.push(
+            js.publish(subject.to_owned(), payload())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == ACK_WINDOW || i + 1 == n {
+            for a in acks.drain(..) {
+                a.await.expect("ack");
+            }
+        }
+    }
+}
+
+/// One atomic batch (server 2.12+), bare: batch id and sequence on every message, the commit
+/// acknowledged.
+async fn raw_atomic_batch(client: &async_nats::Client, subject: &str, batch: &[Bytes]) {
+    let id = RunId::generate().to_string();
+    for (i, p) in batch.iter().enumerate() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Batch-Id", id.as_str());
+        h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        if i + 1 == batch.len() {
+            h.insert("Nats-Batch-Commit", "1");
+            let ack = client
+                .request_with_headers(subject.to_owned(), h, p.clone())
+                .await
+                .expect("commit");
+            let ack: serde_json::Value = serde_json::from_slice(&ack.payload).expect("ack");
+            assert!(ack.get("error").is_none(), "{ack}");
+        } else {
+            client
+                .publish_with_headers(subject.to_owned(), h, p.clone())
+                .await
+                .expect("publish");
+        }
+    }
 }
 
 /// Append → observer latency through `EventLog` (announce in the append) at 1 ms pacing,

@@ -1,0 +1,125 @@
+//! Reads by cursor of logs whose entries are interleaved in the stream with other runs'
+//! messages: the unfiltered batch get skips them and the filtered batch covers the rest, and
+//! every slice is exact, also while the log grows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_conformance::services;
+use durable_core::{AppendOptions, ServerCache};
+use durable_nats::NatsConfig;
+
+fn entry(log: usize, k: usize) -> Bytes {
+    Bytes::from(format!("log{log}-{k}"))
+}
+
+async fn cache() -> Option<Arc<dyn ServerCache>> {
+    let url = match services::env_url("nats") {
+        Some(url) => url,
+        None if durable_conformance::harness::require_backends() => {
+            panic!("DURABLE_TEST_NATS_URL is not set and DURABLE_TEST_REQUIRE=1")
+        }
+        None => {
+            eprintln!("skipped: DURABLE_TEST_NATS_URL is not set");
+            return None;
+        }
+    };
+    let nats = NatsConfig::new(url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
+    Some(Arc::new(nats.server_cache()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_interleaved_logs_are_exact_from_every_offset() {
+    let Some(cache) = cache().await else { return };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let logs: Vec<String> = (0..3).map(|i| format!("reads-{id}-{i}")).collect();
+    let mut lens = [0usize; 3];
+    // Batches of 1 to 3 entries, round robin: every log's entries are spread over the stream.
+    for round in 0..200 {
+        for (i, log) in logs.iter().enumerate() {
+            let n = 1 + (round + i) % 3;
+            let batch: Vec<Bytes> = (lens[i]..lens[i] + n).map(|k| entry(i, k)).collect();
+            let first = cache
+                .append_many(log, &batch, AppendOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(first, lens[i] as u64);
+            lens[i] += n;
+        }
+    }
+    for (i, log) in logs.iter().enumerate() {
+        for from in (0..=lens[i]).step_by(37).chain([lens[i]]) {
+            for limit in [1, 7, 512] {
+                let s = cache.read(log, from as u64, limit).await.unwrap();
+                assert_eq!(s.first, from as u64);
+                assert_eq!(s.next, lens[i] as u64);
+                let want: Vec<Bytes> = (from..lens[i].min(from + limit))
+                    .map(|k| entry(i, k))
+                    .collect();
+                assert_eq!(s.entries, want, "log{i} from {from} limit {limit}");
+            }
+        }
+    }
+    for log in &logs {
+        cache.delete(log).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_following_a_growing_log_reads_each_entry_once_in_order() {
+    let Some(cache) = cache().await else { return };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let log = format!("reads-grow-{id}");
+    let other = format!("reads-other-{id}");
+    const N: usize = 2000;
+    let writer = {
+        let cache = cache.clone();
+        let (log, other) = (log.clone(), other.clone());
+        tokio::spawn(async move {
+            let mut k = 0;
+            while k < N {
+                let n = (1 + k % 5).min(N - k);
+                let batch: Vec<Bytes> = (k..k + n).map(|j| entry(0, j)).collect();
+                cache
+                    .append_many(&log, &batch, AppendOptions::default())
+                    .await
+                    .unwrap();
+                cache
+                    .append_many(&other, &[entry(1, k)], AppendOptions::default())
+                    .await
+                    .unwrap();
+                k += n;
+            }
+        })
+    };
+    let mut got = Vec::with_capacity(N);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at {}",
+            got.len()
+        );
+        match cache.read(&log, got.len() as u64, 64).await {
+            Ok(s) => {
+                assert!(s.next >= (got.len() + s.entries.len()) as u64);
+                got.extend(s.entries);
+            }
+            // Not created yet by the writer.
+            Err(e) if e.kind() == durable_core::ErrorKind::NotFound && got.is_empty() => {
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    writer.await.unwrap();
+    let want: Vec<Bytes> = (0..N).map(|k| entry(0, k)).collect();
+    assert_eq!(got, want);
+    cache.delete(&log).await.unwrap();
+    cache.delete(&other).await.unwrap();
+}
