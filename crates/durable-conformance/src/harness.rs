@@ -402,6 +402,26 @@ pub fn require_backends() -> bool {
     std::env::var("DURABLE_TEST_REQUIRE").is_ok_and(|v| v == "1" || v == "true")
 }
 
+/// `DURABLE_TEST_<BACKEND>_URL`, for a test that needs that server. When it is not set the test
+/// skips (`None`, with a `SKIPPED` line on stderr, past the harness' capture), except under
+/// [`require_backends`], where it fails.
+///
+/// # Panics
+/// When the variable is not set and `DURABLE_TEST_REQUIRE=1`.
+pub fn backend_url(backend: &str) -> Option<String> {
+    let url = durable_services::env_url(backend);
+    if url.is_none() {
+        let var = format!("DURABLE_TEST_{}_URL", backend.to_ascii_uppercase());
+        assert!(
+            !require_backends(),
+            "{var} is not set and DURABLE_TEST_REQUIRE=1"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {var} is not set");
+    }
+    url
+}
+
 /// What an adapter declared about the cases of its suite, as written in [`suite!`](crate::suite)
 /// or [`agent_suite!`](crate::agent_suite).
 #[derive(Debug, Clone, Copy, Default)]

@@ -19,18 +19,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const T: Duration = Duration::from_secs(20);
 
 fn url() -> Option<String> {
-    let url = durable_conformance::services::env_url("kafka");
-    if url.is_none() {
-        assert!(
-            !durable_conformance::harness::require_backends(),
-            "DURABLE_TEST_KAFKA_URL is not set and DURABLE_TEST_REQUIRE=1"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: DURABLE_TEST_KAFKA_URL is not set"
-        );
-    }
-    url
+    durable_conformance::harness::backend_url("kafka")
 }
 
 fn unique(what: &str) -> String {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use durable_conformance::services;
 use durable_core::{AppendOptions, ServerCache};
 use durable_nats::NatsConfig;
 
@@ -17,15 +16,8 @@ const BATCH: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_batches_than_the_server_keeps_in_flight_all_land() {
-    let url = match services::env_url("nats") {
-        Some(url) => url,
-        None if durable_conformance::harness::require_backends() => {
-            panic!("DURABLE_TEST_NATS_URL is not set and DURABLE_TEST_REQUIRE=1")
-        }
-        None => {
-            eprintln!("skipped: DURABLE_TEST_NATS_URL is not set");
-            return;
-        }
+    let Some(url) = durable_conformance::harness::backend_url("nats") else {
+        return;
     };
     let name = |i: usize| format!("batches-{}-{i}", std::process::id());
     let nats = NatsConfig::new(url)

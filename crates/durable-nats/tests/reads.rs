@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use durable_conformance::services;
 use durable_core::{AppendOptions, ServerCache};
 use durable_nats::NatsConfig;
 
@@ -15,16 +14,7 @@ fn entry(log: usize, k: usize) -> Bytes {
 }
 
 async fn cache() -> Option<Arc<dyn ServerCache>> {
-    let url = match services::env_url("nats") {
-        Some(url) => url,
-        None if durable_conformance::harness::require_backends() => {
-            panic!("DURABLE_TEST_NATS_URL is not set and DURABLE_TEST_REQUIRE=1")
-        }
-        None => {
-            eprintln!("skipped: DURABLE_TEST_NATS_URL is not set");
-            return None;
-        }
-    };
+    let url = durable_conformance::harness::backend_url("nats")?;
     let nats = NatsConfig::new(url)
         .timeout(Duration::from_secs(10))
         .connect()

@@ -11,14 +11,7 @@ use durable_core::{AppendOptions, ErrorKind, PubSub, RunId, ServerCache, ServerC
 use durable_nats::{Nats, NatsConfig};
 
 async fn nats() -> Option<Nats> {
-    let Some(url) = durable_conformance::services::env_url("nats") else {
-        assert!(
-            !durable_conformance::harness::require_backends(),
-            "DURABLE_TEST_NATS_URL is not set and DURABLE_TEST_REQUIRE=1"
-        );
-        eprintln!("SKIPPED: DURABLE_TEST_NATS_URL is not set");
-        return None;
-    };
+    let url = durable_conformance::harness::backend_url("nats")?;
     Some(
         NatsConfig::new(url)
             .subject_prefix("durable-g8")
