@@ -318,8 +318,10 @@ return {0}
     )
 });
 
-/// Change the status. KEYS: record. ARGV: fenced (`1`/`0`), epoch, status, has data, data.
-/// Returns `{1}` missing, `{4}` fenced, `{2}` terminal, or `{0, record}`.
+/// Change the status. KEYS: record, checkpoints. ARGV: fenced (`1`/`0`), epoch, status, has
+/// data, data, ttl ms (empty: no expiry; else the record and checkpoints expire in the same
+/// script, as `finish_run` needs). Returns `{1}` missing, `{4}` fenced, `{2}` terminal, or
+/// `{0, record}`.
 pub(crate) static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
     store_script!(
         "set_status",
@@ -331,25 +333,10 @@ if terminal(r[1]) then return {2} end
 redis.call('HSET', KEYS[1], 'st', ARGV[3], 'ua', s(now()))
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'd', ARGV[5]) end
 if terminal(ARGV[3]) or ARGV[3] == 'suspended' then redis.call('HDEL', KEYS[1], 'ow', 'le') end
-return {0, redis.call('HGETALL', KEYS[1])}
-"#,
-    )
-});
-
-/// Enter a terminal status and expire the record and checkpoints, atomically. KEYS: record,
-/// checkpoints. ARGV: fenced flag, epoch, status, ttl ms. Codes as `SET_STATUS`.
-pub(crate) static FINISH_RUN: LazyLock<Script> = LazyLock::new(|| {
-    store_script!(
-        "finish_run",
-        r#"
-local r = redis.call('HMGET', KEYS[1], 'st', 'ep')
-if not r[1] then return {1} end
-if ARGV[1] == '1' and r[2] ~= ARGV[2] then return {4} end
-if terminal(r[1]) then return {2} end
-redis.call('HSET', KEYS[1], 'st', ARGV[3], 'ua', s(now()))
-redis.call('HDEL', KEYS[1], 'ow', 'le')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if ARGV[6] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 return {0, redis.call('HGETALL', KEYS[1])}
 "#,
     )

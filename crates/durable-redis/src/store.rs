@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::error::{err, REDIS};
 use crate::keys::KeySpace;
 use crate::scripts::{
-    Script, CHECKPOINT, CLAIM, CREATE_RUN, EXPIRE_RUN, FINISH_RUN, RELEASE, RENEW, SET_STATUS,
+    Script, CHECKPOINT, CLAIM, CREATE_RUN, EXPIRE_RUN, RELEASE, RENEW, SET_STATUS,
 };
 use crate::transport::{Batch, RedisTransport, Reply, Transport};
 
@@ -229,6 +229,56 @@ impl RedisWorkflowStore {
                     .arg(run_id.as_str())
                     .to_owned(),
             );
+        }
+    }
+
+    /// `SET_STATUS`, optionally with an expiry (`ttl` ms, and the same instant in Unix ms as the
+    /// new index member's score) written by the same script (G6).
+    async fn change_status(
+        &self,
+        op: &'static str,
+        run_id: &RunId,
+        epoch: Option<Epoch>,
+        status: RunStatus,
+        data: Option<Value>,
+        expiry: Option<(u64, &str)>,
+    ) -> Result<RunRecord> {
+        let ep = epoch.map(|e| e.to_string()).unwrap_or_default();
+        let fenced_flag: &[u8] = if epoch.is_some() { b"1" } else { b"0" };
+        let encoded = data.as_ref().map(serde_json::to_vec).transpose()?;
+        let (has_data, d): (&[u8], &[u8]) = match &encoded {
+            Some(d) => (b"1", d),
+            None => (b"0", b""),
+        };
+        let ttl = expiry.map(|(ms, _)| ms.to_string()).unwrap_or_default();
+        let (c, mut rest) = self
+            .eval_indexed(
+                op,
+                &SET_STATUS,
+                run_id,
+                true,
+                &[
+                    fenced_flag,
+                    ep.as_bytes(),
+                    status.as_str().as_bytes(),
+                    has_data,
+                    d,
+                    ttl.as_bytes(),
+                ],
+                status,
+                expiry.map_or("+inf", |(_, score)| score),
+            )
+            .await?;
+        match c {
+            0 => Self::record(run_id, &mut rest, op),
+            1 => Err(not_found(op, run_id)),
+            2 => Err(fail(
+                ErrorKind::InvalidState,
+                op,
+                format!("run {run_id} is already terminal"),
+            )),
+            4 => Err(fenced(op, run_id, epoch.unwrap_or_default())),
+            _ => Err(bad(op)),
         }
     }
 
@@ -489,41 +539,8 @@ impl WorkflowStore for RedisWorkflowStore {
         status: RunStatus,
         data: Option<Value>,
     ) -> Result<RunRecord> {
-        let ep = epoch.map(|e| e.to_string()).unwrap_or_default();
-        let fenced_flag: &[u8] = if epoch.is_some() { b"1" } else { b"0" };
-        let encoded = data.as_ref().map(serde_json::to_vec).transpose()?;
-        let (has_data, d): (&[u8], &[u8]) = match &encoded {
-            Some(d) => (b"1", d),
-            None => (b"0", b""),
-        };
-        let (c, mut rest) = self
-            .eval_indexed(
-                "set_status",
-                &SET_STATUS,
-                run_id,
-                false,
-                &[
-                    fenced_flag,
-                    ep.as_bytes(),
-                    status.as_str().as_bytes(),
-                    has_data,
-                    d,
-                ],
-                status,
-                "+inf",
-            )
-            .await?;
-        match c {
-            0 => Self::record(run_id, &mut rest, "set_status"),
-            1 => Err(not_found("set_status", run_id)),
-            2 => Err(fail(
-                ErrorKind::InvalidState,
-                "set_status",
-                format!("run {run_id} is already terminal"),
-            )),
-            4 => Err(fenced("set_status", run_id, epoch.unwrap_or_default())),
-            _ => Err(bad("set_status")),
-        }
+        self.change_status("set_status", run_id, epoch, status, data, None)
+            .await
     }
 
     async fn finish_run(
@@ -537,39 +554,9 @@ impl WorkflowStore for RedisWorkflowStore {
         check_terminal(status)?;
         let ms = ttl_ms(ttl);
         let expires = now_ms().saturating_add(ms).to_string();
-        let ep = epoch.map(|e| e.to_string()).unwrap_or_default();
-        let fenced_flag: &[u8] = if epoch.is_some() { b"1" } else { b"0" };
-        // The status and the expiry of the record and its checkpoints in one script (G6); the
-        // new index member carries the expiry as its score.
-        let (c, mut rest) = self
-            .eval_indexed(
-                OP,
-                &FINISH_RUN,
-                run_id,
-                true,
-                &[
-                    fenced_flag,
-                    ep.as_bytes(),
-                    status.as_str().as_bytes(),
-                    ms.to_string().as_bytes(),
-                ],
-                status,
-                &expires,
-            )
+        let record = self
+            .change_status(OP, run_id, epoch, status, None, Some((ms, &expires)))
             .await?;
-        let record = match c {
-            0 => Self::record(run_id, &mut rest, OP)?,
-            1 => return Err(not_found(OP, run_id)),
-            2 => {
-                return Err(fail(
-                    ErrorKind::InvalidState,
-                    OP,
-                    format!("run {run_id} is already terminal"),
-                ))
-            }
-            4 => return Err(fenced(OP, run_id, epoch.unwrap_or_default())),
-            _ => return Err(bad(OP)),
-        };
         // The members the run left in other indexes expire with it (best effort: `list_runs`
         // drops a member whose record is gone in any case).
         let mut batch = Batch::default();
