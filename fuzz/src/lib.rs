@@ -30,9 +30,7 @@ pub fn cases() -> u32 {
 /// # Panics
 /// If the directory is missing or empty: a target without seeds is a mistake.
 pub fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join(target);
+    let dir = manifest_dir().join("corpus").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -181,4 +179,14 @@ pub fn peak_alloc<R>(f: impl FnOnce() -> R) -> (R, usize) {
 /// buffers plus a small multiple of the input (copies, parsed values).
 pub fn alloc_bound(len: usize) -> usize {
     256 * 1024 + 16 * len
+}
+
+/// This package's directory: `cargo test` sets `CARGO_MANIFEST_DIR` when it runs a test, and
+/// that names the checkout being tested even when the binary was built from another checkout
+/// sharing the target dir (its compile-time value would name that one).
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    )
 }

@@ -32,7 +32,7 @@ fn read(path: &Path) -> String {
 }
 
 fn here() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn crates_dir() -> PathBuf {

@@ -26,7 +26,8 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Case names quoted in `` (`name`) `` form inside `# Behavior` sections of core's sources.
 fn documented_cases() -> BTreeSet<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../durable-core/src");
+    let src =
+        durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("../durable-core/src");
     rust_files(&src)
         .iter()
         .flat_map(|file| {

@@ -158,7 +158,8 @@ fn official_upstash_client_accepts_the_emulation() {
     let emu = rt
         .block_on(upstash_emulator::start(&redis, "node-token"))
         .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/upstash_check.cjs");
+    let script = durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support/upstash_check.cjs");
     // The emulation runs on `rt`'s worker threads while node talks to it.
     let out = Command::new("node")
         .arg(&script)

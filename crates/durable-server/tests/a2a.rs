@@ -104,7 +104,8 @@ async fn the_official_a2a_client_streams_resubscribes_cancels_and_answers_input(
         )
         .nest("/approval", server_of(approval_agent()).router());
     let base = serve(app).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/a2a.mjs");
+    let script =
+        durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("tests/js/a2a.mjs");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("node")

@@ -142,7 +142,8 @@ async fn the_ai_sdk_client_rebuilds_the_same_message_after_a_resume() {
         .nest("/restart", restart.router().route("/test/crash", crash))
         .nest("/restart-ref", reference.router());
     let base = serve(app).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/chat.mjs");
+    let script =
+        durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("tests/js/chat.mjs");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("node")

@@ -140,7 +140,8 @@ async fn the_demo_page_resumes_after_a_dropped_connection() {
     })
     .await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/cdp.mjs");
+    let script =
+        durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("tests/js/cdp.mjs");
     let out = within(
         "the page finishes",
         tokio::process::Command::new("node")

@@ -49,6 +49,14 @@ pub fn find_binary(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The directory of the package under test: pass `env!("CARGO_MANIFEST_DIR")`, used only when
+/// the variable is not set at run time. `cargo test` sets `CARGO_MANIFEST_DIR` when it runs a
+/// test, naming the checkout being tested even when the binary was built from another checkout
+/// sharing the target dir, whose path the compile-time value would name.
+pub fn manifest_dir(compiled: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(compiled), PathBuf::from)
+}
+
 /// The workspace's git-ignored directory for throwaway service data (`<workspace>/.services`).
 pub fn services_dir() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -4,7 +4,6 @@
 // Test support: each test binary uses a part of it, and a failed setup should panic loudly.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +24,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A recorded transcript from `tests/fixtures`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = durable_services::manifest_dir(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
