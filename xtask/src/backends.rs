@@ -381,12 +381,48 @@ fn active_backends(ctx: &Ctx) -> impl Iterator<Item = &'static BackendEntry> + '
     })
 }
 
+/// Is every variable of `b` already set, so the user gives its server?
+fn given(b: &BackendEntry) -> bool {
+    b.env.iter().all(|v| services::env_url_var(v).is_some())
+}
+
+/// The outcome of installing the server of every active backend not given by the environment.
+pub(crate) struct Installed(Vec<(&'static str, Result<()>)>);
+
+/// Install (if missing) the server of every active backend not given by the environment. Does
+/// not fail: a backend whose install failed fails (or is skipped) when [`start_installed`]
+/// reaches it, so `cargo xtask test` can install in a background thread.
+pub(crate) fn install_services(ctx: &Ctx) -> Installed {
+    Installed(
+        active_backends(ctx)
+            .filter(|b| !given(b))
+            .map(|b| {
+                let started = Instant::now();
+                let result = (b.install)(ctx);
+                let secs = started.elapsed().as_secs_f64();
+                if secs >= 1.0 {
+                    eprintln!("xtask: {}: install step took {secs:.1}s", b.name);
+                }
+                (b.name, result)
+            })
+            .collect(),
+    )
+}
+
 /// Start (installing if needed) every active backend whose env is not already given.
 pub(crate) fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
+    start_installed(ctx, install_services(ctx))
+}
+
+/// Start every active backend whose env is not already given, after [`install_services`].
+pub(crate) fn start_installed(
+    ctx: &Ctx,
+    installed: Installed,
+) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
     let mut processes = Vec::new();
     let mut env = BTreeMap::new();
     for b in active_backends(ctx) {
-        if b.env.iter().all(|v| services::env_url_var(v).is_some()) {
+        if given(b) {
             eprintln!(
                 "xtask: {}: using the server given by {}",
                 b.name,
@@ -394,8 +430,13 @@ pub(crate) fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<
             );
             continue;
         }
+        let install = installed
+            .0
+            .iter()
+            .find(|(name, _)| *name == b.name)
+            .map_or_else(|| (b.install)(ctx), |(_, r)| r.clone());
         let started = Instant::now();
-        match (b.install)(ctx).and_then(|()| (b.start)(ctx)) {
+        match install.and_then(|()| (b.start)(ctx)) {
             Ok(s) => {
                 eprintln!(
                     "xtask: {}: started in {:.1}s: {}",

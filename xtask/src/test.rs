@@ -1,13 +1,19 @@
 //! `cargo xtask test` (with `cargo deny`) and `cargo xtask bench`.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::backends::start_services;
-use crate::util::{cargo, run};
+use crate::backends::{install_services, start_installed, start_services};
+use crate::util::{cargo, run, with_log};
 use crate::{Ctx, Result};
 
 /// fmt, clippy, services, `cargo test --workspace`, docs, `cargo deny`: what CI runs.
+///
+/// Installing the servers (on a fresh machine: building tansu and llama.cpp, `cargo install
+/// cargo-deny`, apt and npm packages) runs in a background thread, its output in
+/// `<tools>/logs/install.log`, while the foreground checks and compiles: fmt, clippy, the test
+/// binaries (`cargo test --no-run`) and the docs. Then the servers start and the tests run.
 pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let (flags, passthrough) = match args.iter().position(|a| a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),
@@ -16,6 +22,45 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let skip_lint = flags.iter().any(|f| f == "--skip-lint");
     let skip_deny = flags.iter().any(|f| f == "--skip-deny");
     let total = Instant::now();
+    let logs = ctx.tools().join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let log = logs.join("install.log");
+    let _ = std::fs::remove_file(&log);
+    std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            with_log(&log, || {
+                let installed = install_services(ctx);
+                let deny = (!skip_deny).then(|| install_deny(ctx));
+                (installed, deny)
+            })
+        });
+        let built = build(ctx, skip_lint, passthrough);
+        if built.is_err() {
+            eprintln!("xtask: waiting for the background installs to stop");
+        }
+        let (installed, deny) = background
+            .join()
+            .map_err(|_| "the background install thread panicked".to_owned())?;
+        built?;
+        let (processes, env) = start_installed(ctx, installed)?;
+        let mut cmd = cargo();
+        cmd.current_dir(&ctx.root)
+            .args(["test", "--workspace"])
+            .args(passthrough)
+            .envs(&env);
+        let tested = run("cargo test --workspace", &mut cmd);
+        drop(processes);
+        tested?;
+        if let Some(deny) = deny {
+            check_deny(ctx, deny?)?;
+        }
+        eprintln!("xtask: all green in {:.0}s", total.elapsed().as_secs_f64());
+        Ok(())
+    })
+}
+
+/// The foreground of [`test`]: fmt, clippy, the test binaries, the docs.
+fn build(ctx: &Ctx, skip_lint: bool, passthrough: &[String]) -> Result<()> {
     if !skip_lint {
         run(
             "cargo fmt --check",
@@ -35,15 +80,15 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
             ]),
         )?;
     }
-    let (processes, env) = start_services(ctx)?;
-    let mut cmd = cargo();
-    cmd.current_dir(&ctx.root)
-        .args(["test", "--workspace"])
-        .args(passthrough)
-        .envs(&env);
-    let tested = run("cargo test --workspace", &mut cmd);
-    drop(processes);
-    tested?;
+    // Cargo's own arguments only: what follows a second `--` is for the test binaries.
+    let cargo_args = passthrough.split(|a| a == "--").next().unwrap_or_default();
+    run(
+        "cargo test --no-run (build the test binaries)",
+        cargo()
+            .current_dir(&ctx.root)
+            .args(["test", "--workspace", "--no-run"])
+            .args(cargo_args),
+    )?;
     if !skip_lint {
         run(
             "cargo doc",
@@ -53,15 +98,12 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )?;
     }
-    if !skip_deny {
-        deny(ctx)?;
-    }
-    eprintln!("xtask: all green in {:.0}s", total.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// `cargo deny check` for licenses, bans and sources (advisories need GitHub, unreachable here).
-fn deny(ctx: &Ctx) -> Result<()> {
+/// `cargo install cargo-deny` into the tools dir unless it is there: its binary, or `None` when
+/// it cannot be installed and `DURABLE_TEST_REQUIRE` is off (then the check is skipped).
+fn install_deny(ctx: &Ctx) -> Result<Option<PathBuf>> {
     const VERSION: &str = "0.20.2";
     let bin = ctx.tools().join("bin").join("cargo-deny");
     let current = Command::new(&bin)
@@ -69,10 +111,16 @@ fn deny(ctx: &Ctx) -> Result<()> {
         .output()
         .ok()
         .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION));
-    if !current {
-        let installed = run(
-            "cargo install cargo-deny (cached in the tools dir)",
-            cargo().current_dir(&ctx.root).args([
+    if current {
+        return Ok(Some(bin));
+    }
+    // Its own target dir: the shared one is locked by the foreground's builds.
+    let target = ctx.tools().join("cargo-deny-build");
+    let installed = run(
+        "cargo install cargo-deny (cached in the tools dir)",
+        cargo()
+            .current_dir(&ctx.root)
+            .args([
                 "install",
                 "cargo-deny",
                 "--version",
@@ -80,16 +128,23 @@ fn deny(ctx: &Ctx) -> Result<()> {
                 "--locked",
                 "--root",
                 &ctx.tools().to_string_lossy(),
-            ]),
-        );
-        if let Err(e) = installed {
-            if ctx.require {
-                return Err(e);
-            }
+            ])
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    let _ = std::fs::remove_dir_all(&target);
+    match installed {
+        Ok(()) => Ok(Some(bin)),
+        Err(e) if ctx.require => Err(e),
+        Err(e) => {
             eprintln!("xtask: cargo deny unavailable, skipped: {e}");
-            return Ok(());
+            Ok(None)
         }
     }
+}
+
+/// `cargo deny check` for licenses, bans and sources (advisories need GitHub, unreachable here).
+fn check_deny(ctx: &Ctx, bin: Option<PathBuf>) -> Result<()> {
+    let Some(bin) = bin else { return Ok(()) };
     // `cargo deny --offline` reads the metadata of every platform's dependencies (e.g. the
     // macOS/Windows certificate crates behind rustls-native-certs), which a Linux build never
     // downloads: fetch them first.

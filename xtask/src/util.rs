@@ -1,9 +1,44 @@
-//! Running commands: `cargo`, timed steps, `apt-get` as root.
+//! Running commands: `cargo`, timed steps (optionally into a log file), `apt-get` as root.
 
-use std::process::Command;
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::Result;
+
+thread_local! {
+    /// Where [`run`] sends the output of the commands of this thread; `None`: the terminal.
+    static LOG: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with every [`run`] step of this thread writing its output to `log` instead of the
+/// terminal (the step lines still go to the terminal; a failed step prints the log's tail).
+/// For work in a background thread, whose compiler output would otherwise interleave with the
+/// foreground's.
+pub(crate) fn with_log<T>(log: &Path, f: impl FnOnce() -> T) -> T {
+    LOG.with(|l| *l.borrow_mut() = Some(log.to_path_buf()));
+    let out = f();
+    LOG.with(|l| *l.borrow_mut() = None);
+    out
+}
+
+/// The last `n` lines of the file at `path` (empty if it cannot be read).
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut lines = std::collections::VecDeque::with_capacity(n + 1);
+    for line in BufReader::new(file).lines().map_while(std::io::Result::ok) {
+        if lines.len() == n {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+    lines.into()
+}
 
 /// The `cargo` that runs xtask (`$CARGO`), so toolchain overrides carry over.
 pub(crate) fn cargo() -> Command {
@@ -13,7 +48,22 @@ pub(crate) fn cargo() -> Command {
 /// Run `cmd` as the named step, timing it; a non-zero exit is an error naming the step.
 pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
     let started = Instant::now();
-    eprintln!("xtask: ▶ {step}");
+    let log = LOG.with(|l| l.borrow().clone());
+    match &log {
+        Some(log) => {
+            eprintln!("xtask: ▶ {step} (output in {})", log.display());
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| format!("{step}: cannot open {}: {e}", log.display()))?;
+            let err = file
+                .try_clone()
+                .map_err(|e| format!("{step}: {}: {e}", log.display()))?;
+            cmd.stdout(Stdio::from(file)).stderr(Stdio::from(err));
+        }
+        None => eprintln!("xtask: ▶ {step}"),
+    }
     let status = cmd
         .status()
         .map_err(|e| format!("{step}: cannot run: {e}"))?;
@@ -22,10 +72,15 @@ pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{step} failed ({status})"))
+        return Ok(());
     }
+    if let Some(log) = &log {
+        eprintln!("xtask: the last lines of {}:", log.display());
+        for line in tail(log, 60) {
+            eprintln!("    {line}");
+        }
+    }
+    Err(format!("{step} failed ({status})"))
 }
 
 pub(crate) fn is_root() -> bool {
