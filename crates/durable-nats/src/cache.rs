@@ -4,7 +4,7 @@
 //!
 //! | subject | what |
 //! |---|---|
-//! | `….<token>.e.<cursor>` | log entry `cursor` (one message per event) |
+//! | `….<token>.e.<first>` | a chunk of the log: entries `first, first + 1, …` in one message |
 //! | `….<token>.h` | log head: written by an empty append or `expire` |
 //! | `….<token>.v` | key value (rolled up: only the latest is kept) |
 //!
@@ -13,9 +13,17 @@
 //! `Nats-Expected-Last-Subject-Sequence` against that wildcard: the server stores it only if
 //! nothing of the name changed since the state was read. That one check gives contiguous
 //! cursors under concurrent appenders (G1), the epoch fence in the same operation, and the
-//! key/log exclusion. A batch of entries is one atomic batch publish: all or nothing, one round
-//! trip. Reads by cursor are a direct get of entry `from` (its stream sequence) and one batch
-//! direct get from there: no consumer and no scan of other runs.
+//! key/log exclusion.
+//!
+//! An appended batch is one message, a *chunk*, whose body is the batch as a wake-up frame
+//! ([`frame`]: the first cursor, the lengths, the payloads): JetStream's cost is per message,
+//! so a batch of 100 events costs about what one does, and a replay reads a hundred events
+//! per message. A batch is split only where it crosses a multiple of [`PAGE`] entries (or
+//! would exceed the server's `max_payload`); its chunks are then one atomic batch publish:
+//! all or nothing, one round trip. A read from cursor `c` gets the chunk starting at `c` (a
+//! reader that read up to `c` always finds one) together with the state, in one round trip;
+//! from inside a chunk, it starts at the chunk starting `c`'s page. The chunks after it come
+//! in one batch direct get of the run's chunk subjects: no consumer, no scan of other runs.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -398,43 +406,229 @@ impl NatsServerCache {
                 Published::WrongLastSequence => Ok(None),
             };
         }
+        let ranges = chunk_ranges(st.next, payloads, self.chunk_budget());
         let mut seq = st.seq;
-        // Chunks beyond the server's batch limit are chained: each is atomic and checked
-        // against the previous chunk's last sequence.
-        for (c, chunk) in payloads.chunks(MAX_BATCH).enumerate() {
-            let first = st.next + (c * MAX_BATCH) as u64;
-            let msgs = chunk
+        // More chunks than the server takes in one atomic batch (more than ~256k entries)
+        // are chained: each group is atomic and checked against the previous one's last
+        // sequence.
+        for (g, group) in ranges.chunks(MAX_BATCH).enumerate() {
+            let msgs = group
                 .iter()
                 .enumerate()
-                .map(|(i, p)| {
+                .map(|(i, r)| {
+                    let first = st.next + r.start as u64;
+                    // The sequence check on the first chunk guards the whole atomic batch.
                     let mut h = if i == 0 {
                         self.guarded(log, seq)
                     } else {
                         HeaderMap::new()
                     };
-                    let cursor = first + i as u64;
+                    h.insert(H_NEXT, (st.next + r.end as u64).to_string().as_str());
                     h.insert(H_FENCE, fence.to_string().as_str());
                     if let Some(t) = st.expires {
                         h.insert(H_EXPIRES, t.to_string().as_str());
                     }
-                    h.insert(MSG_ID, format!("{nonce}:{cursor}").as_str());
-                    (format!("{base}.e.{cursor}"), h, p.clone())
+                    h.insert(MSG_ID, format!("{nonce}:{first}").as_str());
+                    let body = frame::encode(first, &payloads[r.clone()], usize::MAX);
+                    (format!("{base}.e.{first}"), h, body)
                 })
                 .collect();
-            match self.publish_retrying(log, first, nonce, msgs).await {
+            let commit = st.next + group.last().map_or(0, |r| r.start) as u64;
+            match self.publish_retrying(log, commit, nonce, msgs).await {
                 Ok(Published::Stored(s)) => seq = s,
-                Ok(Published::WrongLastSequence) if c == 0 => return Ok(None),
+                Ok(Published::WrongLastSequence) if g == 0 => return Ok(None),
                 Ok(Published::WrongLastSequence) => {
                     return Err(err(
                         ErrorKind::Conflict,
                         OP,
-                        "the log changed in the middle of a batch of more than 1000 entries",
+                        "the log changed in the middle of an append of more than 256,000 entries",
                     ))
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(Some(seq))
+    }
+
+    /// The most body bytes of one chunk: the server's `max_payload` less room for headers.
+    fn chunk_budget(&self) -> usize {
+        let max = self.shared.js.client.server_info().max_payload;
+        max.saturating_sub(4096).max(1024)
+    }
+
+    /// `want` (at least one) entries of `log` from cursor `from`, which the log holds; `hit` is
+    /// the chunk starting at `from` when the first lookup found one.
+    ///
+    /// The chunk holding `from` is the one starting there or, when `from` is inside a chunk,
+    /// one of the chunks of its page, found from the chunk starting the page. The chunks after
+    /// it come in one batch direct get of the run's chunk subjects (single server; sized from
+    /// the chunks seen so far), or one leader get each (replicated stream, see `Js`).
+    async fn read_chunks(
+        &self,
+        log: &str,
+        base: &str,
+        from: Cursor,
+        want: usize,
+        hit: Option<StoredMsg>,
+    ) -> Result<Vec<Bytes>> {
+        const OP: &str = "read";
+        let js = &self.shared.js;
+        let stream = self.shared.log_stream();
+        let start = match hit {
+            Some(m) => m,
+            None => {
+                let page = from - from % PAGE;
+                js.last(OP, stream, &format!("{base}.e.{page}"))
+                    .await?
+                    .ok_or_else(|| corrupt(OP, format!("chunk {page} of {log:?} is missing")))?
+            }
+        };
+        let mut reader = ChunkReader {
+            base,
+            from,
+            want,
+            entries: Vec::with_capacity(want.min(4096)),
+            next: None,
+            seq: 0,
+            chunks: 0,
+            seen: 0,
+        };
+        reader.take(&start)?;
+        while !reader.done() {
+            let Some(next) = reader.next else {
+                return Err(corrupt(OP, "a read made no progress"));
+            };
+            if js.replicated {
+                let m = js
+                    .last(OP, stream, &format!("{base}.e.{next}"))
+                    .await?
+                    .ok_or_else(|| corrupt(OP, format!("chunk {next} of {log:?} is missing")))?;
+                reader.take(&m)?;
+                continue;
+            }
+            let msgs = js
+                .batch(
+                    OP,
+                    stream,
+                    &format!("{base}.e.*"),
+                    reader.seq + 1,
+                    reader.estimate(),
+                )
+                .await?;
+            if msgs.is_empty() {
+                return Err(corrupt(OP, format!("chunk {next} of {log:?} is missing")));
+            }
+            for m in &msgs {
+                reader.take(m)?;
+                if reader.done() {
+                    break;
+                }
+            }
+        }
+        Ok(reader.entries)
+    }
+}
+
+/// Entries per page: no chunk spans a multiple of `PAGE`, so the entry at each multiple starts
+/// a chunk, which a read from inside a chunk starts from.
+const PAGE: u64 = 256;
+
+/// The index ranges of `payloads` (stored from cursor `first`) that become one chunk each:
+/// split at page boundaries and where a chunk's body would exceed `budget` bytes (a single
+/// larger entry is a chunk of its own).
+fn chunk_ranges(first: Cursor, payloads: &[Bytes], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::with_capacity(payloads.len() / PAGE as usize + 2);
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in payloads.iter().enumerate() {
+        // The payload and its length in the frame's header.
+        let cost = p.len() + 21;
+        let page_start = (first + i as u64).is_multiple_of(PAGE);
+        if i > start && (page_start || bytes + cost > budget) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    if start < payloads.len() {
+        out.push(start..payloads.len());
+    }
+    out
+}
+
+/// The state of one read: it takes the entries of consecutive chunks from `from` on.
+struct ChunkReader<'a> {
+    base: &'a str,
+    from: Cursor,
+    want: usize,
+    entries: Vec<Bytes>,
+    /// The cursor the next chunk must start at (`None` before the first).
+    next: Option<Cursor>,
+    /// The stream sequence of the last chunk taken.
+    seq: u64,
+    /// Chunks and entries taken, for [`ChunkReader::estimate`].
+    chunks: u64,
+    seen: u64,
+}
+
+impl ChunkReader<'_> {
+    fn done(&self) -> bool {
+        self.entries.len() >= self.want
+    }
+
+    /// Take the entries of chunk `m` that the read wants; it must be the next chunk.
+    fn take(&mut self, m: &StoredMsg) -> Result<()> {
+        const OP: &str = "read";
+        let (first, events) = decode_chunk(OP, self.base, m)?;
+        let expected = self.next.unwrap_or(first);
+        if first != expected || (self.next.is_none() && first > self.from) {
+            return Err(corrupt(
+                OP,
+                format!(
+                    "expected the chunk of entry {}, read chunk {first}",
+                    expected.max(self.from)
+                ),
+            ));
+        }
+        let n = events.len() as u64;
+        let skip = usize::try_from(self.from.saturating_sub(first)).unwrap_or(usize::MAX);
+        let room = self.want - self.entries.len();
+        self.entries
+            .extend(events.into_iter().skip(skip).take(room));
+        self.next = Some(first + n);
+        self.seq = m.seq;
+        self.chunks += 1;
+        self.seen += n;
+        Ok(())
+    }
+
+    /// How many chunks to ask for next: enough for the rest at the average chunk size so far.
+    fn estimate(&self) -> usize {
+        let next = self.next.unwrap_or(self.from);
+        let rest = (self.want - self.entries.len()) as u64 + self.from.saturating_sub(next);
+        let per_chunk = (self.seen / self.chunks.max(1)).max(1);
+        usize::try_from(rest.div_ceil(per_chunk) + 1)
+            .unwrap_or(usize::MAX)
+            .min(MAX_BATCH)
+    }
+}
+
+/// The first cursor and the entries of the chunk `m` of the log at `base`.
+fn decode_chunk(op: &'static str, base: &str, m: &StoredMsg) -> Result<(Cursor, Vec<Bytes>)> {
+    let first: Cursor = m
+        .subject
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix(".e."))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| corrupt(op, format!("{} is not a chunk of this log", m.subject)))?;
+    match frame::decode(&m.payload) {
+        Some(frame::Frame {
+            first: f,
+            events: Some(events),
+            ..
+        }) if f == first && !events.is_empty() => Ok((first, events)),
+        _ => Err(corrupt(op, format!("chunk {first} does not decode"))),
     }
 }
 
@@ -449,7 +643,7 @@ impl NatsServerCache {
     async fn publish_retrying(
         &self,
         log: &str,
-        first: u64,
+        commit: Cursor,
         nonce: &str,
         msgs: Vec<(String, HeaderMap, Bytes)>,
     ) -> Result<Published> {
@@ -461,10 +655,10 @@ impl NatsServerCache {
                     if now_ms().saturating_sub(self.last_outage.load(Ordering::Relaxed))
                         < OUTAGE_MEMORY_MS =>
                 {
-                    // The commit is the batch's last entry: atomic, so if it is in, all are.
-                    let last = first + msgs.len() as u64 - 1;
-                    let ours = format!("{nonce}:{last}");
-                    let entry = format!("{}.e.{last}", self.base(log));
+                    // The commit is the batch's last chunk (starting at entry `commit`):
+                    // atomic, so if it is in, all are.
+                    let ours = format!("{nonce}:{commit}");
+                    let entry = format!("{}.e.{commit}", self.base(log));
                     loop {
                         match self
                             .shared
@@ -527,9 +721,13 @@ fn parse_state(op: &'static str, base: &str, m: StoredMsg) -> Result<State> {
                 .strip_prefix("e.")
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(|| corrupt(op, format!("unknown log subject {r:?}")))?;
+            let next = m
+                .header_u64(H_NEXT)
+                .filter(|n| *n > cursor)
+                .ok_or_else(|| corrupt(op, "log chunk without a valid next cursor"))?;
             Ok(State::Log(LogState {
                 seq: m.seq,
-                next: cursor + 1,
+                next,
                 fence,
                 expires,
             }))
@@ -643,11 +841,14 @@ impl ServerCache for NatsServerCache {
         check(OP, "log", log)?;
         let base = self.base(log);
         let stream = self.shared.log_stream();
-        let first_entry = format!("{base}.e.{from}");
-        // Both lookups at once: one round trip of latency.
+        // Both lookups at once, one round trip of latency: the state, and the chunk starting
+        // at `from` (there is one unless `from` is inside a chunk). On a replicated stream the
+        // two may be served in either order; a chunk appended between them is then found from
+        // its page (see `read_chunks`).
+        let starting_at_from = format!("{base}.e.{from}");
         let (state, first) = futures::join!(
             self.state(OP, log),
-            self.shared.js.last(OP, stream, &first_entry)
+            self.shared.js.last(OP, stream, &starting_at_from)
         );
         let st = match state? {
             State::Missing => {
@@ -685,44 +886,7 @@ impl ServerCache for NatsServerCache {
                 next: st.next,
             });
         }
-        let first = match first? {
-            // On a replicated stream the two gets above may be served in either order, so an
-            // entry appended between them can be missing from the first: ask again, now that
-            // the state says it exists.
-            None if self.shared.js.replicated => {
-                self.shared.js.last(OP, stream, &first_entry).await?
-            }
-            first => first,
-        };
-        let Some(first) = first else {
-            return Err(corrupt(OP, format!("entry {from} of {log:?} is missing")));
-        };
-        let js = &self.shared.js;
-        let msgs = if js.replicated {
-            // Leader gets of the slice's subjects, sent together (see `Js`).
-            let subjects = (from + 1..from + want as u64).map(|k| format!("{base}.e.{k}"));
-            let mut msgs = vec![first];
-            for (k, m) in (from + 1..).zip(js.last_many(OP, stream, subjects).await?) {
-                msgs.push(
-                    m.ok_or_else(|| corrupt(OP, format!("entry {k} of {log:?} is missing")))?,
-                );
-            }
-            msgs
-        } else {
-            js.batch(OP, stream, &format!("{base}.e.*"), first.seq, want)
-                .await?
-        };
-        let mut entries = Vec::with_capacity(msgs.len());
-        for (i, m) in msgs.into_iter().enumerate() {
-            let expected = format!("{base}.e.{}", from + i as u64);
-            if m.subject != expected {
-                return Err(corrupt(
-                    OP,
-                    format!("expected {expected}, read {}", m.subject),
-                ));
-            }
-            entries.push(m.payload);
-        }
+        let entries = self.read_chunks(log, &base, from, want, first?).await?;
         Ok(LogSlice {
             first: from,
             entries,
@@ -837,5 +1001,58 @@ impl ServerCache for NatsServerCache {
                 .map_err(|e| unavailable("append_announce", e))?;
         }
         Ok(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: usize, len: usize) -> Vec<Bytes> {
+        (0..n).map(|_| Bytes::from(vec![b'x'; len])).collect()
+    }
+
+    #[test]
+    fn a_batch_is_one_chunk_unless_it_crosses_a_page() {
+        assert_eq!(chunk_ranges(0, &entries(100, 16), 1 << 20), vec![0..100]);
+        assert_eq!(chunk_ranges(200, &entries(50, 16), 1 << 20), vec![0..50]);
+        // 200..256 and 256..300: the entry at 256 starts a chunk.
+        assert_eq!(
+            chunk_ranges(200, &entries(100, 16), 1 << 20),
+            vec![0..56, 56..100]
+        );
+        assert_eq!(
+            chunk_ranges(0, &entries(600, 16), 1 << 20),
+            vec![0..256, 256..512, 512..600]
+        );
+        assert!(chunk_ranges(7, &[], 1 << 20).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_stays_within_the_byte_budget_and_a_large_entry_is_alone() {
+        // 37 bytes per entry in the budget's count: 10 entries fit in 370.
+        let ranges = chunk_ranges(0, &entries(25, 16), 370);
+        assert_eq!(ranges, vec![0..10, 10..20, 20..25]);
+        let mut mixed = entries(3, 16);
+        mixed.insert(1, Bytes::from(vec![b'y'; 1000]));
+        assert_eq!(chunk_ranges(0, &mixed, 370), vec![0..1, 1..2, 2..4]);
+    }
+
+    #[test]
+    fn every_page_start_starts_a_chunk() {
+        for first in [0, 1, 255, 256, 257, 1000] {
+            let ranges = chunk_ranges(first, &entries(1500, 8), 4096);
+            let starts: std::collections::HashSet<u64> =
+                ranges.iter().map(|r| first + r.start as u64).collect();
+            for k in first..first + 1500 {
+                if k.is_multiple_of(PAGE) {
+                    assert!(starts.contains(&k), "first {first}: no chunk starts at {k}");
+                }
+            }
+            // Contiguous and complete.
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+            assert_eq!(ranges.last().map(|r| r.end), Some(1500));
+        }
     }
 }
