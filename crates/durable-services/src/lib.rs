@@ -87,6 +87,8 @@ pub struct ServerProcess {
     port: u16,
     dir: PathBuf,
     ready: fn(u16) -> bool,
+    /// Whether what a killed instance held in `dir` is released, so a new one can start.
+    released: Option<fn(&Path) -> bool>,
 }
 
 impl ServerProcess {
@@ -110,6 +112,7 @@ impl ServerProcess {
             port,
             dir,
             ready,
+            released: None,
         };
         p.spawn()?;
         Ok(p)
@@ -178,6 +181,10 @@ impl ServerProcess {
         wait_until(Duration::from_secs(10), || {
             TcpListener::bind(("127.0.0.1", port)).is_ok()
         });
+        if let Some(released) = self.released {
+            let dir = self.dir.clone();
+            wait_until(Duration::from_secs(30), || released(&dir));
+        }
         self.spawn()
     }
 
@@ -428,14 +435,16 @@ pub fn postgres(options: &PostgresOptions) -> Result<ServerProcess, String> {
         args.push(setting.into());
     }
     let (program, args) = as_postgres(bin.join("postgres"), args);
-    ServerProcess::start("postgres", program, args, port, dir, postgres_ready)
+    let mut server = ServerProcess::start("postgres", program, args, port, dir, postgres_ready)?;
+    server.released = Some(postgres_released);
+    Ok(server)
 }
 
 /// Whether no process of a killed PostgreSQL server (`dir` as returned by
 /// [`ServerProcess::dir`] of [`postgres`]) is left: after `SIGKILL` of the postmaster its
 /// backends exit on their own, and a new server refuses to start while any of them still
-/// holds the old shared memory. Wait on this between [`ServerProcess::kill`] and
-/// [`ServerProcess::restart`].
+/// holds the old shared memory. [`ServerProcess::restart`] waits on this; a caller that kills
+/// and starts the server itself waits on it in between.
 pub fn postgres_released(dir: &Path) -> bool {
     let pidfile =
         std::fs::read_to_string(dir.join("data").join("postmaster.pid")).unwrap_or_default();
