@@ -80,6 +80,8 @@ fn put_dec(buf: &mut BytesMut, n: u64) {
 pub struct NativeBody<S> {
     events: Pin<Box<S>>,
     idle: Pin<Box<tokio::time::Sleep>>,
+    /// When the last frame or ping went out.
+    last_frame: tokio::time::Instant,
     heartbeat: Duration,
     retry: Option<Duration>,
     done: bool,
@@ -126,12 +128,17 @@ where
         }
         if let Some(oldest) = oldest {
             this.meter.delivered(frames as u64, oldest);
-            let next = tokio::time::Instant::now() + this.heartbeat;
-            this.idle.as_mut().reset(next);
+            // Only noted: the timer keeps its deadline (re-arming it per frame would cost two
+            // timer-wheel operations per delivery) and, when it fires, waits out the rest.
+            this.last_frame = tokio::time::Instant::now();
         } else if !this.done && this.idle.as_mut().poll(cx).is_ready() {
-            buf.put_slice(b": ping\n\n");
-            let next = tokio::time::Instant::now() + this.heartbeat;
-            this.idle.as_mut().reset(next);
+            let quiet_until = this.last_frame + this.heartbeat;
+            let now = tokio::time::Instant::now();
+            if quiet_until <= now {
+                buf.put_slice(b": ping\n\n");
+                this.last_frame = now;
+            }
+            this.idle.as_mut().reset(this.last_frame + this.heartbeat);
             // Register the new deadline's wake-up.
             let _ = this.idle.as_mut().poll(cx);
         }
@@ -160,6 +167,7 @@ where
     let body = NativeBody {
         events: Box::pin(events),
         idle: Box::pin(tokio::time::sleep(heartbeat)),
+        last_frame: tokio::time::Instant::now(),
         heartbeat,
         retry: Some(retry),
         done: false,
