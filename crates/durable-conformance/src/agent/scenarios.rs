@@ -416,10 +416,22 @@ fn crash_and_recover(
         )?;
         let events = observe_all(&restarted, &run_id, DEADLINE).await;
         assert_contiguous(&events);
-        ensure(client_view(&events) == reference, || {
+        let view = client_view(&events);
+        ensure(view == reference, || {
+            let at = view
+                .iter()
+                .zip(reference)
+                .position(|(a, b)| a != b)
+                .unwrap_or(view.len().min(reference.len()));
             format!(
-                "the recovered run differs from the reference: {:?}",
-                kinds(&events)
+                "the recovered run differs from the reference at {at}: {:?} instead of {:?}; \
+                 events (cursor, kind, data): {:?}",
+                view.get(at),
+                reference.get(at),
+                events
+                    .iter()
+                    .map(|e| (e.cursor, e.kind.as_str(), e.data.to_value()))
+                    .collect::<Vec<_>>()
             )
         })?;
         let restarts = events
