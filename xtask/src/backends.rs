@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use durable_services::{self as services, ServerProcess};
 
-use crate::util::{apt_install, run};
+use crate::util::{apt_install, run, with_log};
 use crate::{llm, tansu, Ctx, Result};
 
 /// One backend of the test matrix.
@@ -389,29 +389,56 @@ fn given(b: &BackendEntry) -> bool {
 /// The outcome of installing the server of every active backend not given by the environment.
 pub(crate) struct Installed(Vec<(&'static str, Result<()>)>);
 
-/// Install (if missing) the server of every active backend not given by the environment. Does
-/// not fail: a backend whose install failed fails (or is skipped) when [`start_installed`]
-/// reaches it, so `cargo xtask test` can install in a background thread.
-pub(crate) fn install_services(ctx: &Ctx) -> Installed {
-    Installed(
-        active_backends(ctx)
+/// Install (if missing) the server of every active backend not given by the environment, one
+/// thread per backend (on a fresh machine tansu and llama.cpp compile at the same time; apt
+/// takes one package set at a time). With `logs`, each backend's command output goes to
+/// `<logs>/install-<name>.log`. Does not fail: a backend whose install failed fails (or is
+/// skipped) when [`start_installed`] reaches it, so `cargo xtask test` can install in the
+/// background.
+pub(crate) fn install_services(ctx: &Ctx, logs: Option<&std::path::Path>) -> Installed {
+    std::thread::scope(|scope| {
+        let mut seen = std::collections::HashSet::new();
+        let handles: Vec<_> = active_backends(ctx)
             .filter(|b| !given(b))
+            // Entries sharing an installer (nats and nats-cluster) run it once.
+            .filter(|b| seen.insert(b.install as usize))
             .map(|b| {
-                let started = Instant::now();
-                let result = (b.install)(ctx);
-                let secs = started.elapsed().as_secs_f64();
-                if secs >= 1.0 {
-                    eprintln!("xtask: {}: install step took {secs:.1}s", b.name);
-                }
-                (b.name, result)
+                let log = logs.map(|d| d.join(format!("install-{}.log", b.name)));
+                let handle = scope.spawn(move || {
+                    let install = || {
+                        let started = Instant::now();
+                        let result = (b.install)(ctx);
+                        let secs = started.elapsed().as_secs_f64();
+                        if secs >= 1.0 {
+                            eprintln!("xtask: {}: install step took {secs:.1}s", b.name);
+                        }
+                        result
+                    };
+                    match &log {
+                        Some(log) => with_log(log, install),
+                        None => install(),
+                    }
+                });
+                (b.name, handle)
             })
-            .collect(),
-    )
+            .collect();
+        Installed(
+            handles
+                .into_iter()
+                .map(|(name, h)| {
+                    let result = h
+                        .join()
+                        .unwrap_or_else(|_| Err("its install thread panicked".to_owned()));
+                    (name, result)
+                })
+                .collect(),
+        )
+    })
 }
 
 /// Start (installing if needed) every active backend whose env is not already given.
 pub(crate) fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
-    start_installed(ctx, install_services(ctx))
+    start_installed(ctx, install_services(ctx, None))
 }
 
 /// Start every active backend whose env is not already given, after [`install_services`].

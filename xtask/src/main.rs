@@ -13,11 +13,13 @@
 //! - [`backends`]: the backend table (add a backend here), starting services, `ci-matrix`.
 //! - [`test`](mod@test): `test`, `cargo deny`, `bench`.
 //! - [`llm`]: llama-server + SmolLM2 (install, start) and `demo`.
+//! - [`runner`]: runs the test binaries (`DURABLE_TEST_JOBS` at a time).
 //! - [`tansu`]: the Kafka-protocol broker (install).
 //! - [`util`]: running commands, `cargo`, `apt-get`.
 
 mod backends;
 mod llm;
+mod runner;
 mod tansu;
 mod test;
 mod util;

@@ -5,14 +5,15 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::backends::{install_services, start_installed, start_services};
-use crate::util::{cargo, run, with_log};
+use crate::runner::{self, TestBinary};
+use crate::util::{cargo, run, run_capturing, with_log};
 use crate::{Ctx, Result};
 
 /// fmt, clippy, services, `cargo test --workspace`, docs, `cargo deny`: what CI runs.
 ///
 /// Installing the servers (on a fresh machine: building tansu and llama.cpp, `cargo install
-/// cargo-deny`, apt and npm packages) runs in a background thread, its output in
-/// `<tools>/logs/install.log`, while the foreground checks and compiles: fmt, clippy, the test
+/// cargo-deny`, apt and npm packages) runs in background threads, their output in
+/// `<tools>/logs/install-<name>.log`, while the foreground checks and compiles: fmt, clippy, the test
 /// binaries (`cargo test --no-run`) and the docs. Then the servers start and the tests run.
 pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let (flags, passthrough) = match args.iter().position(|a| a == "--") {
@@ -24,33 +25,42 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let total = Instant::now();
     let logs = ctx.tools().join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
-    let log = logs.join("install.log");
-    let _ = std::fs::remove_file(&log);
     std::thread::scope(|scope| {
-        let background = scope.spawn(|| {
-            with_log(&log, || {
-                let installed = install_services(ctx);
-                let deny = (!skip_deny).then(|| install_deny(ctx));
-                (installed, deny)
-            })
+        let deny = scope.spawn(|| {
+            (!skip_deny)
+                .then(|| with_log(&logs.join("install-cargo-deny.log"), || install_deny(ctx)))
         });
+        let background = scope.spawn(|| install_services(ctx, Some(&logs)));
         let built = build(ctx, skip_lint, passthrough);
         if built.is_err() {
             eprintln!("xtask: waiting for the background installs to stop");
         }
-        let (installed, deny) = background
+        let installed = background
             .join()
             .map_err(|_| "the background install thread panicked".to_owned())?;
-        built?;
+        let deny = deny
+            .join()
+            .map_err(|_| "the cargo-deny install thread panicked".to_owned())?;
+        let binaries = built?;
         let (processes, env) = start_installed(ctx, installed)?;
-        let mut cmd = cargo();
-        cmd.current_dir(&ctx.root)
-            .args(["test", "--workspace"])
-            .args(passthrough)
-            .envs(&env);
-        let tested = run("cargo test --workspace", &mut cmd);
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let binary_args = passthrough
+            .iter()
+            .position(|a| a == "--")
+            .map_or(&[][..], |i| &passthrough[i + 1..]);
+        let tested = runner::run_all(binaries, &env, binary_args, &logs.join("test-times.txt"));
+        // The doc tests (compiled by rustdoc as they run).
+        let documented = run(
+            "cargo test --doc",
+            cargo()
+                .current_dir(&ctx.root)
+                .args(["test", "--workspace", "--doc"])
+                .args(cargo_args(passthrough))
+                .envs(env.iter().map(|(k, v)| (k, v))),
+        );
         drop(processes);
         tested?;
+        documented?;
         if let Some(deny) = deny {
             check_deny(ctx, deny?)?;
         }
@@ -59,8 +69,15 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     })
 }
 
-/// The foreground of [`test`]: fmt, clippy, the test binaries, the docs.
-fn build(ctx: &Ctx, skip_lint: bool, passthrough: &[String]) -> Result<()> {
+/// Cargo's own arguments among `cargo xtask test -- …`: what follows a second `--` is for the
+/// test binaries.
+fn cargo_args(passthrough: &[String]) -> &[String] {
+    passthrough.split(|a| a == "--").next().unwrap_or_default()
+}
+
+/// The foreground of [`test()`]: fmt, clippy, the test binaries, the docs. Returns the test
+/// binaries.
+fn build(ctx: &Ctx, skip_lint: bool, passthrough: &[String]) -> Result<Vec<TestBinary>> {
     if !skip_lint {
         run(
             "cargo fmt --check",
@@ -80,15 +97,22 @@ fn build(ctx: &Ctx, skip_lint: bool, passthrough: &[String]) -> Result<()> {
             ]),
         )?;
     }
-    // Cargo's own arguments only: what follows a second `--` is for the test binaries.
-    let cargo_args = passthrough.split(|a| a == "--").next().unwrap_or_default();
-    run(
+    let json = run_capturing(
         "cargo test --no-run (build the test binaries)",
         cargo()
             .current_dir(&ctx.root)
-            .args(["test", "--workspace", "--no-run"])
-            .args(cargo_args),
+            .args([
+                "test",
+                "--workspace",
+                "--no-run",
+                "--message-format=json-render-diagnostics",
+            ])
+            .args(cargo_args(passthrough)),
     )?;
+    let binaries = runner::parse_artifacts(&json);
+    if binaries.is_empty() {
+        return Err("cargo test --no-run named no test binary".to_owned());
+    }
     if !skip_lint {
         run(
             "cargo doc",
@@ -98,7 +122,7 @@ fn build(ctx: &Ctx, skip_lint: bool, passthrough: &[String]) -> Result<()> {
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )?;
     }
-    Ok(())
+    Ok(binaries)
 }
 
 /// `cargo install cargo-deny` into the tools dir unless it is there: its binary, or `None` when

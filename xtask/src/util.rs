@@ -83,6 +83,27 @@ pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
     Err(format!("{step} failed ({status})"))
 }
 
+/// Run `cmd` as the named step like [`run`], returning its standard output (its standard error
+/// goes to the terminal).
+pub(crate) fn run_capturing(step: &str, cmd: &mut Command) -> Result<String> {
+    let started = Instant::now();
+    eprintln!("xtask: ▶ {step}");
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{step}: cannot run: {e}"))?;
+    eprintln!(
+        "xtask: {step} finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{step} failed ({})", out.status))
+    }
+}
+
 pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -98,6 +119,22 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
             packages.join(" "),
             packages.join(" ")
         ));
+    }
+    // Installs run in parallel threads; dpkg takes one at a time, and what another thread
+    // installed meanwhile is not installed again.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let installed = |p: &&str| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", p])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+    };
+    let packages: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if packages.is_empty() {
+        return Ok(());
     }
     run(
         "apt-get update",
