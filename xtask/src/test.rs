@@ -16,10 +16,7 @@ use crate::{Ctx, Result};
 /// `<tools>/logs/install-<name>.log`, while the foreground checks and compiles: fmt, clippy, the test
 /// binaries (`cargo test --no-run`) and the docs. Then the servers start and the tests run.
 pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
-    let (flags, passthrough) = match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &[][..]),
-    };
+    let (flags, passthrough) = at_dashes(args);
     let skip_lint = flags.iter().any(|f| f == "--skip-lint");
     let skip_deny = flags.iter().any(|f| f == "--skip-deny");
     let total = Instant::now();
@@ -44,10 +41,7 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
         let binaries = built?;
         let (processes, env) = start_installed(ctx, installed)?;
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let binary_args = passthrough
-            .iter()
-            .position(|a| a == "--")
-            .map_or(&[][..], |i| &passthrough[i + 1..]);
+        let binary_args = at_dashes(passthrough).1;
         let tested = runner::run_all(binaries, &env, binary_args, &logs.join("test-times.txt"));
         // The doc tests (compiled by rustdoc as they run).
         let documented = run(
@@ -72,7 +66,15 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
 /// Cargo's own arguments among `cargo xtask test -- …`: what follows a second `--` is for the
 /// test binaries.
 fn cargo_args(passthrough: &[String]) -> &[String] {
-    passthrough.split(|a| a == "--").next().unwrap_or_default()
+    at_dashes(passthrough).0
+}
+
+/// `args` before and after its first `--` (all of it and nothing without one).
+fn at_dashes(args: &[String]) -> (&[String], &[String]) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[]),
+    }
 }
 
 /// The foreground of [`test()`]: fmt, clippy, the test binaries, the docs. Returns the test
@@ -191,10 +193,7 @@ fn check_deny(ctx: &Ctx, bin: Option<PathBuf>) -> Result<()> {
 /// `--quick`), or with `--criterion` the criterion benches of every crate (criterion's args
 /// after `--`).
 pub(crate) fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
-    let (flags, passthrough) = match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &[][..]),
-    };
+    let (flags, passthrough) = at_dashes(args);
     let criterion = match flags {
         [] => false,
         [f] if f == "--criterion" => true,
