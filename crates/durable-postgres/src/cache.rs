@@ -110,7 +110,7 @@ impl PostgresServerCache {
             Some((c, h, t)) => (Some(c), Some(h), Some(t)),
             None => (None, None, None),
         };
-        let first: i64 = crate::error::retry_unsent(|| {
+        let append = || {
             sqlx::query_scalar("SELECT durable_append($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(log)
                 .bind(rows.clone())
@@ -121,8 +121,15 @@ impl PostgresServerCache {
                 .bind(head.clone())
                 .bind(tail.clone())
                 .fetch_one_on(&self.pg)
-        })
-        .await
+        };
+        // An empty append (creating a log, raising its fence) may run twice. One with events
+        // never: it may have landed, and only the caller knows where it expected it (the run
+        // writer compares the log's length).
+        let first: i64 = if payloads.is_empty() {
+            crate::error::retry_idempotent(append).await
+        } else {
+            append().await
+        }
         .map_err(|e| from_sqlx(op, e))?;
         cursor_to_u64(op, first)
     }
@@ -144,7 +151,7 @@ impl ServerCache for PostgresServerCache {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         check("get", "key", key)?;
-        let row = crate::error::retry_unsent(|| {
+        let row = crate::error::retry_idempotent(|| {
             sqlx::query(
                 "SELECT is_log, value FROM cache_items \
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
@@ -165,7 +172,7 @@ impl ServerCache for PostgresServerCache {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         check("set", "key", key)?;
-        crate::error::retry_unsent(|| {
+        crate::error::retry_idempotent(|| {
             sqlx::query("SELECT durable_set($1, $2, $3)")
                 .bind(key)
                 .bind(value.as_ref())
@@ -179,26 +186,24 @@ impl ServerCache for PostgresServerCache {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         check("delete", "key", key)?;
-        crate::error::retry_unsent(|| {
-            sqlx::query_scalar("SELECT durable_delete($1)")
-                .bind(key)
-                .fetch_one_on(&self.pg)
-        })
-        .await
-        .map_err(|e| from_sqlx("delete", e))
+        // Not run twice: a second run would answer `false` for a key the first deleted.
+        sqlx::query_scalar("SELECT durable_delete($1)")
+            .bind(key)
+            .fetch_one_on(&self.pg)
+            .await
+            .map_err(|e| from_sqlx("delete", e))
     }
 
     async fn increment(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64> {
         check("increment", "key", key)?;
-        crate::error::retry_unsent(|| {
-            sqlx::query_scalar("SELECT durable_increment($1, $2, $3)")
-                .bind(key)
-                .bind(by)
-                .bind(ttl_ms(ttl))
-                .fetch_one_on(&self.pg)
-        })
-        .await
-        .map_err(|e| from_sqlx("increment", e))
+        // Not run twice: a failed increment may have counted.
+        sqlx::query_scalar("SELECT durable_increment($1, $2, $3)")
+            .bind(key)
+            .bind(by)
+            .bind(ttl_ms(ttl))
+            .fetch_one_on(&self.pg)
+            .await
+            .map_err(|e| from_sqlx("increment", e))
     }
 
     async fn append_many(
@@ -217,7 +222,7 @@ impl ServerCache for PostgresServerCache {
         let from_i = i64::try_from(from).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         let end_i = from_i.saturating_add(limit_i);
-        let row = crate::error::retry_unsent(|| {
+        let row = crate::error::retry_idempotent(|| {
             sqlx::query(READ_SQL)
                 .bind(log)
                 .bind(from_i)
@@ -261,7 +266,7 @@ impl ServerCache for PostgresServerCache {
 
     async fn len(&self, log: &str) -> Result<Option<u64>> {
         check("len", "log", log)?;
-        let row = crate::error::retry_unsent(|| {
+        let row = crate::error::retry_idempotent(|| {
             sqlx::query(
                 "SELECT is_log, next_cursor FROM cache_items \
              WHERE name = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
@@ -284,7 +289,7 @@ impl ServerCache for PostgresServerCache {
 
     async fn expire(&self, log: &str, ttl: Duration) -> Result<bool> {
         check("expire", "log", log)?;
-        let is_log: Option<bool> = crate::error::retry_unsent(|| {
+        let is_log: Option<bool> = crate::error::retry_idempotent(|| {
             sqlx::query_scalar(
                 "UPDATE cache_items SET expires_at = CASE WHEN is_log \
                  THEN now() + $2 * interval '1 millisecond' ELSE expires_at END \
@@ -319,7 +324,7 @@ impl ServerCache for PostgresServerCache {
             .map_err(|e| e.with_backend(BACKEND).with_operation("keys"))?;
         // Names hold [A-Za-z0-9_-.:/]: only `_` is special in LIKE.
         let pattern = format!("{}%", prefix.replace('_', "\\_"));
-        let mut names: Vec<String> = crate::error::retry_unsent(|| {
+        let mut names: Vec<String> = crate::error::retry_idempotent(|| {
             sqlx::query_scalar(
                 "SELECT name FROM cache_items WHERE name LIKE $1 ESCAPE '\\' \
                AND (expires_at IS NULL OR expires_at > clock_timestamp()) ORDER BY name",

@@ -214,7 +214,7 @@ impl PostgresPubSub {
             .send(Command::Listen(channel, ack))
             .map_err(|_| err(ErrorKind::Unavailable, op, "the listener task has stopped"))?;
         // Wake the listener out of its wait so it runs the LISTEN now.
-        crate::error::retry_unsent(|| {
+        crate::error::retry_idempotent(|| {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(&listen.control)
                 .execute_on(&self.hub.pg)
@@ -235,7 +235,7 @@ impl PostgresPubSub {
             None
         } else {
             let token = CONTROL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            crate::error::retry_unsent(|| {
+            crate::error::retry_idempotent(|| {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(notify::channel(self.schema(), topic))
                     .bind(format!("{topic} s{token}"))
@@ -391,12 +391,13 @@ async fn dispatch(registry: &Registry, pg: &Postgres, payload: &str) {
             log,
         } => read_frame(pg, first, count, max, log).await,
         Notice::Outbox(id) => {
-            let row: std::result::Result<Option<Vec<u8>>, _> = crate::error::retry_unsent(|| {
-                sqlx::query_scalar("SELECT payload FROM outbox WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional_on(pg)
-            })
-            .await;
+            let row: std::result::Result<Option<Vec<u8>>, _> =
+                crate::error::retry_idempotent(|| {
+                    sqlx::query_scalar("SELECT payload FROM outbox WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional_on(pg)
+                })
+                .await;
             match row {
                 Ok(Some(p)) => Bytes::from(p),
                 _ => {
@@ -412,7 +413,7 @@ async fn dispatch(registry: &Registry, pg: &Postgres, payload: &str) {
 /// The frame of a batch announced by reference: read from the log, or the range alone when
 /// it cannot be read (the observer then reads the log itself).
 async fn read_frame(pg: &Postgres, first: u64, count: u64, max: usize, log: &str) -> Bytes {
-    let rows: std::result::Result<Vec<Vec<u8>>, _> = crate::error::retry_unsent(|| {
+    let rows: std::result::Result<Vec<Vec<u8>>, _> = crate::error::retry_idempotent(|| {
         sqlx::query_scalar(
             "SELECT payload FROM log_events WHERE name = $1 AND cursor >= $2 AND cursor < $3 \
          ORDER BY cursor",
@@ -442,7 +443,7 @@ struct PgAcker {
 impl JobAcker for PgAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         async move {
-            crate::error::retry_unsent(|| {
+            crate::error::retry_idempotent(|| {
                 sqlx::query("DELETE FROM queue_jobs WHERE id = $1")
                     .bind(self.id)
                     .execute_on(&self.pg)
@@ -456,7 +457,7 @@ impl JobAcker for PgAcker {
 
     fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         async move {
-            crate::error::retry_unsent(|| {
+            crate::error::retry_idempotent(|| {
                 sqlx::query(
                     "WITH u AS (UPDATE queue_jobs SET visible_at = now() WHERE id = $1) \
                  SELECT pg_notify($2, $3)",
@@ -487,20 +488,20 @@ impl Consumer {
     async fn fetch(&self) -> Result<Option<Job>> {
         let visibility =
             i64::try_from(self.pg.config().visibility_timeout.as_millis()).unwrap_or(i64::MAX);
-        let row = crate::error::retry_unsent(|| {
-            sqlx::query(
-                "UPDATE queue_jobs SET attempt = attempt + 1, \
-                    visible_at = now() + $3 * interval '1 millisecond' \
+        // Not run twice: a second run would take another job and leave the first invisible
+        // (and counted as attempted) until its visibility timeout.
+        let row = sqlx::query(
+            "UPDATE queue_jobs SET attempt = attempt + 1, \
+                visible_at = now() + $3 * interval '1 millisecond' \
              WHERE id = (SELECT id FROM queue_jobs \
                           WHERE topic = $1 AND grp = $2 AND visible_at <= now() \
                           ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, payload, attempt",
-            )
-            .bind(&self.topic)
-            .bind(&self.group)
-            .bind(visibility)
-            .fetch_optional_on(&self.pg)
-        })
+        )
+        .bind(&self.topic)
+        .bind(&self.group)
+        .bind(visibility)
+        .fetch_optional_on(&self.pg)
         .await
         .map_err(|e| from_sqlx("subscribe_group", e))?;
         let Some(row) = row else { return Ok(None) };
@@ -581,16 +582,15 @@ impl PubSub for PostgresPubSub {
                 format!("{topic} p"),
             ),
         };
-        crate::error::retry_unsent(|| {
-            sqlx::query(sql)
-                .bind(topic)
-                .bind(payload.as_ref())
-                .bind(&channel)
-                .bind(&tail)
-                .execute_on(&self.hub.pg)
-        })
-        .await
-        .map_err(|e| from_sqlx("publish", e))?;
+        // Not run twice: a second run would deliver the message (and queue its jobs) again.
+        sqlx::query(sql)
+            .bind(topic)
+            .bind(payload.as_ref())
+            .bind(&channel)
+            .bind(&tail)
+            .execute_on(&self.hub.pg)
+            .await
+            .map_err(|e| from_sqlx("publish", e))?;
         if self.hub.listen.is_none() {
             // Polling: no notification comes back, so this process's subscribers hear it
             // here (the NOTIFY above still reaches listening processes).
@@ -636,7 +636,7 @@ impl PubSub for PostgresPubSub {
     async fn subscribe_group(&self, topic: &str, group: &str) -> Result<GroupSubscription> {
         check("subscribe_group", "topic", topic)?;
         check("subscribe_group", "group", group)?;
-        crate::error::retry_unsent(|| {
+        crate::error::retry_idempotent(|| {
             sqlx::query(
                 "INSERT INTO queue_groups (topic, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )

@@ -86,20 +86,37 @@ fn json_text(op: &'static str, v: &Value) -> Result<String> {
     })
 }
 
+/// Whether a statement may run a second time after a failure that may have come after the
+/// server ran it.
+#[derive(Clone, Copy)]
+enum Rerun {
+    /// A second run changes nothing and answers the same.
+    Idempotent,
+    /// A second run would fail or answer differently (create a run that now exists, set a
+    /// terminal status twice): the error goes to the caller.
+    Never,
+}
+
 impl PostgresWorkflowStore {
     pub(crate) fn new(pg: Postgres) -> Self {
         Self { pg }
     }
 
-    /// Run the query `q` builds (again, if it never reached the server) and decode its row.
+    /// Run the query `q` builds and decode its row; an idempotent one again on a connection of
+    /// a dead runtime (see [`retry_idempotent`](crate::error::retry_idempotent)).
     async fn one<'q>(
         &self,
         op: &'static str,
+        rerun: Rerun,
         q: impl Fn() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> + Sync,
     ) -> Result<RunRecord> {
-        let row = crate::error::retry_unsent(|| q().fetch_one_on(&self.pg))
-            .await
-            .map_err(|e| from_sqlx(op, e))?;
+        let row = match rerun {
+            Rerun::Idempotent => {
+                crate::error::retry_idempotent(|| q().fetch_one_on(&self.pg)).await
+            }
+            Rerun::Never => q().fetch_one_on(&self.pg).await,
+        }
+        .map_err(|e| from_sqlx(op, e))?;
         record(op, &row)
     }
 }
@@ -119,7 +136,7 @@ impl WorkflowStore for PostgresWorkflowStore {
     async fn create_run(&self, run: NewRun) -> Result<RunRecord> {
         let data = json_text("create_run", &run.data)?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_create_run($1, $2, $3, $4)");
-        self.one("create_run", || {
+        self.one("create_run", Rerun::Never, || {
             sqlx::query(&sql)
                 .bind(run.run_id.as_str())
                 .bind(run.status.as_str())
@@ -134,7 +151,7 @@ impl WorkflowStore for PostgresWorkflowStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1 \
              AND (expires_at IS NULL OR expires_at > clock_timestamp())"
         );
-        let row = crate::error::retry_unsent(|| {
+        let row = crate::error::retry_idempotent(|| {
             sqlx::query(&sql)
                 .bind(run_id.as_str())
                 .fetch_optional_on(&self.pg)
@@ -152,7 +169,7 @@ impl WorkflowStore for PostgresWorkflowStore {
              FROM runs r WHERE run_id = $1 \
              AND (expires_at IS NULL OR expires_at > clock_timestamp())"
         );
-        let Some(row) = crate::error::retry_unsent(|| {
+        let Some(row) = crate::error::retry_idempotent(|| {
             sqlx::query(&sql)
                 .bind(run_id.as_str())
                 .fetch_optional_on(&self.pg)
@@ -182,7 +199,7 @@ impl WorkflowStore for PostgresWorkflowStore {
         check("claim", "owner", owner)?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_claim($1, $2, $3)");
         let rec = self
-            .one("claim", || {
+            .one("claim", Rerun::Idempotent, || {
                 sqlx::query(&sql)
                     .bind(run_id.as_str())
                     .bind(owner)
@@ -200,7 +217,7 @@ impl WorkflowStore for PostgresWorkflowStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_renew($1, $2, $3, $4)");
         let rec = self
-            .one("renew", || {
+            .one("renew", Rerun::Idempotent, || {
                 sqlx::query(&sql)
                     .bind(lease.run_id.as_str())
                     .bind(epoch_i64(lease.epoch))
@@ -215,7 +232,7 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
-        crate::error::retry_unsent(|| {
+        crate::error::retry_idempotent(|| {
             sqlx::query("SELECT durable_release($1, $2)")
                 .bind(lease.run_id.as_str())
                 .bind(epoch_i64(lease.epoch))
@@ -235,7 +252,7 @@ impl WorkflowStore for PostgresWorkflowStore {
     ) -> Result<Value> {
         check("checkpoint", "step key", key)?;
         let text = json_text("checkpoint", &output)?;
-        let stored: String = crate::error::retry_unsent(|| {
+        let stored: String = crate::error::retry_idempotent(|| {
             sqlx::query_scalar("SELECT durable_checkpoint($1, $2, $3, $4)")
                 .bind(run_id.as_str())
                 .bind(epoch_i64(epoch))
@@ -262,7 +279,7 @@ impl WorkflowStore for PostgresWorkflowStore {
     ) -> Result<RunRecord> {
         let data = data.map(|d| json_text("set_status", &d)).transpose()?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM durable_set_status($1, $2, $3, $4)");
-        self.one("set_status", || {
+        self.one("set_status", Rerun::Never, || {
             sqlx::query(&sql)
                 .bind(run_id.as_str())
                 .bind(epoch.map(epoch_i64))
@@ -287,7 +304,9 @@ impl WorkflowStore for PostgresWorkflowStore {
         // One transaction: the status and the expiry commit together. Behind a pooler the
         // transaction keeps the session, so named statements are fine only without one.
         let persistent = !self.pg.config().pooler;
-        let row = crate::error::retry_unsent(|| async {
+        // Not run twice: a commit whose reply was lost finished the run, and a second run
+        // would fail with "already completed".
+        let row = async {
             let mut tx = self.pg.pool().begin().await?;
             let row = sqlx::query(&set)
                 .bind(run_id.as_str())
@@ -303,8 +322,8 @@ impl WorkflowStore for PostgresWorkflowStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(row)
-        })
+            Ok::<_, sqlx::Error>(row)
+        }
         .await
         .map_err(|e| from_sqlx(OP, e))?;
         record(OP, &row)
@@ -316,7 +335,7 @@ impl WorkflowStore for PostgresWorkflowStore {
              AND (expires_at IS NULL OR expires_at > clock_timestamp()) \
              ORDER BY created_at, run_id"
         );
-        let rows = crate::error::retry_unsent(|| {
+        let rows = crate::error::retry_idempotent(|| {
             sqlx::query(&sql)
                 .bind(status.map(RunStatus::as_str))
                 .fetch_all_on(&self.pg)
@@ -327,7 +346,7 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn expire_run(&self, run_id: &RunId, ttl: Duration) -> Result<bool> {
-        let n = crate::error::retry_unsent(|| {
+        let n = crate::error::retry_idempotent(|| {
             sqlx::query(
                 "UPDATE runs SET expires_at = now() + $2 * interval '1 millisecond' \
              WHERE run_id = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())",
@@ -343,12 +362,11 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn delete_run(&self, run_id: &RunId) -> Result<bool> {
-        crate::error::retry_unsent(|| {
-            sqlx::query_scalar("SELECT durable_delete_run($1)")
-                .bind(run_id.as_str())
-                .fetch_one_on(&self.pg)
-        })
-        .await
-        .map_err(|e| from_sqlx("delete_run", e))
+        // Not run twice: a second run would answer `false` for the run the first deleted.
+        sqlx::query_scalar("SELECT durable_delete_run($1)")
+            .bind(run_id.as_str())
+            .fetch_one_on(&self.pg)
+            .await
+            .map_err(|e| from_sqlx("delete_run", e))
     }
 }

@@ -1,7 +1,7 @@
 //! PostgreSQL-specific behaviour beyond the conformance suite: schemas isolate applications,
 //! expired rows are physically purged, configuration is validated before anything connects.
 
-#![allow(clippy::unwrap_used)] // test code panics on purpose
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code panics on purpose
 
 mod support;
 
@@ -115,4 +115,100 @@ async fn unreachable_server_is_retryable_unavailable() {
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(e.is_retryable());
     assert!(!format!("{e} {e:?}").contains("secret"));
+}
+
+/// A statement in flight on a connection whose tokio runtime shuts down fails in this process
+/// after the server may have run it. An append is never run again on that error (that once
+/// stored a recovered run's batch twice): the error is retryable `Unavailable`, the caller
+/// decides (the run writer compares the log's length), and the batch is in the log once.
+#[test]
+fn append_cut_off_by_a_dead_runtime_is_never_run_twice() {
+    let Some(url) = url_or_skip() else { return };
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (main, doomed) = (rt(), rt());
+    let schema = support::schema("rerun");
+    let log = "rerun/run/events";
+    let one = |s: &'static [u8]| vec![Bytes::from_static(s)];
+    // The cache's only connection is opened on `doomed` (a process-like runtime).
+    let pg = doomed
+        .block_on(
+            PostgresConfig::new(&url)
+                .schema(&schema)
+                .max_connections(1)
+                .connect(),
+        )
+        .unwrap();
+    let cache = pg.server_cache();
+    doomed
+        .block_on(cache.append_many(log, &one(b"0"), AppendOptions::default()))
+        .unwrap();
+    let blocker = main
+        .block_on(PostgresConfig::new(&url).schema(&schema).connect())
+        .unwrap();
+    let pool = blocker.pool().clone();
+    main.block_on(async {
+        // Hold the log's row: the next append waits on the server, sent and unanswered.
+        let mut tx = pool.begin().await.unwrap();
+        let me: i32 = sqlx::query_scalar(
+            "SELECT pg_backend_pid() FROM cache_items WHERE name = $1 FOR UPDATE",
+        )
+        .bind(log)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let append = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .append_many(log, &one(b"1"), AppendOptions::default())
+                    .await
+            }
+        });
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let appender: i32 = loop {
+            let waiting: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(me)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            if let Some(pid) = waiting {
+                break pid;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "append never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // The runtime of the append's socket shuts down while the server holds the append.
+        std::thread::scope(|s| s.spawn(|| drop(doomed)).join().unwrap());
+        // The server finishes the append it was holding; nothing runs it a second time.
+        tx.commit().await.unwrap();
+        let err = append
+            .await
+            .unwrap()
+            .expect_err("the append's reply was lost with its runtime");
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.is_retryable(), "{err}");
+        loop {
+            let active: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')",
+            )
+            .bind(appender)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if !active {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "append never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(blocker.server_cache().len(log).await.unwrap(), Some(2));
+    });
 }
