@@ -69,13 +69,16 @@ pub(crate) fn parse_artifacts(json: &str) -> Vec<TestBinary> {
         .collect()
 }
 
-/// How many test binaries run at once: `DURABLE_TEST_JOBS`, else 1.
+/// How many test binaries run at once: `DURABLE_TEST_JOBS`, else 2 (1 on a one-core machine).
+///
+/// Two keep a two-core machine busy while one binary waits on its servers; more only add
+/// load to tests that measure nothing but still run on deadlines.
 pub(crate) fn jobs() -> usize {
     std::env::var("DURABLE_TEST_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(1)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)))
 }
 
 /// What one binary's run came to.
