@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::cache::PostgresServerCache;
+use crate::conns::Conns;
 use crate::error::{err, from_sqlx, BACKEND};
 use crate::exec::ScalarExt;
 use crate::pubsub::{PostgresPubSub, Registry};
@@ -37,8 +38,8 @@ pub struct PostgresConfig {
     /// Schema of every table and function (default [`DEFAULT_SCHEMA`]): two applications
     /// share a database by using two schemas. `[a-z_][a-z0-9_]*`, at most 63 bytes.
     pub schema: String,
-    /// Maximum pooled connections (default 10), plus one dedicated LISTEN connection per
-    /// [`PostgresPubSub`].
+    /// Most connections the handle's statements use at once (default 10), plus one dedicated
+    /// LISTEN connection per [`PostgresPubSub`]; see [`PostgresConfig::max_connections`].
     pub max_connections: u32,
     /// Timeout of acquiring a pooled connection, including connecting (default 5 s); a dead
     /// server gives a retryable `Unavailable`, never a hang.
@@ -149,7 +150,10 @@ impl PostgresConfig {
         self
     }
 
-    /// Set the pool size.
+    /// Set the most connections the handle's statements use at once (default 10). The
+    /// handle's [`pool`](Postgres::pool), for migrations and your own queries, opens up to as
+    /// many again, on first use, and closes them after a minute idle; the pubsub adds its one
+    /// LISTEN connection.
     #[must_use]
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
@@ -251,16 +255,24 @@ impl PostgresConfig {
                  through a direct connection and connect here with migrate(false)",
             ));
         }
+        // The pool serves migrations and `Postgres::pool` users; statements run on `conns`.
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
-            .connect_with(opts.clone())
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(opts.clone());
+        let conns = Conns::new(opts.clone(), self.max_connections, self.acquire_timeout);
+        // Reach the server now: a bad address or password fails here, not at first use.
+        conns
+            .get()
             .await
-            .map_err(|e| from_sqlx("connect", e))?;
+            .map_err(|e| from_sqlx("connect", e))?
+            .give_back();
         let local = Arc::new(Registry::default());
         let pg = Postgres {
             inner: Arc::new(Shared {
                 pool,
+                conns,
                 opts,
                 config: self,
                 local,
@@ -360,6 +372,7 @@ pub struct Postgres {
 
 struct Shared {
     pool: PgPool,
+    conns: Conns,
     opts: PgConnectOptions,
     config: PostgresConfig,
     /// The subscribers of every polling pubsub built on this handle, which its cache's
@@ -398,9 +411,16 @@ impl Postgres {
         &self.inner.config
     }
 
-    /// The pool (every connection has `search_path` set to the schema).
+    /// A pool for your own queries (every connection has `search_path` set to the schema);
+    /// opened lazily. The handle's own statements do not use it: they run on connections
+    /// checked out and back without sqlx's per-checkout `Sync` round trips.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// The connections statements run on.
+    pub(crate) fn conns(&self) -> &Conns {
+        &self.inner.conns
     }
 
     pub(crate) fn connect_options(&self) -> &PgConnectOptions {

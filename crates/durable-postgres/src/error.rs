@@ -77,37 +77,25 @@ pub(crate) fn from_sqlx(op: &'static str, e: sqlx::Error) -> Error {
     }
 }
 
-/// Whether `e` is tokio refusing I/O on a pooled socket of a runtime that has shut down (a
-/// connection opened by a process-like runtime that is gone).
-///
-/// It does **not** tell whether the server ran the statement: the refusal can come on the
-/// read after the request was written (the runtime shut down while the reply was on its way),
-/// so the statement may have been executed.
-fn dead_runtime(e: &sqlx::Error) -> bool {
-    // tokio's own message for I/O on a shut-down driver; no error kind distinguishes it.
-    matches!(e, sqlx::Error::Io(io) if io.to_string().contains("is being shutdown"))
-}
-
-/// Run `f` again (on another pooled connection; the pool drops the broken one after its
-/// error) while it fails with [`dead_runtime`]'s error.
+/// Run `f` once more when its connection was [`broken`](crate::conns::broken) (a server
+/// restart, a terminated session): the failure closed every idle connection too (see
+/// [`Conn::finish`](crate::conns::Conn::finish)), so the second try runs on a new one.
 ///
 /// **Only for idempotent statements**: reads, and writes whose second run stores nothing more
 /// and answers the same (set a value, extend an expiry, renew a lease, a first-writer-wins
-/// checkpoint, a claim by the same owner, an ack). Since the failed attempt may have run on
-/// the server, an append, an increment, an insert or a status change must not use it: their
-/// error is returned as retryable `Unavailable`, and the caller, who knows what it expected,
-/// decides (the run writer asks the log's length; a run restarts from its last checkpoint).
-/// Running an append again here once stored a batch twice.
+/// checkpoint, a claim by the same owner, an ack). A broken connection does not tell whether
+/// the server ran the statement (the request may have been written and the reply lost), so an
+/// append, an increment, an insert or a status change must not use it: their error is
+/// returned as retryable `Unavailable`, and the caller, who knows what it expected, decides
+/// (the run writer asks the log's length; a run restarts from its last checkpoint). Running
+/// an append again here once stored a batch twice.
 pub(crate) async fn retry_idempotent<T, F, Fut>(mut f: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    let mut tries = 0;
-    loop {
-        match f().await {
-            Err(e) if dead_runtime(&e) && tries < 32 => tries += 1,
-            other => return other,
-        }
+    match f().await {
+        Err(e) if crate::conns::broken(&e) => f().await,
+        other => other,
     }
 }

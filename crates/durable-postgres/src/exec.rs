@@ -1,5 +1,6 @@
-//! Running statements on the pool, directly or, behind a pooler in transaction mode, each in
-//! a transaction of its own with an unnamed prepared statement.
+//! Running statements on the handle's connections ([`crate::conns`]: one round trip per
+//! statement), directly or, behind a pooler in transaction mode, each in a transaction of its
+//! own with an unnamed prepared statement.
 //!
 //! sqlx prepares a statement (`Parse`, `Sync`) before it binds and executes it (`Bind`,
 //! `Execute`, `Sync`). A pooler in transaction mode may hand the second half to another server
@@ -11,26 +12,34 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
 use sqlx::query::{Query, QueryScalar};
-use sqlx::{Error, Postgres as Pg};
+use sqlx::{Connection, Error, Postgres as Pg};
 
 use crate::config::Postgres;
 
 type Q<'q> = Query<'q, Pg, PgArguments>;
 type S<'q, O> = QueryScalar<'q, Pg, O, PgArguments>;
 
-/// Run `$q` with `$method` on `$pg`'s pool, or in a transaction of its own behind a pooler.
+/// Run `$q` with `$method` on one of `$pg`'s connections, or in a transaction of its own
+/// behind a pooler; the connection goes back only after a statement that ended.
 macro_rules! run_on {
     ($pg:expr, $q:expr, $method:ident) => {{
         let pg = $pg;
         let q = $q;
         async move {
-            if !pg.config().pooler {
-                return q.$method(pg.pool()).await;
-            }
-            let mut tx = pg.pool().begin().await?;
-            let out = q.persistent(false).$method(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(out)
+            let mut c = pg.conns().get().await?;
+            let out = if pg.config().pooler {
+                async {
+                    let mut tx = c.conn.begin().await?;
+                    let out = q.persistent(false).$method(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(out)
+                }
+                .await
+            } else {
+                q.$method(&mut c.conn).await
+            };
+            c.finish(&out);
+            out
         }
         .boxed()
     }};

@@ -2,6 +2,7 @@
 
 mod cache;
 mod config;
+mod conns;
 mod error;
 mod exec;
 mod notify;

@@ -306,8 +306,9 @@ impl WorkflowStore for PostgresWorkflowStore {
         let persistent = !self.pg.config().pooler;
         // Not run twice: a commit whose reply was lost finished the run, and a second run
         // would fail with "already completed".
+        let mut c = self.pg.conns().get().await.map_err(|e| from_sqlx(OP, e))?;
         let row = async {
-            let mut tx = self.pg.pool().begin().await?;
+            let mut tx = sqlx::Connection::begin(&mut c.conn).await?;
             let row = sqlx::query(&set)
                 .bind(run_id.as_str())
                 .bind(epoch.map(epoch_i64))
@@ -324,8 +325,9 @@ impl WorkflowStore for PostgresWorkflowStore {
             tx.commit().await?;
             Ok::<_, sqlx::Error>(row)
         }
-        .await
-        .map_err(|e| from_sqlx(OP, e))?;
+        .await;
+        c.finish(&row);
+        let row = row.map_err(|e| from_sqlx(OP, e))?;
         record(OP, &row)
     }
 

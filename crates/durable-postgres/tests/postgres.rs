@@ -117,98 +117,129 @@ async fn unreachable_server_is_retryable_unavailable() {
     assert!(!format!("{e} {e:?}").contains("secret"));
 }
 
-/// A statement in flight on a connection whose tokio runtime shuts down fails in this process
-/// after the server may have run it. An append is never run again on that error (that once
-/// stored a recovered run's batch twice): the error is retryable `Unavailable`, the caller
-/// decides (the run writer compares the log's length), and the batch is in the log once.
-#[test]
-fn append_cut_off_by_a_dead_runtime_is_never_run_twice() {
+/// A TCP proxy in front of the server of `url`: the URL through it, and a counter whose every
+/// increment cuts the connections open through it (the client reads EOF; the server sees the
+/// client gone only when it next writes); later connections pass.
+async fn cuttable(url: &str) -> (String, tokio::sync::watch::Sender<u64>) {
+    let scheme_end = url.find("://").unwrap() + 3;
+    let rest = &url[scheme_end..];
+    let host_start = rest.find('@').map_or(0, |i| i + 1);
+    let host_end = host_start
+        + rest[host_start..]
+            .find(['/', '?'])
+            .unwrap_or(rest.len() - host_start);
+    let target = rest[host_start..host_end].to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxied = format!(
+        "{}{}{}{}",
+        &url[..scheme_end],
+        &rest[..host_start],
+        listener.local_addr().unwrap(),
+        &rest[host_end..]
+    );
+    let (cut, cuts) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let mut cuts = cuts.clone();
+            let born = *cuts.borrow_and_update();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cuts.wait_for(|c| *c != born) => {}
+                }
+            });
+        }
+    });
+    (proxied, cut)
+}
+
+/// An append whose connection breaks after the server received it is never sent again here:
+/// the server may run it (here it does, once the row it waits for is free), so a second send
+/// would store the batch twice (it once did, for a recovered run). The error is retryable
+/// `Unavailable`, the caller decides (the run writer compares the log's length), and the
+/// batch is in the log once.
+#[tokio::test]
+async fn append_whose_reply_is_lost_is_never_sent_twice() {
     let Some(url) = url_or_skip() else { return };
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let (main, doomed) = (rt(), rt());
-    let schema = support::schema("rerun");
-    let log = "rerun/run/events";
+    let schema = support::schema("lost");
+    let log = "lost/run/events";
     let one = |s: &'static [u8]| vec![Bytes::from_static(s)];
-    // The cache's only connection is opened on `doomed` (a process-like runtime).
-    let pg = doomed
-        .block_on(
-            PostgresConfig::new(&url)
-                .schema(&schema)
-                .max_connections(1)
-                .connect(),
-        )
-        .unwrap();
-    let cache = pg.server_cache();
-    doomed
-        .block_on(cache.append_many(log, &one(b"0"), AppendOptions::default()))
-        .unwrap();
-    let blocker = main
-        .block_on(PostgresConfig::new(&url).schema(&schema).connect())
-        .unwrap();
-    let pool = blocker.pool().clone();
-    main.block_on(async {
-        // Hold the log's row: the next append waits on the server, sent and unanswered.
-        let mut tx = pool.begin().await.unwrap();
-        let me: i32 = sqlx::query_scalar(
-            "SELECT pg_backend_pid() FROM cache_items WHERE name = $1 FOR UPDATE",
-        )
-        .bind(log)
-        .fetch_one(&mut *tx)
+    let direct = PostgresConfig::new(&url)
+        .schema(&schema)
+        .connect()
         .await
         .unwrap();
-        let append = tokio::spawn({
-            let cache = cache.clone();
-            async move {
-                cache
-                    .append_many(log, &one(b"1"), AppendOptions::default())
-                    .await
-            }
-        });
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let appender: i32 = loop {
-            let waiting: Option<i32> = sqlx::query_scalar(
-                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-            )
-            .bind(me)
-            .fetch_optional(&pool)
+    let (proxied, cut) = cuttable(&url).await;
+    let cache = PostgresConfig::new(proxied)
+        .schema(&schema)
+        .max_connections(1)
+        .connect()
+        .await
+        .unwrap()
+        .server_cache();
+    cache
+        .append_many(log, &one(b"0"), AppendOptions::default())
+        .await
+        .unwrap();
+    // Hold the log's row: the next append waits on the server, sent and unanswered.
+    let mut tx = direct.pool().begin().await.unwrap();
+    let me: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid() FROM cache_items WHERE name = $1 FOR UPDATE")
+            .bind(log)
+            .fetch_one(&mut *tx)
             .await
             .unwrap();
-            if let Some(pid) = waiting {
-                break pid;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "append never sent");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        // The runtime of the append's socket shuts down while the server holds the append.
-        std::thread::scope(|s| s.spawn(|| drop(doomed)).join().unwrap());
-        // The server finishes the append it was holding; nothing runs it a second time.
-        tx.commit().await.unwrap();
-        let err = append
-            .await
-            .unwrap()
-            .expect_err("the append's reply was lost with its runtime");
-        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-        assert!(err.is_retryable(), "{err}");
-        loop {
-            let active: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')",
-            )
-            .bind(appender)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            if !active {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "append never ended");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let append = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .append_many(log, &one(b"1"), AppendOptions::default())
+                .await
         }
-        assert_eq!(blocker.server_cache().len(log).await.unwrap(), Some(2));
     });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let appender: i32 = loop {
+        let waiting: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(me)
+        .fetch_optional(direct.pool())
+        .await
+        .unwrap();
+        if let Some(pid) = waiting {
+            break pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "append never sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    cut.send_modify(|c| *c += 1);
+    // The server runs the append it was holding; nothing sends it a second time (a second
+    // send would wait for the row too, and land now).
+    tx.commit().await.unwrap();
+    let err = append
+        .await
+        .unwrap()
+        .expect_err("the append's connection was cut");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable(), "{err}");
+    loop {
+        let active: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')",
+        )
+        .bind(appender)
+        .fetch_one(direct.pool())
+        .await
+        .unwrap();
+        if !active {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "append never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(direct.server_cache().len(log).await.unwrap(), Some(2));
+    // The cut connection is gone; the next statement runs on a new one.
+    assert_eq!(cache.len(log).await.unwrap(), Some(2));
 }
