@@ -395,11 +395,15 @@ pub(crate) struct Installed(Vec<(&'static str, Result<()>)>);
 /// `<logs>/install-<name>.log`. Does not fail: a backend whose install failed fails (or is
 /// skipped) when [`start_installed`] reaches it, so `cargo xtask test` can install in the
 /// background.
-pub(crate) fn install_services(ctx: &Ctx, logs: Option<&std::path::Path>) -> Installed {
+pub(crate) fn install_services(
+    ctx: &Ctx,
+    logs: Option<&std::path::Path>,
+    only: &(dyn Fn(&str) -> bool + Sync),
+) -> Installed {
     std::thread::scope(|scope| {
         let mut seen = std::collections::HashSet::new();
         let handles: Vec<_> = active_backends(ctx)
-            .filter(|b| !given(b))
+            .filter(|b| only(b.name) && !given(b))
             // Entries sharing an installer (nats and nats-cluster) run it once.
             .filter(|b| seen.insert(b.install as usize))
             .map(|b| {
@@ -438,17 +442,19 @@ pub(crate) fn install_services(ctx: &Ctx, logs: Option<&std::path::Path>) -> Ins
 
 /// Start (installing if needed) every active backend whose env is not already given.
 pub(crate) fn start_services(ctx: &Ctx) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
-    start_installed(ctx, install_services(ctx, None))
+    start_installed(ctx, install_services(ctx, None, &|_| true), &|_| true)
 }
 
-/// Start every active backend whose env is not already given, after [`install_services`].
+/// Start every active backend named by `only` whose env is not already given, after
+/// [`install_services`].
 pub(crate) fn start_installed(
     ctx: &Ctx,
     installed: Installed,
+    only: &dyn Fn(&str) -> bool,
 ) -> Result<(Vec<ServerProcess>, BTreeMap<String, String>)> {
     let mut processes = Vec::new();
     let mut env = BTreeMap::new();
-    for b in active_backends(ctx) {
+    for b in active_backends(ctx).filter(|b| only(b.name)) {
         if given(b) {
             eprintln!(
                 "xtask: {}: using the server given by {}",

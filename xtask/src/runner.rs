@@ -165,12 +165,20 @@ pub(crate) fn run_all(
         }
     });
     let outcomes = outcomes.into_inner().unwrap_or_default();
-    let mut record: Vec<String> = outcomes
-        .iter()
-        .map(|o| format!("{} {:.1}", o.label, o.secs))
+    // This run's times, and the earlier ones of binaries it did not run (another batch).
+    let mut record: std::collections::BTreeMap<String, String> = previous
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(name, secs)| (name.to_owned(), secs.to_owned()))
         .collect();
-    record.sort();
-    let _ = std::fs::write(times, record.join("\n") + "\n");
+    for o in &outcomes {
+        record.insert(o.label.clone(), format!("{:.1}", o.secs));
+    }
+    let record: String = record
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs}\n"))
+        .collect();
+    let _ = std::fs::write(times, record);
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| !o.ok)

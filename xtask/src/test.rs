@@ -14,7 +14,8 @@ use crate::{Ctx, Result};
 /// Installing the servers (on a fresh machine: building tansu and llama.cpp, `cargo install
 /// cargo-deny`, apt and npm packages) runs in background threads, their output in
 /// `<tools>/logs/install-<name>.log`, while the foreground checks and compiles: fmt, clippy, the test
-/// binaries (`cargo test --no-run`) and the docs. Then the servers start and the tests run.
+/// binaries (`cargo test --no-run`) and the docs. Then the servers start and the tests run;
+/// the Kafka crate's last, once the broker (the longest install) is there too.
 pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let (flags, passthrough) = at_dashes(args);
     let skip_lint = flags.iter().any(|f| f == "--skip-lint");
@@ -27,7 +28,10 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
             (!skip_deny)
                 .then(|| with_log(&logs.join("install-cargo-deny.log"), || install_deny(ctx)))
         });
-        let background = scope.spawn(|| install_services(ctx, Some(&logs)));
+        // The broker (tansu, the longest install on a fresh machine) is awaited only by the
+        // Kafka crate's tests: the others run while it may still compile.
+        let background = scope.spawn(|| install_services(ctx, Some(&logs), &|n| !late(n)));
+        let broker = scope.spawn(|| install_services(ctx, Some(&logs), &late));
         let built = build(ctx, skip_lint, passthrough);
         if built.is_err() {
             eprintln!("xtask: waiting for the background installs to stop");
@@ -35,14 +39,32 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
         let installed = background
             .join()
             .map_err(|_| "the background install thread panicked".to_owned())?;
+        let binaries = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = broker.join();
+                let _ = deny.join();
+                return Err(e);
+            }
+        };
+        let (mut processes, env) = start_installed(ctx, installed, &|n| !late(n))?;
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        let binary_args = at_dashes(passthrough).1;
+        let times = logs.join("test-times.txt");
+        let (later, first): (Vec<TestBinary>, Vec<TestBinary>) = binaries
+            .into_iter()
+            .partition(|b| b.label.starts_with(LATE_CRATE));
+        let tested = runner::run_all(first, &env, binary_args, &times);
+        let installed = broker
+            .join()
+            .map_err(|_| "the broker install thread panicked".to_owned())?;
+        let (more, more_env) = start_installed(ctx, installed, &late)?;
+        processes.extend(more);
+        env.extend(more_env);
+        let tested_later = runner::run_all(later, &env, binary_args, &times);
         let deny = deny
             .join()
             .map_err(|_| "the cargo-deny install thread panicked".to_owned())?;
-        let binaries = built?;
-        let (processes, env) = start_installed(ctx, installed)?;
-        let env: Vec<(String, String)> = env.into_iter().collect();
-        let binary_args = at_dashes(passthrough).1;
-        let tested = runner::run_all(binaries, &env, binary_args, &logs.join("test-times.txt"));
         // The doc tests (compiled by rustdoc as they run).
         let documented = run(
             "cargo test --doc",
@@ -54,6 +76,7 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
         );
         drop(processes);
         tested?;
+        tested_later?;
         documented?;
         if let Some(deny) = deny {
             check_deny(ctx, deny?)?;
@@ -62,6 +85,12 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
         Ok(())
     })
 }
+
+/// The backend whose install the first test binaries do not wait for, and its crate.
+fn late(backend: &str) -> bool {
+    backend == "kafka"
+}
+const LATE_CRATE: &str = "durable-kafka/";
 
 /// Cargo's own arguments among `cargo xtask test -- …`: what follows a second `--` is for the
 /// test binaries.
