@@ -29,7 +29,7 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
                 .then(|| with_log(&logs.join("install-cargo-deny.log"), || install_deny(ctx)))
         });
         // The broker (tansu, the longest install on a fresh machine) is awaited only by the
-        // Kafka crate's tests: the others run while it may still compile.
+        // tests that use it (`needs_late`): the others run while it may still compile.
         let background = scope.spawn(|| install_services(ctx, Some(&logs), &|n| !late(n)));
         let broker = scope.spawn(|| install_services(ctx, Some(&logs), &late));
         let built = build(ctx, skip_lint, passthrough);
@@ -51,9 +51,8 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
         let mut env: Vec<(String, String)> = env.into_iter().collect();
         let binary_args = at_dashes(passthrough).1;
         let times = logs.join("test-times.txt");
-        let (later, first): (Vec<TestBinary>, Vec<TestBinary>) = binaries
-            .into_iter()
-            .partition(|b| b.label.starts_with(LATE_CRATE));
+        let (later, first): (Vec<TestBinary>, Vec<TestBinary>) =
+            binaries.into_iter().partition(|b| needs_late(&b.label));
         let tested = runner::run_all(first, &env, binary_args, &times);
         let installed = broker
             .join()
@@ -86,11 +85,16 @@ pub(crate) fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     })
 }
 
-/// The backend whose install the first test binaries do not wait for, and its crate.
+/// The backend whose install the first test binaries do not wait for.
 fn late(backend: &str) -> bool {
     backend == "kafka"
 }
-const LATE_CRATE: &str = "durable-kafka/";
+
+/// Whether the test binary `label` (`package/target`) needs [`late`]'s server: the Kafka
+/// crate's, and the multi-process fault suite (it starts a tansu of its own).
+fn needs_late(label: &str) -> bool {
+    label.starts_with("durable-kafka/") || label == "tests/faults"
+}
 
 /// Cargo's own arguments among `cargo xtask test -- …`: what follows a second `--` is for the
 /// test binaries.
