@@ -325,20 +325,19 @@ mod tests {
         };
         let (a, b) = (rt(), rt());
         let conns = Conns::new(opts, 1, Duration::from_secs(5));
-        let on_a = a.block_on(async {
-            let mut c = conns.get().await.unwrap();
-            let p = pid(&mut c).await;
-            c.give_back();
-            p
-        });
+        // The backend pid of a connection taken and given back on `rt`.
+        let pid_on = |rt: &tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let mut c = conns.get().await.unwrap();
+                let p = pid(&mut c).await;
+                c.give_back();
+                p
+            })
+        };
+        let on_a = pid_on(&a);
         drop(a);
         // The budget of one is held by `a`'s idle connection: it gives way to a new one.
-        let on_b = b.block_on(async {
-            let mut c = conns.get().await.unwrap();
-            let p = pid(&mut c).await;
-            c.give_back();
-            p
-        });
+        let on_b = pid_on(&b);
         assert_ne!(on_a, on_b);
         assert_eq!(conns.lock().open, 1);
     }

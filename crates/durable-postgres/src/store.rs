@@ -102,8 +102,8 @@ impl PostgresWorkflowStore {
         Self { pg }
     }
 
-    /// Run the query `q` builds and decode its row; an idempotent one again on a connection of
-    /// a dead runtime (see [`retry_idempotent`](crate::error::retry_idempotent)).
+    /// Run the query `q` builds and decode its row; an idempotent one once more after a broken
+    /// connection (see [`retry_idempotent`](crate::error::retry_idempotent)).
     async fn one<'q>(
         &self,
         op: &'static str,
