@@ -100,6 +100,7 @@ registry!(
     late_observer_gets_replay_then_live,
     event_data_with_control_bytes_is_delivered_exactly,
     deleting_a_live_run_fences_its_producer,
+    catch_up_reads_ahead_in_order,
     slow_observer_gets_every_event_with_bounded_memory,
     live_event_is_pushed_without_polling,
     unknown_run_is_not_found,

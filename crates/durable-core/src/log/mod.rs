@@ -45,8 +45,13 @@ pub struct LogConfig {
     /// How long after retention an observe still answers `Gone` rather than `NotFound`
     /// (default 24 h). Nothing of the run is kept after `retention + tombstone`.
     pub tombstone: Duration,
-    /// Events read per round trip while catching up (default 512). Bounds observer memory.
+    /// Events per read while catching up (default 512).
     pub read_batch: usize,
+    /// Reads an observer keeps in flight while it catches up on a log it knows to be longer
+    /// than one `read_batch` (default 4): a replay over a network backend waits for one
+    /// round trip per `read_ahead` batches instead of one per batch. An observer holds at
+    /// most `read_batch × read_ahead` events it read (plus one wake-up's) in memory.
+    pub read_ahead: usize,
     /// Wake-ups carry the appended events when they fit in this many bytes (default 64 KiB);
     /// bigger batches send only the cursor range and observers read the log.
     pub max_wake_bytes: usize,
@@ -65,7 +70,7 @@ pub struct LogConfig {
 
 impl LogConfig {
     /// Check the settings: a valid namespace ([`validate_namespace`](crate::names::validate_namespace)),
-    /// a non-zero `read_batch` and `max_events`.
+    /// a non-zero `read_batch`, `read_ahead` and `max_events`.
     ///
     /// # Errors
     /// `InvalidInput` naming the bad setting.
@@ -74,6 +79,11 @@ impl LogConfig {
         if self.read_batch == 0 {
             return Err(Error::invalid_input(
                 "LogConfig.read_batch must be at least 1",
+            ));
+        }
+        if self.read_ahead == 0 {
+            return Err(Error::invalid_input(
+                "LogConfig.read_ahead must be at least 1",
             ));
         }
         if self.max_events == 0 {
@@ -93,6 +103,7 @@ impl Default for LogConfig {
             retention: Duration::from_secs(24 * 3600),
             tombstone: Duration::from_secs(24 * 3600),
             read_batch: 512,
+            read_ahead: 4,
             max_wake_bytes: 64 * 1024,
             idle_check: Duration::from_secs(5),
             producer_grace: Duration::from_secs(30),
@@ -522,7 +533,9 @@ impl EventLog {
     /// # Behavior
     /// - `observe(k)` yields exactly the events from cursor `k`, for every `k`, on finished runs
     ///   and on live runs racing their producer (`observe_from_every_offset_is_exact`,
-    ///   `observe_racing_live_producer_is_exact`, `observe_from_zero_replays_everything_then_ends`).
+    ///   `observe_racing_live_producer_is_exact`, `observe_from_zero_replays_everything_then_ends`),
+    ///   also while it catches up with several reads in flight
+    ///   (`catch_up_reads_ahead_in_order`).
     /// - From the end of a finished run it ends at once; from the end of a live run it waits for
     ///   the next event (`observe_from_end_of_finished_run_ends_at_once`,
     ///   `observe_from_end_of_live_run_waits_for_next_event`).

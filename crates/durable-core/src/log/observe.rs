@@ -82,7 +82,7 @@ pub struct EventStream {
 impl EventStream {
     /// How many events this observer holds in memory right now (read-ahead and announced
     /// events not yet yielded). Bounded by [`LogConfig::read_batch`](crate::LogConfig::read_batch)
-    /// plus one wake-up's events.
+    /// × [`LogConfig::read_ahead`](crate::LogConfig::read_ahead) plus one wake-up's events.
     pub fn buffered_events(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
     }
@@ -137,6 +137,7 @@ pub(super) async fn start(
             None => options.offset.max(known_end),
         },
         peek,
+        tail: known_end,
         need_read: durable,
         buf: VecDeque::new(),
         buffered: buffered.clone(),
@@ -164,6 +165,8 @@ struct Observer {
     next: Cursor,
     /// The cursor before the requested offset, re-read only to see whether it ended the run.
     peek: Option<Cursor>,
+    /// The log's length as last read (or as known when the observer started).
+    tail: Cursor,
     /// The log may hold events at `next` that are neither buffered nor announced.
     need_read: bool,
     buf: VecDeque<Event>,
@@ -301,27 +304,54 @@ impl Observer {
         }
     }
 
+    /// Read the log from `next`: one read, or up to `read_ahead` at once (consecutive ranges
+    /// of `read_batch`) when an earlier read showed the log holds that much more. The ranges'
+    /// events are buffered in order up to the first range that came back short or failed;
+    /// what follows it is read again.
     async fn read_batch_once(&mut self) -> Result<()> {
         let cache = self.log.cache("observe")?;
-        let limit = self.log.inner.config.read_batch;
-        let slice = match cache.read(&self.log_name, self.next, limit).await {
-            Ok(s) => s,
-            // The log existed when this observer attached: its retention elapsed meanwhile.
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::new(
-                    ErrorKind::Gone,
-                    format!(
-                        "run {} expired while being observed, at cursor {}",
-                        self.run_id, self.next
-                    ),
-                )
-                .with_operation("observe"));
+        let config = &self.log.inner.config;
+        let limit = config.read_batch.max(1);
+        let behind = self.tail.saturating_sub(self.next);
+        let reads = usize::try_from(behind.div_ceil(limit as u64))
+            .unwrap_or(usize::MAX)
+            .clamp(1, config.read_ahead.max(1));
+        let name = self.log_name.as_str();
+        let from = self.next;
+        let slices = futures::future::join_all(
+            (0..reads).map(|i| cache.read(name, from + (i * limit) as u64, limit)),
+        )
+        .await;
+        let mut at = from;
+        for (i, slice) in slices.into_iter().enumerate() {
+            let slice = match slice {
+                Ok(s) if i == 0 || s.first == at => s,
+                Ok(_) => break,
+                // The log existed when this observer attached: its retention elapsed meanwhile.
+                Err(e) if i == 0 && e.kind() == ErrorKind::NotFound => {
+                    return Err(Error::new(
+                        ErrorKind::Gone,
+                        format!(
+                            "run {} expired while being observed, at cursor {}",
+                            self.run_id, self.next
+                        ),
+                    )
+                    .with_operation("observe"));
+                }
+                Err(e) if i == 0 => return Err(e),
+                // The ranges before it are delivered; the next read starts here and reports it.
+                Err(_) => break,
+            };
+            self.tail = self.tail.max(slice.next);
+            let n = slice.entries.len();
+            self.buf
+                .extend(decode_slice(&self.run_id, slice.first, &slice.entries)?);
+            at = slice.first + n as u64;
+            if n < limit {
+                break;
             }
-            Err(e) => return Err(e),
-        };
-        self.need_read = slice.first + (slice.entries.len() as u64) < slice.next;
-        self.buf
-            .extend(decode_slice(&self.run_id, slice.first, &slice.entries)?);
+        }
+        self.need_read = at < self.tail;
         Ok(())
     }
 
