@@ -550,12 +550,13 @@ fn fan_out(rt: &tokio::runtime::Runtime, observers: usize, events: u64) {
                 .await
                 .expect("ordered consumer");
             let mut messages = consumer.messages().await.expect("messages");
-            let want = events;
+            let want = events / 100 * 100;
             tasks.push(tokio::spawn(async move {
+                // A message is a chunk: count the entries it holds.
                 let mut n = 0;
                 while n < want {
-                    messages.next().await.expect("end").expect("message");
-                    n += 1;
+                    let m = messages.next().await.expect("end").expect("message");
+                    n += durable_core::frame::decode(&m.payload).expect("a chunk").count;
                 }
                 n
             }));
