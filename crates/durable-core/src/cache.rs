@@ -34,6 +34,12 @@ pub struct CacheCapabilities {
     /// [`ServerCache::append_announce`] is implemented: the append and its wake-up frame are
     /// one backend operation (see [`ServerCache::announce_domain`] for which PubSub hears it).
     pub announce: bool,
+    /// An append that stays within one page of this many entries (cursors `k·n .. (k+1)·n`)
+    /// is cheaper than one that crosses a page boundary; 0 (the default) when all are alike.
+    /// A performance hint, never a rule: every append must work. The run writer cuts its
+    /// batches at page boundaries (on NATS a batch within a page is one message, one across
+    /// pages an atomic batch, which the server stages in a store of its own).
+    pub append_page: u64,
 }
 
 impl CacheCapabilities {
@@ -43,6 +49,7 @@ impl CacheCapabilities {
         list_keys: true,
         shared: true,
         announce: true,
+        append_page: 0,
     };
 
     /// Set whether TTLs are honoured.
@@ -70,6 +77,13 @@ impl CacheCapabilities {
     #[must_use]
     pub const fn with_announce(mut self, announce: bool) -> Self {
         self.announce = announce;
+        self
+    }
+
+    /// Set the page size appends are cheapest within ([`CacheCapabilities::append_page`]).
+    #[must_use]
+    pub const fn with_append_page(mut self, entries: u64) -> Self {
+        self.append_page = entries;
         self
     }
 }

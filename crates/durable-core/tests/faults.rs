@@ -42,6 +42,10 @@ struct Faults {
     /// Every operation fails until this instant once an append reaches `fail_at` (an outage).
     outage: Mutex<Option<Duration>>,
     down_until: Mutex<Option<Instant>>,
+    /// The page size the cache advertises (`CacheCapabilities::append_page`).
+    page: AtomicU64,
+    /// Every non-empty append that reached the cache: (log length before, entries).
+    appends: Mutex<Vec<(u64, usize)>>,
 }
 
 impl Faults {
@@ -119,7 +123,9 @@ impl ServerCache for FaultyCache {
         "faulty"
     }
     fn capabilities(&self) -> CacheCapabilities {
-        self.inner.capabilities()
+        self.inner
+            .capabilities()
+            .with_append_page(self.faults.page.load(Ordering::Acquire))
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.faults.check_down("get")?;
@@ -147,6 +153,14 @@ impl ServerCache for FaultyCache {
         options: AppendOptions,
     ) -> Result<Cursor> {
         let land_then_fail = self.before_append(log, payloads.len()).await?;
+        if !payloads.is_empty() {
+            let len = self.inner.len(log).await?.unwrap_or(0);
+            self.faults
+                .appends
+                .lock()
+                .unwrap()
+                .push((len, payloads.len()));
+        }
         let first = self.inner.append_many(log, payloads, options).await?;
         if land_then_fail {
             return Err(Faults::unavailable("append_many"));
@@ -750,4 +764,52 @@ async fn a_run_whose_end_was_not_recorded_is_finished_with_its_retention() {
         "the failed finish was retried once by the instance itself"
     );
     assert_eq!(calls.done.lock().unwrap().values().sum::<u32>(), 1);
+}
+
+/// A cache advertising a page size gets the run writer's batches cut at page boundaries (only
+/// the first append, before the writer knows its cursor, may cross one), and a transient
+/// failure of a piece in the middle of a batch is retried without a gap or a duplicate.
+#[tokio::test]
+async fn the_writer_cuts_its_batches_at_the_caches_pages() {
+    const PAGE: u64 = 8;
+    let faults = Arc::new(Faults::default());
+    faults.page.store(PAGE, Ordering::Release);
+    // The append reaching cursor 45 fails once after it landed (a lost reply).
+    faults.fail_at.store(45, Ordering::Release);
+    faults.fail_appends.store(1, Ordering::Release);
+    faults.land_then_fail.store(true, Ordering::Release);
+    let cache = FaultyCache::new(faults.clone());
+    let log = durable_core::EventLog::new(Arc::new(cache), Arc::new(InMemoryPubSub::new()));
+    let run = RunId::new("paged-run").unwrap();
+    log.create(&run, None).await.unwrap();
+    let writer = log.writer(run.clone(), None, 64);
+    let mut sent = 0u64;
+    for size in [3u64, 13, 1, 8, 21, 5, 30] {
+        let batch = (sent..sent + size)
+            .map(|i| {
+                durable_core::NewEvent::json(EventKind::TextDelta, &json!({ "i": i })).unwrap()
+            })
+            .collect();
+        writer.send_batch(batch).await.unwrap();
+        sent += size;
+        if sent == 3 {
+            // The writer learns its cursor from its first append.
+            writer.flush().await.unwrap();
+        }
+    }
+    assert_eq!(writer.flush().await.unwrap(), sent);
+    let events = log.read(&run, 0, 1000).await.unwrap();
+    assert_eq!(events.len() as u64, sent);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.cursor, i as u64);
+        assert_eq!(e.data.to_value()["i"], i as u64);
+    }
+    let appends = faults.appends.lock().unwrap().clone();
+    for &(at, n) in appends.iter().skip(1) {
+        assert!(
+            at / PAGE == (at + n as u64 - 1) / PAGE,
+            "an append of {n} at {at} crosses a page of {PAGE}: {appends:?}"
+        );
+    }
+    assert!(appends.len() > 1, "{appends:?}");
 }

@@ -742,7 +742,7 @@ impl ServerCache for NatsServerCache {
     }
 
     fn capabilities(&self) -> CacheCapabilities {
-        CacheCapabilities::ALL
+        CacheCapabilities::ALL.with_append_page(PAGE)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {

@@ -416,6 +416,15 @@ impl EventLog {
         observe::decode_slice(run_id, slice.first, &slice.entries)
     }
 
+    /// The cache's [`CacheCapabilities::append_page`](crate::cache::CacheCapabilities::append_page)
+    /// (0 without a cache).
+    pub(super) fn append_page(&self) -> u64 {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or(0, |c| c.capabilities().append_page)
+    }
+
     fn cache(&self, op: &'static str) -> Result<&Arc<dyn ServerCache>> {
         self.inner.cache.as_ref().ok_or_else(|| {
             Error::unsupported("this event log is live-only (no cache): nothing is stored")

@@ -52,7 +52,7 @@ impl Inline {
                 None => self.log.next_cursor(run_id).await,
             };
         }
-        match append_retrying(&self.log, run_id, events, self.fence, &mut self.next).await {
+        match append_paged(&self.log, run_id, events, self.fence, &mut self.next).await {
             Ok(first) => {
                 let n = first + events.len() as u64;
                 self.next = Some(n);
@@ -134,19 +134,17 @@ impl RunWriter {
                         Some(n) => Ok(n),
                         None => log.next_cursor(&task_run).await,
                     },
-                    None => {
-                        match append_retrying(&log, &task_run, &batch, fence, &mut next).await {
-                            Ok(first) => {
-                                let n = first + batch.len() as u64;
-                                next = Some(n);
-                                Ok(n)
-                            }
-                            Err(e) => {
-                                *lock(&task_failed) = Some(e.clone());
-                                Err(e)
-                            }
+                    None => match append_paged(&log, &task_run, &batch, fence, &mut next).await {
+                        Ok(first) => {
+                            let n = first + batch.len() as u64;
+                            next = Some(n);
+                            Ok(n)
                         }
-                    }
+                        Err(e) => {
+                            *lock(&task_failed) = Some(e.clone());
+                            Err(e)
+                        }
+                    },
                 };
                 batch.clear();
                 for reply in flushes.drain(..) {
@@ -239,6 +237,39 @@ fn check(failed: &Mutex<Option<Error>>) -> Result<()> {
         Some(e) => Err(e.clone()),
         None => Ok(()),
     }
+}
+
+/// Append `batch` with [`append_retrying`], cut where it crosses a page boundary of the cache
+/// ([`CacheCapabilities::append_page`]) once the start cursor is known: each piece is then the
+/// backend's cheap kind of append. Returns the batch's first cursor.
+///
+/// If a later piece fails, the earlier ones stay appended: the same state as a producer that
+/// stopped between two batches, which a run recovers from like any interrupted step.
+///
+/// [`CacheCapabilities::append_page`]: crate::cache::CacheCapabilities::append_page
+async fn append_paged(
+    log: &EventLog,
+    run_id: &RunId,
+    batch: &[NewEvent],
+    fence: Option<Epoch>,
+    next: &mut Option<Cursor>,
+) -> Result<Cursor> {
+    let page = log.append_page();
+    let Some(start) = next.filter(|_| page > 0) else {
+        return append_retrying(log, run_id, batch, fence, next).await;
+    };
+    let (mut at, mut first) = (start, None);
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let room = usize::try_from(page - at % page).unwrap_or(usize::MAX);
+        let (piece, tail) = rest.split_at(rest.len().min(room));
+        let f = append_retrying(log, run_id, piece, fence, next).await?;
+        first.get_or_insert(f);
+        at = f + piece.len() as u64;
+        *next = Some(at);
+        rest = tail;
+    }
+    Ok(first.unwrap_or(start))
 }
 
 /// First and longest pause between retries of a failed append.
