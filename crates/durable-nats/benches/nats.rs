@@ -402,8 +402,9 @@ async fn raw_atomic_batch(client: &async_nats::Client, subject: &str, batch: &[B
 }
 
 /// Append → observer latency through `EventLog` (announce in the append) at 1 ms pacing,
-/// interleaved sample by sample with a bare core round trip (`flush`: PING/PONG) and the append
-/// alone, so the machine's noise hits all of them alike.
+/// interleaved sample by sample with a bare core round trip (`flush`: PING/PONG), the append
+/// alone and a bare JetStream publish awaiting its ack, so the machine's noise hits all of them
+/// alike.
 fn latency(rt: &tokio::runtime::Runtime) {
     const SAMPLES: usize = 2000;
     let nats = connect(rt);
@@ -421,12 +422,21 @@ fn latency(rt: &tokio::runtime::Runtime) {
         let ev = [delta()];
         let mut pace = tokio::time::interval(Duration::from_millis(1));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut out: [Vec<Duration>; 3] = std::array::from_fn(|_| Vec::with_capacity(SAMPLES));
-        for i in 0..3 * SAMPLES {
+        let js = async_nats::jetstream::new(nats.client().clone());
+        let raw_subject = format!("{PREFIX}.c.raw-{}.x", RunId::generate());
+        let mut out: [Vec<Duration>; 4] = std::array::from_fn(|_| Vec::with_capacity(SAMPLES));
+        for i in 0..4 * SAMPLES {
             pace.tick().await;
             let t = Instant::now();
-            match i % 3 {
+            match i % 4 {
                 0 => nats.client().flush().await.expect("flush"),
+                3 => {
+                    js.publish(raw_subject.clone(), payload())
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("ack");
+                }
                 1 => {
                     log.append(&run, &ev, None).await.expect("append");
                     stream.next().await.expect("event").expect("ok");
@@ -438,7 +448,7 @@ fn latency(rt: &tokio::runtime::Runtime) {
                         .expect("append");
                 }
             }
-            out[i % 3].push(t.elapsed());
+            out[i % 4].push(t.elapsed());
         }
         cache.delete(&raw_log).await.expect("delete");
         log.delete(&run).await.expect("delete");
@@ -448,6 +458,7 @@ fn latency(rt: &tokio::runtime::Runtime) {
         "bare core round trip (PING)",
         "append→observer (announce in append)",
         "append alone (no observer)",
+        "raw JetStream publish, sync ack (the floor of an append)",
     ]
     .iter()
     .zip(results.iter_mut())
