@@ -546,7 +546,7 @@ fn fan_out(rt: &tokio::runtime::Runtime, observers: usize, events: u64) {
                 b => (b as char).to_string(),
             })
             .collect();
-        let filter = format!("{PREFIX}.c.{token}.e.*");
+        let filter = format!("{PREFIX}.c.{token}.p.*");
         let js = async_nats::jetstream::new(nats.client().clone());
         let stream = js.get_stream(STREAM).await.expect("stream");
         let setup = Instant::now();

@@ -4,7 +4,7 @@
 //!
 //! | subject | what |
 //! |---|---|
-//! | `….<token>.e.<first>` | a chunk of the log: entries `first, first + 1, …` in one message |
+//! | `….<token>.p.<page>` | the chunks of one page of the log (entries `256 × page` to `256 × page + 255`), each one message holding entries `first, first + 1, …` |
 //! | `….<token>.h` | log head: written by an empty append or `expire` |
 //! | `….<token>.v` | key value (rolled up: only the latest is kept) |
 //!
@@ -15,15 +15,20 @@
 //! cursors under concurrent appenders (G1), the epoch fence in the same operation, and the
 //! key/log exclusion.
 //!
+//! The check's cost on the server grows with the number of subjects under the wildcard (it
+//! matches them all), so chunks share a subject per page of [`PAGE`] entries: a name has a
+//! subject per 256 entries, not one per append (one per chunk made a 5,000-append log's
+//! appends twice as slow as its first ones).
+//!
 //! An appended batch is one message, a *chunk*, whose body is the batch as a wake-up frame
 //! ([`frame`]: the first cursor, the lengths, the payloads): JetStream's cost is per message,
 //! so a batch of 100 events costs about what one does, and a replay reads a hundred events
 //! per message. A batch is split only where it crosses a multiple of [`PAGE`] entries (or
 //! would exceed the server's `max_payload`); its chunks are then one atomic batch publish:
-//! all or nothing, one round trip. A read from cursor `c` gets the chunk starting at `c` (a
-//! reader that read up to `c` always finds one) together with the state, in one round trip;
-//! from inside a chunk, it starts at the chunk starting `c`'s page. The chunks after it come
-//! in one batch direct get of the run's chunk subjects: no consumer, no scan of other runs.
+//! all or nothing, one round trip. A read from cursor `c` gets the last chunk of `c`'s page
+//! together with the state, in one round trip: a reader near the end of the log finds `c` in
+//! it. Otherwise it reads the page's chunks from its start. The chunks after it come in one
+//! batch direct get of the run's chunk subjects: no consumer, no scan of other runs.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -430,7 +435,7 @@ impl NatsServerCache {
                     }
                     h.insert(MSG_ID, format!("{nonce}:{first}").as_str());
                     let body = frame::encode(first, &payloads[r.clone()], usize::MAX);
-                    (format!("{base}.e.{first}"), h, body)
+                    (format!("{base}.p.{}", first / PAGE), h, body)
                 })
                 .collect();
             let commit = st.next + group.last().map_or(0, |r| r.start) as u64;
@@ -456,33 +461,24 @@ impl NatsServerCache {
         max.saturating_sub(4096).max(1024)
     }
 
-    /// `want` (at least one) entries of `log` from cursor `from`, which the log holds; `hit` is
-    /// the chunk starting at `from` when the first lookup found one.
+    /// `want` (at least one) entries of `log` from cursor `from`, which the log holds; `tail` is
+    /// the last chunk of `from`'s page when the first lookup found one.
     ///
-    /// The chunk holding `from` is the one starting there or, when `from` is inside a chunk,
-    /// one of the chunks of its page, found from the chunk starting the page. The chunks after
-    /// it come in one batch direct get of the run's chunk subjects (single server; sized from
-    /// the chunks seen so far), or one leader get each (replicated stream, see `Js`).
+    /// The chunk holding `from` is on its page's subject: the page's last chunk (a reader near
+    /// the end of the log) or one before it, read from the page's start. The chunks after it
+    /// come in one batch direct get of the run's chunk subjects (single server; sized from the
+    /// chunks seen so far), or one leader get each (replicated stream, see `Js`).
     async fn read_chunks(
         &self,
         log: &str,
         base: &str,
         from: Cursor,
         want: usize,
-        hit: Option<StoredMsg>,
+        tail: Option<StoredMsg>,
     ) -> Result<Vec<Bytes>> {
         const OP: &str = "read";
         let js = &self.shared.js;
         let stream = self.shared.log_stream();
-        let start = match hit {
-            Some(m) => m,
-            None => {
-                let page = from - from % PAGE;
-                js.last(OP, stream, &format!("{base}.e.{page}"))
-                    .await?
-                    .ok_or_else(|| corrupt(OP, format!("chunk {page} of {log:?} is missing")))?
-            }
-        };
         let mut reader = ChunkReader {
             base,
             from,
@@ -493,27 +489,59 @@ impl NatsServerCache {
             chunks: 0,
             seen: 0,
         };
-        reader.take(&start)?;
+        // Otherwise `from` is further back in its page, or the chunk holding it was appended
+        // after the lookup: read the page from its start.
+        let held = match &tail {
+            Some(m) => reader.seek(m)? == Seek::Holds,
+            None => false,
+        };
+        if !held {
+            let page = format!("{base}.p.{}", from / PAGE);
+            // Each chunk before `from` in its page holds at least one entry.
+            let limit = usize::try_from(from % PAGE).unwrap_or(usize::MAX) + 1;
+            let mut seq = 1;
+            'page: loop {
+                let msgs = if js.replicated {
+                    js.next(OP, stream, &page, seq).await?.into_iter().collect()
+                } else {
+                    js.batch(OP, stream, &page, seq, limit).await?
+                };
+                if msgs.is_empty() {
+                    return Err(corrupt(
+                        OP,
+                        format!("the chunk holding entry {from} of {log:?} is missing"),
+                    ));
+                }
+                for m in &msgs {
+                    seq = m.seq + 1;
+                    match reader.seek(m)? {
+                        Seek::Before => {}
+                        Seek::Holds => break 'page,
+                        Seek::After => {
+                            return Err(corrupt(
+                                OP,
+                                format!("the chunk holding entry {from} of {log:?} is missing"),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        let chunks = format!("{base}.p.*");
         while !reader.done() {
             let Some(next) = reader.next else {
                 return Err(corrupt(OP, "a read made no progress"));
             };
             if js.replicated {
                 let m = js
-                    .last(OP, stream, &format!("{base}.e.{next}"))
+                    .next(OP, stream, &chunks, reader.seq + 1)
                     .await?
                     .ok_or_else(|| corrupt(OP, format!("chunk {next} of {log:?} is missing")))?;
                 reader.take(&m)?;
                 continue;
             }
             let msgs = js
-                .batch(
-                    OP,
-                    stream,
-                    &format!("{base}.e.*"),
-                    reader.seq + 1,
-                    reader.estimate(),
-                )
+                .batch(OP, stream, &chunks, reader.seq + 1, reader.estimate())
                 .await?;
             if msgs.is_empty() {
                 return Err(corrupt(OP, format!("chunk {next} of {log:?} is missing")));
@@ -577,7 +605,21 @@ impl ChunkReader<'_> {
         self.entries.len() >= self.want
     }
 
-    /// Take the entries of chunk `m` that the read wants; it must be the next chunk.
+    /// Where chunk `m` lies against the read's first entry; the chunk holding it is taken.
+    fn seek(&mut self, m: &StoredMsg) -> Result<Seek> {
+        let (first, n) = chunk_span(self.base, m)?;
+        if first + n <= self.from {
+            Ok(Seek::Before)
+        } else if first > self.from {
+            Ok(Seek::After)
+        } else {
+            self.take(m)?;
+            Ok(Seek::Holds)
+        }
+    }
+
+    /// Take the entries of chunk `m` that the read wants; it must be the chunk holding the
+    /// read's first entry (see [`ChunkReader::seek`]) or, after it, the next chunk.
     fn take(&mut self, m: &StoredMsg) -> Result<()> {
         const OP: &str = "read";
         let (first, events) = decode_chunk(OP, self.base, m)?;
@@ -614,25 +656,91 @@ impl ChunkReader<'_> {
     }
 }
 
+/// Where a chunk lies against a read's first entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seek {
+    /// The chunk ends at or before it.
+    Before,
+    /// The chunk holds it.
+    Holds,
+    /// The chunk starts after it.
+    After,
+}
+
+/// The page a chunk subject of the log at `base` names.
+fn chunk_page(op: &'static str, base: &str, subject: &str) -> Result<u64> {
+    subject
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix(".p."))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| corrupt(op, format!("{subject} is not a chunk of this log")))
+}
+
+/// The first cursor and the number of entries of the chunk `m`, from its frame's header.
+fn chunk_span(base: &str, m: &StoredMsg) -> Result<(Cursor, u64)> {
+    const OP: &str = "read";
+    let page = chunk_page(OP, base, &m.subject)?;
+    // A frame starts `<first> <count>` (see `frame`); the entries are decoded once taken.
+    let header = m.payload.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut words = std::str::from_utf8(header).unwrap_or_default().split(' ');
+    let mut number = || words.next().and_then(|w| w.parse::<u64>().ok());
+    match (number(), number()) {
+        (Some(first), Some(n)) if n > 0 && first / PAGE == page => Ok((first, n)),
+        _ => Err(corrupt(
+            OP,
+            format!("a chunk of page {page} does not decode"),
+        )),
+    }
+}
+
 /// The first cursor and the entries of the chunk `m` of the log at `base`.
 fn decode_chunk(op: &'static str, base: &str, m: &StoredMsg) -> Result<(Cursor, Vec<Bytes>)> {
-    let first: Cursor = m
-        .subject
-        .strip_prefix(base)
-        .and_then(|r| r.strip_prefix(".e."))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| corrupt(op, format!("{} is not a chunk of this log", m.subject)))?;
+    let page = chunk_page(op, base, &m.subject)?;
     match frame::decode(&m.payload) {
         Some(frame::Frame {
-            first: f,
+            first,
             events: Some(events),
             ..
-        }) if f == first && !events.is_empty() => Ok((first, events)),
-        _ => Err(corrupt(op, format!("chunk {first} does not decode"))),
+        }) if first / PAGE == page && !events.is_empty() => Ok((first, events)),
+        _ => Err(corrupt(
+            op,
+            format!("a chunk of page {page} does not decode"),
+        )),
     }
 }
 
 impl NatsServerCache {
+    /// The chunk of `log` starting at entry `first`, if one does.
+    async fn find_chunk(&self, log: &str, first: Cursor) -> Result<Option<StoredMsg>> {
+        const OP: &str = "append";
+        let base = self.base(log);
+        let page = format!("{base}.p.{}", first / PAGE);
+        let js = &self.shared.js;
+        let mut seq = 1;
+        loop {
+            let msgs = if js.replicated {
+                js.next(OP, self.shared.log_stream(), &page, seq)
+                    .await?
+                    .into_iter()
+                    .collect()
+            } else {
+                js.batch(OP, self.shared.log_stream(), &page, seq, PAGE as usize)
+                    .await?
+            };
+            let Some(last) = msgs.last() else {
+                return Ok(None);
+            };
+            seq = last.seq + 1;
+            for m in msgs {
+                match chunk_span(&base, &m)? {
+                    (f, _) if f == first => return Ok(Some(m)),
+                    (f, _) if f > first => return Ok(None),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Publish one atomic batch; while the server cannot be reached (a restart, a reconnection)
     /// resend the identical batch: same expected sequence, same message ids. If an earlier
     /// attempt was stored and only its acknowledgement was lost, the resend is either
@@ -658,14 +766,8 @@ impl NatsServerCache {
                     // The commit is the batch's last chunk (starting at entry `commit`):
                     // atomic, so if it is in, all are.
                     let ours = format!("{nonce}:{commit}");
-                    let entry = format!("{}.e.{commit}", self.base(log));
                     loop {
-                        match self
-                            .shared
-                            .js
-                            .last(OP, self.shared.log_stream(), &entry)
-                            .await
-                        {
+                        match self.find_chunk(log, commit).await {
                             Ok(Some(m))
                                 if m.headers.get(MSG_ID).map(|v| v.as_str()) == Some(&ours) =>
                             {
@@ -716,14 +818,19 @@ fn parse_state(op: &'static str, base: &str, m: StoredMsg) -> Result<State> {
             fence,
             expires,
         })),
+        r if r.starts_with("e.") => Err(corrupt(
+            op,
+            "a log in the layout of durable-nats before pages (one subject per chunk): \
+             not readable by this version; delete it or drain it with the version that wrote it",
+        )),
         r => {
-            let cursor: u64 = r
-                .strip_prefix("e.")
+            let page: u64 = r
+                .strip_prefix("p.")
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(|| corrupt(op, format!("unknown log subject {r:?}")))?;
             let next = m
                 .header_u64(H_NEXT)
-                .filter(|n| *n > cursor)
+                .filter(|n| *n > page.saturating_mul(PAGE))
                 .ok_or_else(|| corrupt(op, "log chunk without a valid next cursor"))?;
             Ok(State::Log(LogState {
                 seq: m.seq,
@@ -844,15 +951,13 @@ impl ServerCache for NatsServerCache {
         check(OP, "log", log)?;
         let base = self.base(log);
         let stream = self.shared.log_stream();
-        // Both lookups at once, one round trip of latency: the state, and the chunk starting
-        // at `from` (there is one unless `from` is inside a chunk). On a replicated stream the
-        // two may be served in either order; a chunk appended between them is then found from
-        // its page (see `read_chunks`).
-        let starting_at_from = format!("{base}.e.{from}");
-        let (state, first) = futures::join!(
-            self.state(OP, log),
-            self.shared.js.last(OP, stream, &starting_at_from)
-        );
+        // Both lookups at once, one round trip of latency: the state, and the last chunk of
+        // `from`'s page (it holds `from` when the reader is near the end of the log). The two
+        // may be served in either order; a chunk appended between them is then found from its
+        // page (see `read_chunks`).
+        let page = format!("{base}.p.{}", from / PAGE);
+        let (state, tail) =
+            futures::join!(self.state(OP, log), self.shared.js.last(OP, stream, &page));
         let st = match state? {
             State::Missing => {
                 return Err(err(
@@ -889,7 +994,7 @@ impl ServerCache for NatsServerCache {
                 next: st.next,
             });
         }
-        let entries = self.read_chunks(log, &base, from, want, first?).await?;
+        let entries = self.read_chunks(log, &base, from, want, tail?).await?;
         Ok(LogSlice {
             first: from,
             entries,

@@ -333,18 +333,44 @@ impl Js {
         stream: &str,
         subject: &str,
     ) -> Result<Option<StoredMsg>> {
+        self.get(op, stream, json!({ "last_by_subj": subject }))
+            .await
+    }
+
+    /// The first message on `filter` (wildcards allowed) at stream sequence `seq` or later, or
+    /// `None`.
+    pub(crate) async fn next(
+        &self,
+        op: &'static str,
+        stream: &str,
+        filter: &str,
+        seq: u64,
+    ) -> Result<Option<StoredMsg>> {
+        self.get(
+            op,
+            stream,
+            json!({ "seq": seq.max(1), "next_by_subj": filter }),
+        )
+        .await
+    }
+
+    /// One message get: a direct get, or on a replicated stream one the leader answers (see
+    /// [`Js`]).
+    async fn get(
+        &self,
+        op: &'static str,
+        stream: &str,
+        body: serde_json::Value,
+    ) -> Result<Option<StoredMsg>> {
         if self.replicated {
-            return self
-                .leader_get(op, stream, json!({ "last_by_subj": subject }))
-                .await;
+            return self.leader_get(op, stream, body).await;
         }
-        let body = json!({ "last_by_subj": subject }).to_string();
         let m = self
             .request(
                 op,
                 format!("$JS.API.DIRECT.GET.{stream}"),
                 None,
-                Bytes::from(body),
+                Bytes::from(body.to_string()),
             )
             .await?;
         match m.status {

@@ -113,3 +113,54 @@ async fn a_reader_following_a_growing_log_reads_each_entry_once_in_order() {
     cache.delete(&log).await.unwrap();
     cache.delete(&other).await.unwrap();
 }
+
+/// The sequence check of every write matches all the subjects of its log on the server, so a
+/// log has one chunk subject per page of 256 entries, however it was appended: 600 single
+/// appends make 3 chunk subjects, not 600 (with one per append, the 5,000th append of a log
+/// took twice as long as its first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_has_a_subject_per_page_not_per_append() {
+    let Some(url) = durable_conformance::harness::backend_url("nats") else {
+        return;
+    };
+    let nats = NatsConfig::new(url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
+    let cache = nats.server_cache();
+    let log = format!("pages-{}", uuid::Uuid::new_v4().simple());
+    for k in 0..600 {
+        cache
+            .append_many(&log, &[entry(0, k)], AppendOptions::default())
+            .await
+            .unwrap();
+    }
+    let js = async_nats::jetstream::new(nats.client().clone());
+    let stream = js.get_stream("DURABLE_LOGS").await.unwrap();
+    let info = stream
+        .info_with_subjects(format!("durable.c.{log}.>"))
+        .await
+        .unwrap();
+    use futures::TryStreamExt as _;
+    let subjects: std::collections::HashMap<String, usize> = info.try_collect().await.unwrap();
+    let mut names: Vec<&str> = subjects.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let base = format!("durable.c.{log}");
+    assert_eq!(
+        names,
+        [
+            format!("{base}.p.0"),
+            format!("{base}.p.1"),
+            format!("{base}.p.2")
+        ],
+    );
+    assert_eq!(subjects.values().sum::<usize>(), 600);
+    // Every entry reads back, from inside each page too.
+    for from in [0, 1, 255, 256, 300, 511, 512, 599, 600] {
+        let s = cache.read(&log, from, 1000).await.unwrap();
+        let want: Vec<Bytes> = (from as usize..600).map(|k| entry(0, k)).collect();
+        assert_eq!(s.entries, want, "from {from}");
+    }
+    cache.delete(&log).await.unwrap();
+}

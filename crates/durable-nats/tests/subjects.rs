@@ -71,10 +71,11 @@ async fn a_crafted_name_cannot_read_another_log() {
         .await
         .unwrap();
     // Names that spell the victim's entry, head and wildcard subjects under this crate's
-    // layout (`<prefix>.c.<token>.e.<cursor>`): each is a name of its own, with nothing in it.
+    // layout (`<prefix>.c.<token>.p.<page>`): each is a name of its own, with nothing in it.
     for crafted in [
+        format!("{victim}.p.0"),
         format!("{victim}.e.0"),
-        format!("{victim}.e"),
+        format!("{victim}.p"),
         format!("{victim}.h"),
         format!("{victim}.v"),
         format!("{s}/events.e"),
