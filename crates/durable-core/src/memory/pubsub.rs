@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
 use super::{lock, BACKEND};
 use crate::cache::AnnounceDomain;
@@ -23,12 +23,15 @@ pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 256;
 /// Default bound of one consumer group's queue, in messages.
 pub const DEFAULT_GROUP_CAPACITY: usize = 100_000;
 
-/// In-memory [`PubSub`]: a bounded `tokio::sync::broadcast` channel per topic for fan-out, and a
-/// bounded queue per consumer group.
+/// In-memory [`PubSub`]: a bounded fan-out ring per topic, and a bounded queue per consumer
+/// group.
 ///
-/// A topic's channel exists only while it has subscribers. A slow subscriber gets
-/// [`Delivery::Lagged`] instead of unbounded buffering. A consumer group keeps its messages
-/// (up to its capacity) while no consumer is attached.
+/// A topic's ring exists only while it has subscribers, and holds only the messages some
+/// subscriber has not read yet: it grows with the backlog up to the subscriber capacity and
+/// shrinks back, so an idle topic costs about a hundred bytes, not a slot per message of
+/// capacity (`tokio::sync::broadcast` allocates all of them up front: 14 KiB per topic at the
+/// default 256). A slow subscriber gets [`Delivery::Lagged`] instead of unbounded buffering. A
+/// consumer group keeps its messages (up to its capacity) while no consumer is attached.
 #[derive(Clone, Debug)]
 pub struct InMemoryPubSub {
     inner: Arc<Inner>,
@@ -36,12 +39,71 @@ pub struct InMemoryPubSub {
 
 #[derive(Debug)]
 struct Inner {
-    topics: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
     groups: Mutex<HashMap<String, HashMap<String, Arc<GroupQueue>>>>,
     subscriber_capacity: usize,
     group_capacity: usize,
     /// Pairs an announcing [`InMemoryCache`](super::InMemoryCache) with this pubsub.
     domain: AnnounceDomain,
+}
+
+/// The fan-out ring of one topic.
+#[derive(Debug)]
+struct Topic {
+    ring: Mutex<Ring>,
+    /// Woken (all waiters) by every publish.
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// The unread messages, each with the number of subscribers still to read it.
+    buf: VecDeque<(Bytes, usize)>,
+    /// The sequence number of `buf[0]`.
+    head: u64,
+    subscribers: usize,
+}
+
+impl Ring {
+    fn next(&self) -> u64 {
+        self.head + self.buf.len() as u64
+    }
+
+    /// Count one read (or one unsubscribe) of message `seq`; drop what everyone has read.
+    fn release(&mut self, seq: u64) {
+        if let Some(i) = seq.checked_sub(self.head) {
+            if let Some((_, rem)) = self.buf.get_mut(i as usize) {
+                *rem = rem.saturating_sub(1);
+            }
+        }
+        while self.buf.front().is_some_and(|(_, rem)| *rem == 0) {
+            self.buf.pop_front();
+            self.head += 1;
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 64 {
+            // A burst is over: give its memory back.
+            self.buf = VecDeque::new();
+        }
+    }
+}
+
+impl Topic {
+    fn publish(&self, payload: Bytes, capacity: usize) {
+        {
+            let mut ring = lock(&self.ring);
+            if ring.subscribers == 0 {
+                return;
+            }
+            if ring.buf.len() >= capacity {
+                // The slowest subscriber falls behind: it will read `Lagged`.
+                ring.buf.pop_front();
+                ring.head += 1;
+            }
+            let n = ring.subscribers;
+            ring.buf.push_back((payload, n));
+        }
+        self.notify.notify_waiters();
+    }
 }
 
 #[derive(Debug)]
@@ -113,9 +175,9 @@ impl InMemoryPubSub {
         for g in &groups {
             g.push((payload.clone(), 1), false);
         }
-        if let Some(tx) = lock(&self.inner.topics).get(topic) {
-            // No receiver left is not an error: nobody is listening.
-            let _ = tx.send(payload);
+        let target = lock(&self.inner.topics).get(topic).cloned();
+        if let Some(t) = target {
+            t.publish(payload, self.inner.subscriber_capacity);
         }
         Ok(())
     }
@@ -128,28 +190,70 @@ impl InMemoryPubSub {
     pub fn active_topics(&self) -> usize {
         lock(&self.inner.topics).len()
     }
+
+    /// The messages of `topic` some subscriber has not read yet (for memory tests).
+    pub fn buffered(&self, topic: &str) -> usize {
+        lock(&self.inner.topics)
+            .get(topic)
+            .map_or(0, |t| lock(&t.ring).buf.len())
+    }
 }
 
 fn check(op: &'static str, what: &'static str, name: &str) -> Result<()> {
     validate_name(what, name).map_err(|e| e.with_backend(BACKEND).with_operation(op))
 }
 
-/// Removes the topic's channel when its last subscriber goes.
-struct SubscriberGuard {
+/// One subscriber of a topic: its read position. Dropping it releases what it had not read,
+/// and the topic's ring with its last subscriber.
+struct Subscriber {
     inner: Arc<Inner>,
-    topic: String,
-    rx: Option<broadcast::Receiver<Bytes>>,
+    name: String,
+    topic: Arc<Topic>,
+    /// The sequence number of the next message to read.
+    at: u64,
 }
 
-impl Drop for SubscriberGuard {
+impl Subscriber {
+    async fn recv(&mut self) -> Delivery {
+        loop {
+            let notified = self.topic.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut ring = lock(&self.topic.ring);
+                if self.at < ring.head {
+                    self.at = ring.head;
+                    return Delivery::Lagged;
+                }
+                if self.at < ring.next() {
+                    let i = (self.at - ring.head) as usize;
+                    let payload = ring.buf[i].0.clone();
+                    let seq = self.at;
+                    self.at += 1;
+                    ring.release(seq);
+                    return Delivery::Message(payload);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Subscriber {
     fn drop(&mut self) {
-        drop(self.rx.take());
+        // Lock order: the topics map, then a ring (as in `subscribe`).
         let mut topics = lock(&self.inner.topics);
-        if topics
-            .get(&self.topic)
-            .is_some_and(|tx| tx.receiver_count() == 0)
+        let mut ring = lock(&self.topic.ring);
+        for seq in self.at.max(ring.head)..ring.next() {
+            ring.release(seq);
+        }
+        ring.subscribers = ring.subscribers.saturating_sub(1);
+        if ring.subscribers == 0
+            && topics
+                .get(&self.name)
+                .is_some_and(|t| Arc::ptr_eq(t, &self.topic))
         {
-            topics.remove(&self.topic);
+            topics.remove(&self.name);
         }
     }
 }
@@ -190,25 +294,35 @@ impl PubSub for InMemoryPubSub {
 
     async fn subscribe(&self, topic: &str) -> Result<Subscription> {
         check("subscribe", "topic", topic)?;
-        let rx = lock(&self.inner.topics)
-            .entry(topic.to_owned())
-            .or_insert_with(|| broadcast::channel(self.inner.subscriber_capacity).0)
-            .subscribe();
-        let guard = SubscriberGuard {
+        let (ring, at) = {
+            let mut topics = lock(&self.inner.topics);
+            let t = topics
+                .entry(topic.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Topic {
+                        ring: Mutex::new(Ring::default()),
+                        notify: Notify::new(),
+                    })
+                })
+                .clone();
+            let at = {
+                let mut ring = lock(&t.ring);
+                ring.subscribers += 1;
+                ring.next()
+            };
+            (t, at)
+        };
+        let sub = Subscriber {
             inner: self.inner.clone(),
-            topic: topic.to_owned(),
-            rx: Some(rx),
+            name: topic.to_owned(),
+            topic: ring,
+            at,
         };
         Ok(Subscription::new(futures::stream::unfold(
-            guard,
-            |mut g| async move {
-                let rx = g.rx.as_mut()?;
-                let item = match rx.recv().await {
-                    Ok(b) => Delivery::Message(b),
-                    Err(broadcast::error::RecvError::Lagged(_)) => Delivery::Lagged,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                Some((item, g))
+            sub,
+            |mut s| async move {
+                let item = s.recv().await;
+                Some((item, s))
             },
         )))
     }
@@ -302,6 +416,46 @@ mod tests {
         .unwrap();
         assert_eq!(finished.collect::<Vec<_>>().await.len(), 1);
         assert_eq!(pubsub.active_topics(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_ring_holds_only_what_a_subscriber_has_not_read() {
+        let p = InMemoryPubSub::with_capacity(4, 2);
+        let msg = |i: u8| Some(Delivery::Message(Bytes::from(vec![i])));
+        let mut a = p.subscribe("t").await.unwrap();
+        let mut b = p.subscribe("t").await.unwrap();
+        for i in 0..3 {
+            p.publish("t", Bytes::from(vec![i])).await.unwrap();
+        }
+        assert_eq!(p.buffered("t"), 3);
+        for i in 0..3 {
+            assert_eq!(a.next().await, msg(i));
+        }
+        // `b` has read nothing yet.
+        assert_eq!(p.buffered("t"), 3);
+        assert_eq!(b.next().await, msg(0));
+        assert_eq!(p.buffered("t"), 2);
+        // A subscriber that goes releases what it had not read.
+        drop(b);
+        assert_eq!(p.buffered("t"), 0);
+        // A late subscriber starts at the next message.
+        p.publish("t", Bytes::from(vec![9])).await.unwrap();
+        let mut c = p.subscribe("t").await.unwrap();
+        assert_eq!(a.next().await, msg(9));
+        assert_eq!(p.buffered("t"), 0);
+        // Six messages into a ring of four: the two oldest are gone, and a subscriber that
+        // had not read them learns so once, then reads on in order.
+        for i in 0..6 {
+            p.publish("t", Bytes::from(vec![i])).await.unwrap();
+        }
+        assert_eq!(p.buffered("t"), 4);
+        for s in [&mut a, &mut c] {
+            assert_eq!(s.next().await, Some(Delivery::Lagged));
+            for i in 2..6 {
+                assert_eq!(s.next().await, msg(i));
+            }
+        }
+        assert_eq!(p.buffered("t"), 0);
     }
 
     #[tokio::test]
