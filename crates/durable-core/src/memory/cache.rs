@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{lock, InMemoryPubSub, BACKEND};
 use crate::cache::{
@@ -48,7 +48,34 @@ struct Entry {
 enum Value {
     Bytes(Bytes),
     Int(i64),
-    Log { entries: Vec<Bytes>, fence: u64 },
+    Log {
+        entries: Vec<Bytes>,
+        fence: u64,
+        /// Where appended entries are copied: each entry is a slice of a block shared by the
+        /// entries around it, not an allocation of its own (with its allocator overhead, the
+        /// spare capacity of the buffer it was encoded in and a reference count: about 150
+        /// bytes per entry of ~70 before, ~105 now).
+        arena: BytesMut,
+    },
+}
+
+/// The smallest and largest arena block: a log's blocks grow with it.
+const MIN_BLOCK: usize = 1024;
+const MAX_BLOCK: usize = 64 * 1024;
+
+/// Copy `payloads` into `arena` and add them to `entries`, each a slice of its block.
+fn store(entries: &mut Vec<Bytes>, arena: &mut BytesMut, payloads: &[Bytes]) {
+    entries.reserve(payloads.len());
+    for p in payloads {
+        if arena.capacity() - arena.len() < p.len() {
+            // 16 bytes per entry the log holds (a fifth of a typical log's bytes): few blocks
+            // for a long log, little spare room in a short one.
+            let block = (entries.len() * 16).clamp(MIN_BLOCK, MAX_BLOCK).max(p.len());
+            *arena = BytesMut::with_capacity(block);
+        }
+        arena.extend_from_slice(p);
+        entries.push(arena.split().freeze());
+    }
 }
 
 impl Entry {
@@ -172,6 +199,7 @@ impl InMemoryCache {
                         value: Value::Log {
                             entries: Vec::new(),
                             fence: 0,
+                            arena: BytesMut::new(),
                         },
                         expires_at: None,
                     },
@@ -180,7 +208,12 @@ impl InMemoryCache {
             let Some(entry) = s.map.get_mut(log) else {
                 return Err(wrong_type("append", log));
             };
-            let Value::Log { entries, fence } = &mut entry.value else {
+            let Value::Log {
+                entries,
+                fence,
+                arena,
+            } = &mut entry.value
+            else {
                 return Err(wrong_type("append", log));
             };
             if let Some(f) = options.fence {
@@ -206,7 +239,7 @@ impl InMemoryCache {
             if let Some(f) = options.fence {
                 *fence = f;
             }
-            entries.extend_from_slice(payloads);
+            store(entries, arena, payloads);
             if let Some((pubsub, a)) = announce {
                 if !payloads.is_empty() {
                     let frame = crate::frame::encode(first, payloads, a.max_frame_bytes);
