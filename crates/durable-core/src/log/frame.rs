@@ -48,23 +48,49 @@ pub fn body_len(payloads: &[Bytes]) -> usize {
 /// Encode the frame announcing `payloads` stored from cursor `first`. The events are carried
 /// when their encoded size is at most `max_bytes`; otherwise the frame holds only the range.
 pub fn encode(first: Cursor, payloads: &[Bytes], max_bytes: usize) -> Bytes {
+    let mut buf = BytesMut::with_capacity(encoded_len_bound(payloads, max_bytes));
+    encode_into(&mut buf, first, payloads, max_bytes);
+    buf.freeze()
+}
+
+/// At least the bytes [`encode`] writes for these arguments.
+pub fn encoded_len_bound(payloads: &[Bytes], max_bytes: usize) -> usize {
+    let body = body_len(payloads);
+    42 + if !payloads.is_empty() && body <= max_bytes {
+        body
+    } else {
+        0
+    }
+}
+
+/// [`encode`] appended to `buf`. Returns the length of the frame's header (the offset of the
+/// first payload from where the frame starts), or `None` when the frame holds only the range.
+/// A backend that stores the frame itself can keep its events as slices of it.
+pub fn encode_into(
+    buf: &mut BytesMut,
+    first: Cursor,
+    payloads: &[Bytes],
+    max_bytes: usize,
+) -> Option<usize> {
     let body = body_len(payloads);
     let with_events = !payloads.is_empty() && body <= max_bytes;
-    let mut buf = BytesMut::with_capacity(42 + if with_events { body } else { 0 });
-    put_dec(&mut buf, first);
+    let start = buf.len();
+    put_dec(buf, first);
     buf.put_u8(b' ');
-    put_dec(&mut buf, payloads.len() as u64);
-    if with_events {
-        for (i, p) in payloads.iter().enumerate() {
-            buf.put_u8(if i == 0 { b' ' } else { b',' });
-            put_dec(&mut buf, p.len() as u64);
-        }
-        buf.put_u8(b'\n');
-        for p in payloads {
-            buf.put_slice(p);
-        }
+    put_dec(buf, payloads.len() as u64);
+    if !with_events {
+        return None;
     }
-    buf.freeze()
+    for (i, p) in payloads.iter().enumerate() {
+        buf.put_u8(if i == 0 { b' ' } else { b',' });
+        put_dec(buf, p.len() as u64);
+    }
+    buf.put_u8(b'\n');
+    let header = buf.len() - start;
+    for p in payloads {
+        buf.put_slice(p);
+    }
+    Some(header)
 }
 
 /// Decode a frame. Returns `None` for anything that is not exactly a frame as specified in
@@ -129,6 +155,21 @@ mod tests {
 
     fn b(s: &[u8]) -> Bytes {
         Bytes::copy_from_slice(s)
+    }
+
+    #[test]
+    fn encode_into_appends_the_same_frame_and_says_where_its_events_start() {
+        let payloads = vec![b(b"{\"a\":1}"), b(b""), b(b"xyz")];
+        let mut buf = BytesMut::from(&b"before"[..]);
+        let header = encode_into(&mut buf, 7, &payloads, usize::MAX).unwrap();
+        let frame = buf.split_off(6).freeze();
+        assert_eq!(frame, encode(7, &payloads, usize::MAX));
+        assert_eq!(&frame[header..], b"{\"a\":1}xyz");
+        assert!(frame.len() <= encoded_len_bound(&payloads, usize::MAX));
+        // Too large to carry: the range only, and no events to point at.
+        let mut buf = BytesMut::new();
+        assert_eq!(encode_into(&mut buf, 7, &payloads, 3), None);
+        assert_eq!(buf.freeze(), encode(7, &payloads, 3));
     }
 
     #[test]

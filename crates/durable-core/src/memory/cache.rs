@@ -63,19 +63,45 @@ enum Value {
 const MIN_BLOCK: usize = 1024;
 const MAX_BLOCK: usize = 64 * 1024;
 
-/// Copy `payloads` into `arena` and add them to `entries`, each a slice of its block.
-fn store(entries: &mut Vec<Bytes>, arena: &mut BytesMut, payloads: &[Bytes]) {
+/// Copy `payloads` (stored from cursor `first`) into `arena` and add them to `entries`, each
+/// a slice of its block. With `frame` (the announcement's size limit) the batch is copied as
+/// its wake-up frame, which is returned: the stored entries are slices of the frame, so an
+/// announcement costs no copy of its events.
+fn store(
+    entries: &mut Vec<Bytes>,
+    arena: &mut BytesMut,
+    first: Cursor,
+    payloads: &[Bytes],
+    frame: Option<usize>,
+) -> Option<Bytes> {
+    // A frame too large to carry its events is the range only: a few bytes of its own.
+    let carried = frame.filter(|max| crate::frame::body_len(payloads) <= *max);
+    let need = match carried {
+        Some(max) => crate::frame::encoded_len_bound(payloads, max),
+        None => payloads.iter().map(Bytes::len).sum(),
+    };
+    if arena.capacity() - arena.len() < need {
+        // 16 bytes per entry the log holds (a fifth of a typical log's bytes): few blocks
+        // for a long log, little spare room in a short one.
+        let block = (entries.len() * 16).clamp(MIN_BLOCK, MAX_BLOCK).max(need);
+        *arena = BytesMut::with_capacity(block);
+    }
     entries.reserve(payloads.len());
-    for p in payloads {
-        if arena.capacity() - arena.len() < p.len() {
-            // 16 bytes per entry the log holds (a fifth of a typical log's bytes): few blocks
-            // for a long log, little spare room in a short one.
-            let block = (entries.len() * 16).clamp(MIN_BLOCK, MAX_BLOCK).max(p.len());
-            *arena = BytesMut::with_capacity(block);
+    if let Some(max) = carried {
+        if let Some(mut at) = crate::frame::encode_into(arena, first, payloads, max) {
+            let encoded = arena.split().freeze();
+            for p in payloads {
+                entries.push(encoded.slice(at..at + p.len()));
+                at += p.len();
+            }
+            return Some(encoded);
         }
+    }
+    for p in payloads {
         arena.extend_from_slice(p);
         entries.push(arena.split().freeze());
     }
+    frame.map(|max| crate::frame::encode(first, payloads, max))
 }
 
 impl Entry {
@@ -239,13 +265,17 @@ impl InMemoryCache {
             if let Some(f) = options.fence {
                 *fence = f;
             }
-            store(entries, arena, payloads);
-            if let Some((pubsub, a)) = announce {
-                if !payloads.is_empty() {
-                    let frame = crate::frame::encode(first, payloads, a.max_frame_bytes);
-                    if let Err(e) = pubsub.publish_now(a.topic, frame) {
-                        tracing::warn!(log, error = %e, "wake-up not published; observers catch up on their next read");
-                    }
+            let announce = announce.filter(|_| !payloads.is_empty());
+            let frame = store(
+                entries,
+                arena,
+                first,
+                payloads,
+                announce.as_ref().map(|(_, a)| a.max_frame_bytes),
+            );
+            if let (Some((pubsub, a)), Some(frame)) = (announce, frame) {
+                if let Err(e) = pubsub.publish_now(a.topic, frame) {
+                    tracing::warn!(log, error = %e, "wake-up not published; observers catch up on their next read");
                 }
             }
             Ok(first)
@@ -444,5 +474,55 @@ impl ServerCache for InMemoryCache {
             ));
         };
         self.append_locked(log, payloads, options, Some((pubsub, announce)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::InMemoryPubSub;
+    use crate::pubsub::{Delivery, PubSub};
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn an_announced_batch_is_stored_once_as_its_frame() {
+        let pubsub = InMemoryPubSub::new();
+        let cache = InMemoryCache::new().with_pubsub(&pubsub);
+        let mut sub = pubsub.subscribe("wake").await.unwrap();
+        let payloads = [Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+        let announce = Announce {
+            topic: "wake",
+            max_frame_bytes: 1024,
+        };
+        cache
+            .append_announce("log", &payloads, AppendOptions::default(), announce)
+            .await
+            .unwrap();
+        let Some(Delivery::Message(frame)) = sub.next().await else {
+            panic!("no frame");
+        };
+        let events = crate::frame::decode(&frame).unwrap().events.unwrap();
+        let stored = cache.read("log", 0, 10).await.unwrap().entries;
+        assert_eq!(stored, payloads);
+        // The same bytes in memory, not a copy.
+        for (s, e) in stored.iter().zip(&events) {
+            assert_eq!(s.as_ptr(), e.as_ptr());
+        }
+        // A batch too large for the frame is stored all the same; the frame is the range.
+        let announce = Announce {
+            topic: "wake",
+            max_frame_bytes: 2,
+        };
+        cache
+            .append_announce("log", &payloads, AppendOptions::default(), announce)
+            .await
+            .unwrap();
+        let Some(Delivery::Message(frame)) = sub.next().await else {
+            panic!("no frame");
+        };
+        assert_eq!(crate::frame::decode(&frame).unwrap().events, None);
+        let stored = cache.read("log", 0, 10).await.unwrap().entries;
+        assert_eq!(stored.len(), 4);
+        assert_eq!(stored[2..], payloads);
     }
 }
