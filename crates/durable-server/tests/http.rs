@@ -732,3 +732,26 @@ async fn a_declined_call_records_the_reason_in_its_event() {
     assert_eq!(data["data"]["reason"], "too far north", "{data}");
     assert_eq!(frames.last().unwrap().event.as_deref(), Some("finish"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_limit_gets_431_and_the_server_goes_on() {
+    let (_server, url) = server_with(agent("a", ScriptedModel::new([Turn::text("x")]))).await;
+    let http = reqwest::Client::new();
+    let res = http
+        .get(format!("{url}/health"))
+        .header("x-big", "y".repeat(durable_server::MAX_REQUEST_HEAD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 431);
+    // Just under the limit is served, and so is the next client.
+    let res = http
+        .get(format!("{url}/health"))
+        .header("x-big", "y".repeat(durable_server::MAX_REQUEST_HEAD - 512))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = reqwest::get(format!("{url}/health")).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
