@@ -127,6 +127,29 @@ async fn plain_agent_streams_tool_steps_and_answers() {
     assert_eq!(k.iter().filter(|k| **k == "step-finish").count(), 4);
 }
 
+/// The in-memory defaults are paired: the cache announces each append itself (one operation,
+/// frames in cursor order, events stored once as their frame). A pubsub or cache of the
+/// caller's leaves the other default unpaired.
+#[tokio::test]
+async fn the_in_memory_defaults_announce_in_the_append() {
+    let done = Completions::default();
+    let plain = DurableAgent::new(agent(ScriptedModel::new(script()), done.clone()));
+    assert!(plain.log().announces_in_append());
+    let events: Vec<Event> = plain
+        .stream("Weather?", StreamOptions::new())
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_contiguous(&events);
+    let other = DurableAgent::builder(agent(ScriptedModel::new(script()), done))
+        .pubsub(Arc::new(durable_core::memory::InMemoryPubSub::new()))
+        .build()
+        .unwrap();
+    assert!(!other.log().announces_in_append());
+}
+
 #[tokio::test]
 async fn agent_builder_rejects_bad_definitions() {
     let model = || ScriptedModel::new([Turn::text("x")]);

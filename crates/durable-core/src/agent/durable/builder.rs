@@ -121,16 +121,24 @@ impl DurableAgentBuilder {
             return Err(Error::invalid_input("lease_ttl must be at least 10 ms"));
         }
         self.config.validate()?;
-        let pubsub = self
-            .pubsub
-            .unwrap_or_else(|| Arc::new(InMemoryPubSub::new()));
+        // The in-memory defaults are a pair: the cache announces each append itself, under
+        // its lock, and an announced batch is stored once, as its frame.
+        let memory_pubsub = self.pubsub.is_none().then(InMemoryPubSub::new);
+        let pubsub = match (self.pubsub, &memory_pubsub) {
+            (Some(p), _) => p,
+            (None, Some(p)) => Arc::new(p.clone()) as Arc<dyn PubSub>,
+            (None, None) => Arc::new(InMemoryPubSub::new()),
+        };
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(InMemoryWorkflowStore::new()));
         let cache = if self.no_cache {
             None
         } else {
-            Some(self.cache.unwrap_or_else(|| Arc::new(InMemoryCache::new())))
+            Some(self.cache.unwrap_or_else(|| match &memory_pubsub {
+                Some(p) => Arc::new(InMemoryCache::new().with_pubsub(p)),
+                None => Arc::new(InMemoryCache::new()),
+            }))
         };
         let log = match &cache {
             Some(c) => EventLog::new(c.clone(), pubsub.clone()),
