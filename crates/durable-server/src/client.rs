@@ -50,29 +50,40 @@ impl SseParser {
     ///
     /// # Errors
     /// [`FrameTooLarge`] once a frame exceeds [`MAX_FRAME`] (the stream should be dropped).
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseFrame>) -> Result<(), FrameTooLarge> {
-        for &b in bytes {
-            if self.last_cr && b == b'\n' {
-                self.last_cr = false;
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<SseFrame>) -> Result<(), FrameTooLarge> {
+        // A line at a time (not a byte at a time): SSE frames are small and many.
+        while let Some(&first) = bytes.first() {
+            if std::mem::take(&mut self.last_cr) && first == b'\n' {
+                bytes = &bytes[1..];
                 continue;
             }
-            self.last_cr = b == b'\r';
-            if b == b'\n' || b == b'\r' {
-                self.end_line(out);
-            } else {
-                self.size += 1;
-                if self.size > MAX_FRAME {
-                    return Err(FrameTooLarge);
+            match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    self.extend(&bytes[..i])?;
+                    self.last_cr = bytes[i] == b'\r';
+                    self.end_line(out);
+                    bytes = &bytes[i + 1..];
                 }
-                self.line.push(b);
+                None => {
+                    self.extend(bytes)?;
+                    break;
+                }
             }
         }
         Ok(())
     }
 
+    fn extend(&mut self, part: &[u8]) -> Result<(), FrameTooLarge> {
+        self.size += part.len();
+        if self.size > MAX_FRAME {
+            return Err(FrameTooLarge);
+        }
+        self.line.extend_from_slice(part);
+        Ok(())
+    }
+
     fn end_line(&mut self, out: &mut Vec<SseFrame>) {
-        let line = std::mem::take(&mut self.line);
-        if line.is_empty() {
+        if self.line.is_empty() {
             if self.has_field {
                 out.push(std::mem::take(&mut self.frame));
             }
@@ -80,10 +91,17 @@ impl SseParser {
             self.size = 0;
             return;
         }
-        if line[0] == b':' {
-            return;
+        // The buffer is handed back cleared: one allocation for the stream, not one per line.
+        let mut line = std::mem::take(&mut self.line);
+        if line[0] != b':' {
+            self.field(&line);
         }
-        let text = String::from_utf8_lossy(&line);
+        line.clear();
+        self.line = line;
+    }
+
+    fn field(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
         let (field, value) = match text.find(':') {
             Some(i) => {
                 let v = &text[i + 1..];
@@ -548,6 +566,84 @@ mod tests {
                 parse(&[&text[..split], &text[split..]]),
                 whole,
                 "split at {split}"
+            );
+        }
+    }
+
+    /// The byte-at-a-time parser this one replaced, as the reference.
+    fn reference(bytes: &[u8]) -> Vec<SseFrame> {
+        let (mut out, mut frame, mut line) = (Vec::new(), SseFrame::default(), Vec::new());
+        let (mut has_field, mut last_cr) = (false, false);
+        for &b in bytes {
+            if last_cr && b == b'\n' {
+                last_cr = false;
+                continue;
+            }
+            last_cr = b == b'\r';
+            if b != b'\n' && b != b'\r' {
+                line.push(b);
+                continue;
+            }
+            let l = std::mem::take(&mut line);
+            if l.is_empty() {
+                if has_field {
+                    out.push(std::mem::take(&mut frame));
+                }
+                has_field = false;
+                continue;
+            }
+            if l[0] == b':' {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&l);
+            let (field, value) = match text.find(':') {
+                Some(i) => (
+                    &text[..i],
+                    text[i + 1..].strip_prefix(' ').unwrap_or(&text[i + 1..]),
+                ),
+                None => (&text[..], ""),
+            };
+            match field {
+                "data" => {
+                    if has_field && !frame.data.is_empty() {
+                        frame.data.push('\n');
+                    }
+                    frame.data.push_str(value);
+                    has_field = true;
+                }
+                "event" => {
+                    frame.event = Some(value.to_owned());
+                    has_field = true;
+                }
+                "id" if !value.contains('\0') => {
+                    frame.id = Some(value.to_owned());
+                    has_field = true;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn parses_like_the_byte_at_a_time_reference() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..3000 {
+            let len = (next() % 200) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| b"data:id event\n\r: x\0\xff\n\n"[(next() % 22) as usize])
+                .collect();
+            let cut = (next() as usize) % (len + 1);
+            assert_eq!(
+                parse(&[&bytes[..cut], &bytes[cut..]]),
+                reference(&bytes),
+                "{bytes:?} cut at {cut}"
             );
         }
     }
