@@ -63,7 +63,7 @@ const MAX_BLOCK: usize = 16 * 1024;
 /// block they were appended into, written there as their wake-up frame when the append is
 /// announced (so observers and the log share one copy). Every [`SEAL`] entries are then copied
 /// back to back into a sealed block that keeps 4 bytes per entry (its end offset) instead of a
-/// 32-byte handle. An entry used to be an allocation of its own (with allocator overhead, its
+/// 32-byte handle; a batch of [`SEAL`] or more is sealed as written, without a copy. An entry used to be an allocation of its own (with allocator overhead, its
 /// encoding buffer's spare capacity and a reference count): ~150 bytes beside a ~70-byte
 /// event, ~10 now (the end offset and a share of its block's bookkeeping).
 #[derive(Debug, Default)]
