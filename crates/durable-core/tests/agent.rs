@@ -135,14 +135,11 @@ async fn the_in_memory_defaults_announce_in_the_append() {
     let done = Completions::default();
     let plain = DurableAgent::new(agent(ScriptedModel::new(script()), done.clone()));
     assert!(plain.log().announces_in_append());
-    let events: Vec<Event> = plain
+    let run = plain
         .stream("Weather?", StreamOptions::new())
         .await
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-        .await;
-    assert_contiguous(&events);
+        .unwrap();
+    assert_contiguous(&collect(run).await);
     let other = DurableAgent::builder(agent(ScriptedModel::new(script()), done))
         .pubsub(Arc::new(durable_core::memory::InMemoryPubSub::new()))
         .build()

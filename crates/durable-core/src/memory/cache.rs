@@ -638,24 +638,34 @@ mod tests {
         }
     }
 
+    /// Append `payloads` to "log", announced on "wake" (`sub`): the events its frame carries.
+    async fn announce(
+        cache: &InMemoryCache,
+        sub: &mut crate::pubsub::Subscription,
+        payloads: &[Bytes],
+        max_frame_bytes: usize,
+    ) -> Option<Vec<Bytes>> {
+        let a = Announce {
+            topic: "wake",
+            max_frame_bytes,
+        };
+        cache
+            .append_announce("log", payloads, AppendOptions::default(), a)
+            .await
+            .unwrap();
+        let Some(Delivery::Message(frame)) = sub.next().await else {
+            panic!("no frame");
+        };
+        crate::frame::decode(&frame).unwrap().events
+    }
+
     #[tokio::test]
     async fn an_announced_batch_is_stored_once_as_its_frame() {
         let pubsub = InMemoryPubSub::new();
         let cache = InMemoryCache::new().with_pubsub(&pubsub);
         let mut sub = pubsub.subscribe("wake").await.unwrap();
         let payloads = [Bytes::from_static(b"one"), Bytes::from_static(b"two")];
-        let announce = Announce {
-            topic: "wake",
-            max_frame_bytes: 1024,
-        };
-        cache
-            .append_announce("log", &payloads, AppendOptions::default(), announce)
-            .await
-            .unwrap();
-        let Some(Delivery::Message(frame)) = sub.next().await else {
-            panic!("no frame");
-        };
-        let events = crate::frame::decode(&frame).unwrap().events.unwrap();
+        let events = announce(&cache, &mut sub, &payloads, 1024).await.unwrap();
         let stored = cache.read("log", 0, 10).await.unwrap().entries;
         assert_eq!(stored, payloads);
         // The same bytes in memory, not a copy.
@@ -663,18 +673,7 @@ mod tests {
             assert_eq!(s.as_ptr(), e.as_ptr());
         }
         // A batch too large for the frame is stored all the same; the frame is the range.
-        let announce = Announce {
-            topic: "wake",
-            max_frame_bytes: 2,
-        };
-        cache
-            .append_announce("log", &payloads, AppendOptions::default(), announce)
-            .await
-            .unwrap();
-        let Some(Delivery::Message(frame)) = sub.next().await else {
-            panic!("no frame");
-        };
-        assert_eq!(crate::frame::decode(&frame).unwrap().events, None);
+        assert_eq!(announce(&cache, &mut sub, &payloads, 2).await, None);
         let stored = cache.read("log", 0, 10).await.unwrap().entries;
         assert_eq!(stored.len(), 4);
         assert_eq!(stored[2..], payloads);
