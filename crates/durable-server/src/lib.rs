@@ -33,7 +33,8 @@ pub use server::{
 ///   At 1,000 open streams that is 8 MiB.
 ///
 /// After `shutdown`, the listener closes and each connection finishes its current response
-/// and closes; this returns when all have.
+/// and closes. This returns when all have, or after [`SHUTDOWN_GRACE`]: an SSE response does
+/// not finish by itself, so open streams end with the process.
 ///
 /// # Errors
 /// The listener's I/O error.
@@ -41,6 +42,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with_grace(listener, router, shutdown, SHUTDOWN_GRACE).await
+}
+
+/// How long [`serve`] waits after its shutdown signal for responses in flight to finish.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn serve_with_grace(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
 ) -> std::io::Result<()> {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
@@ -97,9 +110,85 @@ pub async fn serve(
     drop(listener);
     let _ = closing_tx.send(true);
     drop(done_tx);
-    let _ = done_rx.recv().await;
+    let open = tokio::time::timeout(grace, done_rx.recv()).await.is_err();
+    if open {
+        tracing::info!(
+            "shutting down with responses still open (SSE streams); clients resume with Last-Event-ID"
+        );
+    }
     Ok(())
 }
 
 /// The most bytes of a request head (request line and headers) [`serve`] reads.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An open SSE response does not hold the server past its grace period, and a short
+    /// request in flight still gets its answer.
+    #[tokio::test]
+    async fn shutdown_waits_for_answers_not_for_open_streams() {
+        let started = std::sync::Arc::new(tokio::sync::Notify::new());
+        let slow_started = started.clone();
+        let router = axum::Router::new()
+            .route(
+                "/forever",
+                axum::routing::get(|| async {
+                    axum::response::sse::Sse::new(futures::stream::pending::<
+                        Result<axum::response::sse::Event, std::convert::Infallible>,
+                    >())
+                }),
+            )
+            .route(
+                "/slow",
+                axum::routing::get(move || async move {
+                    slow_started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "done"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve_with_grace(
+            listener,
+            router,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+        ));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Once the slow request is being served, signal shutdown.
+        tokio::time::timeout(Duration::from_secs(5), started.notified())
+            .await
+            .expect("the slow request reaches its handler");
+        stop.send(()).unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer))
+            .await
+            .expect("the slow answer")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&answer).ends_with("done"));
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns after its grace period")
+            .unwrap()
+            .unwrap();
+    }
+}
