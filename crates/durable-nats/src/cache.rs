@@ -195,6 +195,23 @@ impl NatsServerCache {
         format!("{}.c.{}", self.shared.prefix(), token(name))
     }
 
+    /// Up to `limit` chunks on the page subject `page` (see [`page_subject`]) from stream
+    /// sequence `seq` on: one batch direct get, or one message get on a replicated stream.
+    async fn page_chunks(
+        &self,
+        op: &'static str,
+        page: &str,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMsg>> {
+        let (js, stream) = (&self.shared.js, self.shared.log_stream());
+        if js.replicated {
+            Ok(js.next(op, stream, page, seq).await?.into_iter().collect())
+        } else {
+            js.batch(op, stream, page, seq, limit).await
+        }
+    }
+
     fn forget(&self, log: &str) {
         if let Ok(mut k) = self.known.lock() {
             k.remove(log);
@@ -435,7 +452,7 @@ impl NatsServerCache {
                     }
                     h.insert(MSG_ID, format!("{nonce}:{first}").as_str());
                     let body = frame::encode(first, &payloads[r.clone()], usize::MAX);
-                    (format!("{base}.p.{}", first / PAGE), h, body)
+                    (page_subject(&base, first), h, body)
                 })
                 .collect();
             let commit = st.next + group.last().map_or(0, |r| r.start) as u64;
@@ -496,16 +513,12 @@ impl NatsServerCache {
             None => false,
         };
         if !held {
-            let page = format!("{base}.p.{}", from / PAGE);
+            let page = page_subject(base, from);
             // Each chunk before `from` in its page holds at least one entry.
             let limit = usize::try_from(from % PAGE).unwrap_or(usize::MAX) + 1;
             let mut seq = 1;
             'page: loop {
-                let msgs = if js.replicated {
-                    js.next(OP, stream, &page, seq).await?.into_iter().collect()
-                } else {
-                    js.batch(OP, stream, &page, seq, limit).await?
-                };
+                let msgs = self.page_chunks(OP, &page, seq, limit).await?;
                 if msgs.is_empty() {
                     return Err(corrupt(
                         OP,
@@ -555,6 +568,11 @@ impl NatsServerCache {
         }
         Ok(reader.entries)
     }
+}
+
+/// The subject of the chunks of the page holding entry `cursor` of the log at `base`.
+fn page_subject(base: &str, cursor: Cursor) -> String {
+    format!("{base}.p.{}", cursor / PAGE)
 }
 
 /// Entries per page: no chunk spans a multiple of `PAGE`, so the entry at each multiple starts
@@ -680,12 +698,9 @@ fn chunk_page(op: &'static str, base: &str, subject: &str) -> Result<u64> {
 fn chunk_span(base: &str, m: &StoredMsg) -> Result<(Cursor, u64)> {
     const OP: &str = "read";
     let page = chunk_page(OP, base, &m.subject)?;
-    // A frame starts `<first> <count>` (see `frame`); the entries are decoded once taken.
-    let header = m.payload.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut words = std::str::from_utf8(header).unwrap_or_default().split(' ');
-    let mut number = || words.next().and_then(|w| w.parse::<u64>().ok());
-    match (number(), number()) {
-        (Some(first), Some(n)) if n > 0 && first / PAGE == page => Ok((first, n)),
+    // The entries are decoded once the chunk is taken.
+    match frame::range(&m.payload) {
+        Some((first, n)) if n > 0 && first / PAGE == page => Ok((first, n)),
         _ => Err(corrupt(
             OP,
             format!("a chunk of page {page} does not decode"),
@@ -714,19 +729,10 @@ impl NatsServerCache {
     async fn find_chunk(&self, log: &str, first: Cursor) -> Result<Option<StoredMsg>> {
         const OP: &str = "append";
         let base = self.base(log);
-        let page = format!("{base}.p.{}", first / PAGE);
-        let js = &self.shared.js;
+        let page = page_subject(&base, first);
         let mut seq = 1;
         loop {
-            let msgs = if js.replicated {
-                js.next(OP, self.shared.log_stream(), &page, seq)
-                    .await?
-                    .into_iter()
-                    .collect()
-            } else {
-                js.batch(OP, self.shared.log_stream(), &page, seq, PAGE as usize)
-                    .await?
-            };
+            let msgs = self.page_chunks(OP, &page, seq, PAGE as usize).await?;
             let Some(last) = msgs.last() else {
                 return Ok(None);
             };
@@ -955,7 +961,7 @@ impl ServerCache for NatsServerCache {
         // `from`'s page (it holds `from` when the reader is near the end of the log). The two
         // may be served in either order; a chunk appended between them is then found from its
         // page (see `read_chunks`).
-        let page = format!("{base}.p.{}", from / PAGE);
+        let page = page_subject(&base, from);
         let (state, tail) =
             futures::join!(self.state(OP, log), self.shared.js.last(OP, stream, &page));
         let st = match state? {

@@ -97,8 +97,7 @@ pub fn encode_into(
 /// the module docs (a malformed frame is never partially trusted). Events are slices of
 /// `frame` (no copy).
 pub fn decode(frame: &Bytes) -> Option<Frame> {
-    let header_end = frame.iter().position(|b| *b == b'\n');
-    let header = std::str::from_utf8(&frame[..header_end.unwrap_or(frame.len())]).ok()?;
+    let (header, header_end) = header(frame)?;
     let mut parts = header.split(' ');
     let first = parse_dec(parts.next()?)?;
     let count = parse_dec(parts.next()?)?;
@@ -130,6 +129,22 @@ pub fn decode(frame: &Bytes) -> Option<Frame> {
         count,
         events: Some(events),
     })
+}
+
+/// The announced range of a frame (first cursor, count), read from its header alone: for a
+/// backend that looks for one frame among many before decoding it. A frame this accepts may
+/// still fail [`decode`].
+pub fn range(frame: &[u8]) -> Option<(Cursor, u64)> {
+    let (header, _) = header(frame)?;
+    let mut parts = header.split(' ');
+    Some((parse_dec(parts.next()?)?, parse_dec(parts.next()?)?))
+}
+
+/// A frame's header line, and where its newline is (none in a range-only frame).
+fn header(frame: &[u8]) -> Option<(&str, Option<usize>)> {
+    let end = frame.iter().position(|b| *b == b'\n');
+    let text = std::str::from_utf8(&frame[..end.unwrap_or(frame.len())]).ok()?;
+    Some((text, end))
 }
 
 fn parse_dec(s: &str) -> Option<u64> {
@@ -170,6 +185,15 @@ mod tests {
         let mut buf = BytesMut::new();
         assert_eq!(encode_into(&mut buf, 7, &payloads, 3), None);
         assert_eq!(buf.freeze(), encode(7, &payloads, 3));
+    }
+
+    #[test]
+    fn range_reads_the_header_alone() {
+        let payloads = vec![b(b"ab"), b(b"c")];
+        assert_eq!(range(&encode(9, &payloads, usize::MAX)), Some((9, 2)));
+        assert_eq!(range(&encode(9, &payloads, 0)), Some((9, 2)));
+        assert_eq!(range(b"09 1"), None);
+        assert_eq!(range(b"x"), None);
     }
 
     #[test]
