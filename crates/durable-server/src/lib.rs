@@ -61,7 +61,7 @@ async fn serve_with_grace(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.max_buf_size(MAX_REQUEST_HEAD);
     let builder = std::sync::Arc::new(builder);
-    // Every connection task holds a clone; `closed()` returns once all have ended.
+    // Every connection task holds a sender; `recv` answers `None` once all have ended.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {

@@ -206,21 +206,15 @@ impl Entries {
             // Offsets are 32-bit: such entries stay handles.
             return;
         }
+        let mut recent = std::mem::take(&mut self.recent);
         let mut data = BytesMut::with_capacity(bytes);
-        let mut ends = Vec::with_capacity(self.recent.len());
-        for e in self.recent.drain(..) {
-            data.extend_from_slice(&e);
-            ends.push(data.len() as u32);
+        for e in &recent {
+            data.extend_from_slice(e);
         }
-        let n = ends.len() as u64;
-        self.sealed.push(Sealed {
-            first: self.sealed_len,
-            data: data.freeze(),
-            start: 0,
-            ends: ends.into_boxed_slice(),
-        });
-        self.sealed_len += n;
-        self.last_sealed = bytes;
+        self.seal_written(data.freeze(), 0, &recent);
+        // Keep the handles' room for the next ones.
+        recent.clear();
+        self.recent = recent;
     }
 }
 

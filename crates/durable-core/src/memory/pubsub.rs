@@ -48,7 +48,7 @@ struct Inner {
 }
 
 /// The fan-out ring of one topic.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Topic {
     ring: Mutex<Ring>,
     /// Woken (all waiters) by every publish.
@@ -294,28 +294,19 @@ impl PubSub for InMemoryPubSub {
 
     async fn subscribe(&self, topic: &str) -> Result<Subscription> {
         check("subscribe", "topic", topic)?;
-        let (ring, at) = {
+        let (t, at) = {
             let mut topics = lock(&self.inner.topics);
-            let t = topics
-                .entry(topic.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(Topic {
-                        ring: Mutex::new(Ring::default()),
-                        notify: Notify::new(),
-                    })
-                })
-                .clone();
-            let at = {
-                let mut ring = lock(&t.ring);
-                ring.subscribers += 1;
-                ring.next()
-            };
+            let t = topics.entry(topic.to_owned()).or_default().clone();
+            let mut ring = lock(&t.ring);
+            ring.subscribers += 1;
+            let at = ring.next();
+            drop(ring);
             (t, at)
         };
         let sub = Subscriber {
             inner: self.inner.clone(),
             name: topic.to_owned(),
-            topic: ring,
+            topic: t,
             at,
         };
         Ok(Subscription::new(futures::stream::unfold(
