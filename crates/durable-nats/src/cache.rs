@@ -27,8 +27,8 @@
 //! would exceed the server's `max_payload`); its chunks are then one atomic batch publish:
 //! all or nothing, one round trip. A read from cursor `c` gets the last chunk of `c`'s page
 //! together with the state, in one round trip: a reader near the end of the log finds `c` in
-//! it. Otherwise it reads the page's chunks from its start. The chunks after it come in one
-//! batch direct get of the run's chunk subjects: no consumer, no scan of other runs.
+//! it. Otherwise it reads the page's chunks from its start. The chunks after it come in a
+//! batch direct get per page, sent together: no consumer, no scan of other runs.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,7 @@ use durable_core::{
     frame, now_ms, ttl_ms, validate_name, validate_prefix, Announce, AnnounceDomain, AppendOptions,
     CacheCapabilities, Cursor, ErrorKind, LogSlice, Result, ServerCache,
 };
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::config::Shared;
 use crate::error::{corrupt, err, unavailable, NATS};
@@ -54,6 +55,9 @@ use crate::subject::{token, untoken};
 const H_NEXT: &str = "Durable-Next";
 const H_FENCE: &str = "Durable-Fence";
 const H_EXPIRES: &str = "Durable-Expires";
+
+/// Pages a read asks for at once.
+const PAGES_IN_FLIGHT: usize = 16;
 
 /// Optimistic-concurrency retries before an append gives up as `Unavailable`.
 const MAX_RETRIES: usize = 10_000;
@@ -483,8 +487,8 @@ impl NatsServerCache {
     ///
     /// The chunk holding `from` is on its page's subject: the page's last chunk (a reader near
     /// the end of the log) or one before it, read from the page's start. The chunks after it
-    /// come in one batch direct get of the run's chunk subjects (single server; sized from the
-    /// chunks seen so far), or one leader get each (replicated stream, see `Js`).
+    /// come in one batch direct get per page, all sent at once (single server), or one leader
+    /// get each (replicated stream, see `Js`).
     async fn read_chunks(
         &self,
         log: &str,
@@ -494,8 +498,6 @@ impl NatsServerCache {
         tail: Option<StoredMsg>,
     ) -> Result<Vec<Bytes>> {
         const OP: &str = "read";
-        let js = &self.shared.js;
-        let stream = self.shared.log_stream();
         let mut reader = ChunkReader {
             base,
             from,
@@ -540,30 +542,50 @@ impl NatsServerCache {
                 }
             }
         }
-        let chunks = format!("{base}.p.*");
+        // The chunks after it: the rest of its page and the pages after it, each page read
+        // on its own subject, all at once. A literal subject is an index lookup for the
+        // server; the same batch get on the log's wildcard made some reads several times
+        // slower.
+        let end = from + want as u64;
         while !reader.done() {
             let Some(next) = reader.next else {
                 return Err(corrupt(OP, "a read made no progress"));
             };
-            if js.replicated {
-                let m = js
-                    .next(OP, stream, &chunks, reader.seq + 1)
-                    .await?
-                    .ok_or_else(|| corrupt(OP, format!("chunk {next} of {log:?} is missing")))?;
-                reader.take(&m)?;
-                continue;
-            }
-            let msgs = js
-                .batch(OP, stream, &chunks, reader.seq + 1, reader.estimate())
+            let seq = reader.seq + 1;
+            // A replicated stream answers one message per get: one page at a time.
+            let last_page = if self.shared.js.replicated {
+                next / PAGE
+            } else {
+                (end - 1) / PAGE
+            };
+            let pages: Vec<_> = (next / PAGE..=last_page)
+                .map(|p| {
+                    let (lo, hi) = (next.max(p * PAGE), end.min((p + 1) * PAGE));
+                    // A page wanted to its end: all its chunks from `lo` on, and never more
+                    // than one per entry. Otherwise as many as the chunks so far suggest.
+                    let limit = if hi == (p + 1) * PAGE {
+                        usize::try_from(hi - lo).unwrap_or(usize::MAX)
+                    } else {
+                        reader.estimate(hi - lo)
+                    };
+                    (page_subject(base, lo), limit)
+                })
+                .collect();
+            let got: Vec<Vec<StoredMsg>> = futures::stream::iter(pages)
+                .map(|(page, limit)| async move { self.page_chunks(OP, &page, seq, limit).await })
+                .buffered(PAGES_IN_FLIGHT)
+                .try_collect()
                 .await?;
-            if msgs.is_empty() {
-                return Err(corrupt(OP, format!("chunk {next} of {log:?} is missing")));
-            }
-            for m in &msgs {
-                reader.take(m)?;
-                if reader.done() {
+            // A page that came back short (more chunks than estimated, or a replicated
+            // stream's one message per get) leaves a gap: read again from there.
+            for m in got.iter().flatten() {
+                if reader.done() || Some(chunk_span(base, m)?.0) != reader.next {
                     break;
                 }
+                reader.take(m)?;
+            }
+            if reader.next == Some(next) {
+                return Err(corrupt(OP, format!("chunk {next} of {log:?} is missing")));
             }
         }
         Ok(reader.entries)
@@ -663,14 +685,12 @@ impl ChunkReader<'_> {
         Ok(())
     }
 
-    /// How many chunks to ask for next: enough for the rest at the average chunk size so far.
-    fn estimate(&self) -> usize {
-        let next = self.next.unwrap_or(self.from);
-        let rest = (self.want - self.entries.len()) as u64 + self.from.saturating_sub(next);
+    /// How many chunks to ask for to get `entries` more: enough at the average chunk size so
+    /// far, and never more than `entries` (a chunk holds at least one).
+    fn estimate(&self, entries: u64) -> usize {
         let per_chunk = (self.seen / self.chunks.max(1)).max(1);
-        usize::try_from(rest.div_ceil(per_chunk) + 1)
-            .unwrap_or(usize::MAX)
-            .min(MAX_BATCH)
+        let chunks = (entries.div_ceil(per_chunk) + 1).min(entries).max(1);
+        usize::try_from(chunks).unwrap_or(usize::MAX).min(MAX_BATCH)
     }
 }
 

@@ -164,3 +164,43 @@ async fn a_log_has_a_subject_per_page_not_per_append() {
     }
     cache.delete(&log).await.unwrap();
 }
+
+/// A read takes the pages after its first one all at once, each asked for as many chunks as
+/// it can hold or as the chunks so far suggest: a log whose chunk sizes change from page to
+/// page (one chunk for a page, then a chunk per entry) still reads back exactly, from every
+/// offset and for every limit, when the guesses fall short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_across_pages_of_uneven_chunks_are_exact() {
+    let Some(cache) = cache().await else { return };
+    let log = format!("reads-uneven-{}", uuid::Uuid::new_v4().simple());
+    let mut len = 0;
+    let mut push = |n: usize| {
+        let batch: Vec<Bytes> = (len..len + n).map(|k| entry(0, k)).collect();
+        len += n;
+        batch
+    };
+    // 0..300 in one append (chunks 0..256, 256..300), 300..700 one by one, then 700..1100 in
+    // one append, then 1100..1150 in pairs.
+    let mut batches = vec![push(300)];
+    batches.extend((0..400).map(|_| push(1)));
+    batches.push(push(400));
+    batches.extend((0..25).map(|_| push(2)));
+    for b in &batches {
+        cache
+            .append_many(&log, b, AppendOptions::default())
+            .await
+            .unwrap();
+    }
+    for from in (0..=len)
+        .step_by(23)
+        .chain([255, 256, 299, 300, 511, 512, 700, len])
+    {
+        for limit in [1, 100, 300, 512, 2000] {
+            let s = cache.read(&log, from as u64, limit).await.unwrap();
+            let want: Vec<Bytes> = (from..len.min(from + limit)).map(|k| entry(0, k)).collect();
+            assert_eq!(s.entries, want, "from {from} limit {limit}");
+            assert_eq!(s.next, len as u64);
+        }
+    }
+    cache.delete(&log).await.unwrap();
+}
