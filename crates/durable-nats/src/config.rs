@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::{CreateKeyValueErrorKind, CreateStreamErrorKind};
 use async_nats::jetstream::{self, stream};
 use durable_core::{ErrorKind, Result};
 use tokio::sync::watch;
@@ -161,11 +162,14 @@ impl NatsConfig {
         self
     }
 
-    /// Connect, and create the streams and the bucket if missing.
+    /// Connect, and create the streams and the bucket if missing (or update them to this
+    /// configuration). Processes may connect at the same time: a request the server leaves
+    /// unanswered is asked again until [`NatsConfig::timeout`] has passed.
     ///
     /// # Errors
     /// `InvalidInput` for a bad prefix or name, `Unavailable` when the server cannot be reached
-    /// or has no JetStream.
+    /// or has no JetStream, `Conflict` when JetStream refuses a stream or the bucket (e.g. a
+    /// stream of that name with other subjects, or more replicas than the cluster has).
     pub async fn connect(self) -> Result<Nats> {
         if !valid_prefix(&self.prefix) {
             return Err(err(
@@ -220,48 +224,67 @@ impl NatsConfig {
             .map_err(|e| unavailable("connect", e))?;
         let context = jetstream::new(client.clone());
         let prefix = self.prefix.clone();
-        context
-            .create_or_update_stream(stream::Config {
-                name: self.log_stream.clone(),
-                subjects: vec![format!("{prefix}.c.>")],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                allow_direct: true,
-                allow_rollup: true,
-                allow_message_ttl: true,
-                allow_atomic_publish: true,
-                max_age: self.max_age.unwrap_or_default(),
-                duplicate_window: Duration::from_secs(120),
-                num_replicas: self.replicas,
-                ..Default::default()
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let logs = stream::Config {
+            name: self.log_stream.clone(),
+            subjects: vec![format!("{prefix}.c.>")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            allow_direct: true,
+            allow_rollup: true,
+            allow_message_ttl: true,
+            allow_atomic_publish: true,
+            max_age: self.max_age.unwrap_or_default(),
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        let queues = stream::Config {
+            name: self.queue_stream.clone(),
+            subjects: vec![format!("{prefix}.q.>")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Interest,
+            allow_direct: true,
+            max_age: self.max_age.unwrap_or_default(),
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        for config in [logs, queues] {
+            let what = format!("stream {}", config.name);
+            provision(deadline, &what, || async {
+                context
+                    .create_or_update_stream(config.clone())
+                    .await
+                    .map_err(|e| match e.kind() {
+                        // An answer with an error code: the server refuses this configuration.
+                        CreateStreamErrorKind::JetStream(_) => Attempt::Fail(e.into()),
+                        _ => Attempt::Again(e.into()),
+                    })
             })
-            .await
-            .map_err(|e| unavailable("connect", e))?;
-        context
-            .create_or_update_stream(stream::Config {
-                name: self.queue_stream.clone(),
-                subjects: vec![format!("{prefix}.q.>")],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Interest,
-                allow_direct: true,
-                max_age: self.max_age.unwrap_or_default(),
-                num_replicas: self.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("connect", e))?;
-        if context.get_key_value(&self.bucket).await.is_err() {
-            context
-                .create_key_value(jetstream::kv::Config {
-                    bucket: self.bucket.clone(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: self.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable("connect", e))?;
+            .await?;
         }
+        let bucket = jetstream::kv::Config {
+            bucket: self.bucket.clone(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        let what = format!("bucket {}", self.bucket);
+        provision(deadline, &what, || async {
+            if context.get_key_value(&self.bucket).await.is_ok() {
+                return Ok(());
+            }
+            match context.create_key_value(bucket.clone()).await {
+                Ok(_) => Ok(()),
+                // The server refused the bucket's stream.
+                Err(e) if e.kind() == CreateKeyValueErrorKind::BucketCreate => {
+                    Err(Attempt::Fail(e.into()))
+                }
+                Err(e) => Err(Attempt::Again(e.into())),
+            }
+        })
+        .await?;
         Ok(Nats {
             inner: Arc::new(Shared {
                 js: Js {
@@ -275,6 +298,59 @@ impl NatsConfig {
                 reconnects,
             }),
         })
+    }
+}
+
+/// How long one provisioning request (a stream or bucket create or update) may go unanswered
+/// before it is asked again.
+const PROVISION_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// Why one provisioning attempt failed.
+enum Attempt {
+    /// Unanswered or not ready: ask again.
+    Again(durable_core::BoxError),
+    /// Refused (a bad or conflicting configuration): asking again does not help.
+    Fail(durable_core::BoxError),
+}
+
+/// Run one idempotent provisioning step (setting up `what`) until it succeeds, is refused, or
+/// `deadline` passes. A JetStream cluster leaves some of several concurrent creates of one
+/// stream unanswered although the stream is created (nats-server#3677: workers starting
+/// together against a new cluster), and JetStream is unavailable for a moment while it starts:
+/// such a step is asked again after a short pause instead of failing the connect.
+async fn provision<T, F, Fut>(deadline: tokio::time::Instant, what: &str, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, Attempt>>,
+{
+    let mut pause = Duration::from_millis(25);
+    loop {
+        let now = tokio::time::Instant::now();
+        let attempt = PROVISION_ATTEMPT.min(deadline.saturating_duration_since(now));
+        let source: durable_core::BoxError = match tokio::time::timeout(attempt, step()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(Attempt::Fail(e))) => {
+                return Err(err(
+                    ErrorKind::Conflict,
+                    "connect",
+                    format!("JetStream refused to set up {what}"),
+                )
+                .with_source(e))
+            }
+            Ok(Err(Attempt::Again(e))) => e,
+            Err(_) => "no answer".into(),
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(err(
+                ErrorKind::Unavailable,
+                "connect",
+                format!("JetStream did not set up {what} in time"),
+            )
+            .with_retryable(true)
+            .with_source(source));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

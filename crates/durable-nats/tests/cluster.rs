@@ -195,3 +195,58 @@ async fn a_run_survives_the_kill_of_its_stream_leader() -> Result<()> {
     drop(cluster);
     Ok(())
 }
+
+/// Workers that start together against a cluster where the streams do not exist yet all
+/// connect: the cluster leaves some of several concurrent creates of one stream unanswered
+/// although it creates the stream (nats-server#3677; here 2 of 4 connects failed after their
+/// whole timeout), and `connect` asks again instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_together_all_connect() {
+    if services::env_url_var(CLUSTER_URL).is_none() {
+        assert!(
+            !durable_conformance::harness::require_backends(),
+            "{CLUSTER_URL} is not set"
+        );
+        return;
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase();
+    let names = [
+        format!("WS{id}_LOGS"),
+        format!("WS{id}_QUEUES"),
+        format!("WS{id}_RUNS"),
+    ];
+    let prefix = format!("ws-{id}");
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (prefix, names) = (prefix.clone(), names.clone());
+            tokio::spawn(async move { connect(&prefix, [&names[0], &names[1], &names[2]]).await })
+        })
+        .collect();
+    let mut connected = Vec::new();
+    for (i, w) in workers.into_iter().enumerate() {
+        match w.await.expect("worker task") {
+            Ok(nats) => connected.push(nats),
+            Err(e) => panic!("worker {i} did not connect: {e}"),
+        }
+    }
+    // They share one set of streams: a log appended by one is read by another.
+    let run = RunId::generate();
+    let log = |n: &Nats| {
+        EventLog::new(Arc::new(n.server_cache()), Arc::new(n.pubsub()))
+            .with_store(Arc::new(n.workflow_store()))
+    };
+    log(&connected[0]).create(&run, None).await.expect("create");
+    log(&connected[1])
+        .append(&run, &[event(0)], None)
+        .await
+        .expect("append");
+    assert_eq!(log(&connected[3]).len(&run).await.expect("len"), Some(1));
+    let js = async_nats::jetstream::new(connected[0].client().clone());
+    for stream in [
+        names[0].clone(),
+        names[1].clone(),
+        format!("KV_{}", names[2]),
+    ] {
+        js.delete_stream(&stream).await.expect("delete stream");
+    }
+}
