@@ -1123,14 +1123,20 @@ impl ServerCache for NatsServerCache {
             // Persist, then announce: the frame leaves only after the stream acknowledged the
             // batch. It is a core publish, buffered behind the same connection, so it adds no
             // round trip.
+            //
+            // Observers in this process get the frame from here, without the trip through the
+            // server; the server's echo carries this connection's origin and is skipped (see
+            // `crate::fanout`).
             let body = frame::encode(first, payloads, announce.max_frame_bytes);
+            let subject = crate::pubsub::topic_subject(self.shared.prefix(), announce.topic);
+            let fanout = &self.shared.fanout;
+            fanout.deliver(&subject, &body);
+            let mut h = HeaderMap::new();
+            h.insert(crate::fanout::ORIGIN, fanout.origin());
             self.shared
                 .js
                 .client
-                .publish(
-                    crate::pubsub::topic_subject(self.shared.prefix(), announce.topic),
-                    body,
-                )
+                .publish_with_headers(subject, h, body)
                 .await
                 .map_err(|e| unavailable("append_announce", e))?;
         }

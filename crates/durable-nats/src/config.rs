@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::cache::NatsServerCache;
 use crate::error::{err, unavailable};
+use crate::fanout::Fanout;
 use crate::js::Js;
 use crate::pubsub::NatsPubSub;
 use crate::store::NatsWorkflowStore;
@@ -296,6 +297,7 @@ impl NatsConfig {
                 context,
                 config: self,
                 reconnects,
+                fanout: Arc::new(Fanout::new()),
             }),
         })
     }
@@ -383,6 +385,8 @@ pub(crate) struct Shared {
     pub(crate) config: NatsConfig,
     /// Bumped on every (re)connection, so subscriptions can report `Lagged` after a gap.
     pub(crate) reconnects: Arc<watch::Sender<u64>>,
+    /// This connection's topic subscriptions, shared by the observers of a topic.
+    pub(crate) fanout: Arc<Fanout>,
 }
 
 impl Shared {

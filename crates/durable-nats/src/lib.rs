@@ -3,6 +3,7 @@
 mod cache;
 mod config;
 mod error;
+mod fanout;
 mod js;
 mod pubsub;
 mod store;

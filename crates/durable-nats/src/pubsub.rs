@@ -1,8 +1,9 @@
 //! [`NatsPubSub`]: core subjects for fan-out, JetStream durable consumers for groups.
 //!
-//! - A topic `t` is the core subject `<prefix>.t.<token(t)>`. Subscriptions are core
-//!   subscriptions behind a bounded buffer; overflow and reconnection both surface as
-//!   [`Delivery::Lagged`] (core NATS does not replay what a disconnected subscriber missed).
+//! - A topic `t` is the core subject `<prefix>.t.<token(t)>`. The subscriptions of one topic
+//!   in one process share one core subscription (see [`crate::fanout`]), each behind its own
+//!   bounded buffer; overflow and reconnection both surface as [`Delivery::Lagged`] (core NATS
+//!   does not replay what a disconnected subscriber missed).
 //! - A consumer group `g` of `t` is a durable pull consumer on the queue stream
 //!   (`<prefix>.q.<token(t)>`, interest retention: a message stays until every group of its
 //!   topic acknowledged it), with explicit acks, redelivery after the lease and a maximum number
@@ -15,26 +16,17 @@ use async_nats::jetstream::AckKind;
 use async_trait::async_trait;
 use bytes::Bytes;
 use durable_core::{
-    validate_name, AnnounceDomain, Delivery, GroupSubscription, Job, JobAcker, PubSub,
-    PubSubCapabilities, Result, Subscription,
+    validate_name, AnnounceDomain, GroupSubscription, Job, JobAcker, PubSub, PubSubCapabilities,
+    Result, Subscription,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::sync::Mutex;
-use std::task::{Context, Poll};
-
-use futures::task::AtomicWaker;
-use tokio::sync::oneshot;
 
 use crate::config::Shared;
 use crate::error::{unavailable, NATS};
+use crate::fanout::Joined;
 use crate::js::Published;
 use crate::subject::token;
-
-/// Deliveries buffered per subscription before it is `Lagged`.
-const BUFFER: usize = 4096;
 
 /// The core subject of `topic`.
 pub(crate) fn topic_subject(prefix: &str, topic: &str) -> String {
@@ -124,10 +116,18 @@ impl PubSub for NatsPubSub {
         const OP: &str = "subscribe";
         check(OP, "topic", topic)?;
         let client = &self.shared.js.client;
-        let mut sub = client
-            .subscribe(topic_subject(self.shared.prefix(), topic))
+        let subject = topic_subject(self.shared.prefix(), topic);
+        let (reader, joined) = self.shared.fanout.join(&subject);
+        let Joined::Create(creating) = joined else {
+            // Another observer in this process subscribed this topic: share its subscription.
+            reader.live().await.map_err(|e| unavailable(OP, e))?;
+            return Ok(Subscription::new(reader));
+        };
+        let sub = client
+            .subscribe(subject)
             .await
             .map_err(|e| unavailable(OP, e))?;
+        creating.feed(sub, self.shared.reconnects.subscribe());
         // A flush only hands the SUB to the socket. A request answered by the server (no
         // one listens on its subject, so the server itself replies "no responders") proves the
         // server has processed the SUB before it: the subscription is live when this returns.
@@ -141,30 +141,8 @@ impl PubSub for NatsPubSub {
             Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
             Err(e) => return Err(unavailable(OP, e)),
         }
-        let ring = Arc::new(Ring::default());
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let mut reconnects = self.shared.reconnects.subscribe();
-        reconnects.borrow_and_update();
-        let feed = ring.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    r = reconnects.changed() => {
-                        if r.is_err() { break }
-                        // Core NATS does not replay what was published while disconnected.
-                        feed.lag();
-                    }
-                    m = sub.next() => match m {
-                        None => break,
-                        Some(m) => feed.push(m.payload),
-                    },
-                }
-            }
-            feed.end();
-            let _ = sub.unsubscribe().await;
-        });
-        Ok(Subscription::new(RingStream { ring, _stop: stop }))
+        creating.live();
+        Ok(Subscription::new(reader))
     }
 
     async fn subscribe_group(&self, topic: &str, group: &str) -> Result<GroupSubscription> {
@@ -220,79 +198,5 @@ impl PubSub for NatsPubSub {
 
     fn announce_domain(&self) -> Option<AnnounceDomain> {
         Some(AnnounceDomain::new(self.shared.domain()))
-    }
-}
-
-/// A subscription's bounded buffer. When full, the oldest message is dropped and the reader
-/// gets [`Delivery::Lagged`] before the next one: the newest messages (a run's end among them)
-/// always get through, and memory stays bounded.
-#[derive(Default)]
-struct Ring {
-    inner: Mutex<RingState>,
-    waker: AtomicWaker,
-}
-
-#[derive(Default)]
-struct RingState {
-    queue: VecDeque<Bytes>,
-    lagged: bool,
-    ended: bool,
-}
-
-impl Ring {
-    fn with(&self, f: impl FnOnce(&mut RingState)) {
-        if let Ok(mut s) = self.inner.lock() {
-            f(&mut s);
-        }
-        self.waker.wake();
-    }
-
-    fn push(&self, m: Bytes) {
-        self.with(|s| {
-            if s.queue.len() >= BUFFER {
-                s.queue.pop_front();
-                s.lagged = true;
-            }
-            s.queue.push_back(m);
-        });
-    }
-
-    fn lag(&self) {
-        self.with(|s| s.lagged = true);
-    }
-
-    fn end(&self) {
-        self.with(|s| s.ended = true);
-    }
-
-    fn poll(&self) -> Poll<Option<Delivery>> {
-        let Ok(mut s) = self.inner.lock() else {
-            return Poll::Ready(None);
-        };
-        if s.lagged {
-            s.lagged = false;
-            return Poll::Ready(Some(Delivery::Lagged));
-        }
-        if let Some(m) = s.queue.pop_front() {
-            return Poll::Ready(Some(Delivery::Message(m)));
-        }
-        if s.ended {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    }
-}
-
-/// The reader side; dropping it stops the feeding task, which unsubscribes.
-struct RingStream {
-    ring: Arc<Ring>,
-    _stop: oneshot::Sender<()>,
-}
-
-impl futures::Stream for RingStream {
-    type Item = Delivery;
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.ring.waker.register(cx.waker());
-        self.ring.poll()
     }
 }
