@@ -120,8 +120,9 @@ async fn a_run_survives_the_kill_of_its_stream_leader() -> Result<()> {
 
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let (errors_tx, _errors) = tokio::sync::watch::channel(0usize);
+    let gate = durable_conformance::agent::FaultGate::new(KILL_AT + 500);
     let producer = {
-        let (log, run) = (log.clone(), run.clone());
+        let (log, run, gate) = (log.clone(), run.clone(), gate.clone());
         tokio::spawn(async move {
             for i in 0..=EVENTS {
                 durable_conformance::agent::append_once(
@@ -134,6 +135,7 @@ async fn a_run_survives_the_kill_of_its_stream_leader() -> Result<()> {
                 )
                 .await;
                 let _ = progress_tx.send(i + 1);
+                gate.pass(i).await;
             }
         })
     };
@@ -148,6 +150,7 @@ async fn a_run_survives_the_kill_of_its_stream_leader() -> Result<()> {
     let mut cluster = cluster;
     cluster.node_mut(leader).expect("leader node").kill();
     let killed_at = *progress.borrow();
+    gate.open();
 
     let deadline = Duration::from_secs(60);
     tokio::time::timeout(deadline, producer)

@@ -15,7 +15,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use durable_conformance::agent::follow;
+use durable_conformance::agent::{follow, FaultGate};
 use durable_conformance::harness::require_backends;
 use durable_conformance::services;
 use durable_core::{
@@ -58,6 +58,8 @@ struct Running {
     run: RunId,
     progress: watch::Receiver<u64>,
     errors: watch::Receiver<usize>,
+    /// Opened by the test once its fault is in.
+    gate: FaultGate,
     producer: tokio::task::JoinHandle<()>,
     observers: Vec<tokio::task::JoinHandle<Vec<Event>>>,
 }
@@ -90,8 +92,9 @@ async fn start_run(pg: &Postgres) -> Running {
         .collect();
     let (progress_tx, progress) = watch::channel(0u64);
     let (errors_tx, errors) = watch::channel(0usize);
+    let gate = FaultGate::new(FAULT_AT + 500);
     let producer = {
-        let (log, run) = (log.clone(), run.clone());
+        let (log, run, gate) = (log.clone(), run.clone(), gate.clone());
         tokio::spawn(async move {
             for i in 0..=EVENTS {
                 durable_conformance::agent::append_once(
@@ -104,6 +107,7 @@ async fn start_run(pg: &Postgres) -> Running {
                 )
                 .await;
                 let _ = progress_tx.send(i + 1);
+                gate.pass(i).await;
             }
         })
     };
@@ -112,6 +116,7 @@ async fn start_run(pg: &Postgres) -> Running {
         run,
         progress,
         errors,
+        gate,
         producer,
         observers,
     }
@@ -164,6 +169,7 @@ async fn killed_listen_session_mid_run_observers_finish_exact() {
         vec![true],
         "expected exactly this process's LISTEN session"
     );
+    r.gate.open();
     finish(r).await;
 }
 
@@ -190,6 +196,7 @@ async fn restarted_server_mid_run_observers_finish_exact() {
         .expect("producer stopped early");
     let mut server = server;
     server.kill();
+    r.gate.open();
     r.errors
         .wait_for(|n| *n > 0)
         .await

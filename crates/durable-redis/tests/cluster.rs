@@ -103,8 +103,9 @@ async fn a_run_survives_the_failover_of_its_master() -> Result<()> {
 
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let (errors_tx, _errors) = tokio::sync::watch::channel(0usize);
+    let gate = durable_conformance::agent::FaultGate::new(KILL_AT + 500);
     let producer = {
-        let (log, run) = (log.clone(), run.clone());
+        let (log, run, gate) = (log.clone(), run.clone(), gate.clone());
         tokio::spawn(async move {
             for i in 0..=EVENTS {
                 durable_conformance::agent::append_once(
@@ -117,6 +118,7 @@ async fn a_run_survives_the_failover_of_its_master() -> Result<()> {
                 )
                 .await;
                 let _ = progress_tx.send(i + 1);
+                gate.pass(i).await;
             }
         })
     };
@@ -128,6 +130,7 @@ async fn a_run_survives_the_failover_of_its_master() -> Result<()> {
     // Everything of the run lives in the slot of its hash tag, the run id.
     let (cluster, master_port) = tokio::task::spawn_blocking({
         let tag = format!("{{{run}}}");
+        let gate = gate.clone();
         move || {
             let mut cluster = cluster;
             let master = cluster.master_of(&tag).expect("the run's master");
@@ -138,6 +141,7 @@ async fn a_run_survives_the_failover_of_its_master() -> Result<()> {
                 .find(|n| n.master_id.as_deref() == Some(master.id.as_str()))
                 .expect("the master has a replica");
             cluster.node_mut(master.port).expect("master node").kill();
+            gate.open();
             cluster.failover(replica.port).expect("takeover");
             (cluster, master.port)
         }

@@ -66,8 +66,9 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
 
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let (errors_tx, mut errors) = tokio::sync::watch::channel(0usize);
+    let gate = durable_conformance::agent::FaultGate::new(RESTART_AT + 500);
     let producer = {
-        let (log, run) = (log.clone(), run.clone());
+        let (log, run, gate) = (log.clone(), run.clone(), gate.clone());
         tokio::spawn(async move {
             for i in 0..=EVENTS {
                 durable_conformance::agent::append_once(
@@ -80,6 +81,7 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
                 )
                 .await;
                 let _ = progress_tx.send(i + 1);
+                gate.pass(i).await;
             }
         })
     };
@@ -92,6 +94,7 @@ async fn restart_mid_run_keeps_the_exact_sequence() -> Result<()> {
     // again on the same port and data (`restart` after `kill` only starts it).
     let mut server = server;
     server.kill();
+    gate.open();
     errors
         .wait_for(|n| *n > 0)
         .await

@@ -187,6 +187,42 @@ impl SharedBackends {
     }
 }
 
+/// Where a fault test's producer waits for the fault. The producer appends as fast as the
+/// backend takes it; a test task scheduled late on a loaded machine could inject its fault
+/// after the run ended and then wait for an error that never comes. Call
+/// [`FaultGate::pass`] after each append: the producer does not go past entry `hold_at` until
+/// the test calls [`FaultGate::open`] (right after injecting the fault), so the fault always
+/// lands mid-run, between the test's trigger point and `hold_at`.
+#[derive(Debug, Clone)]
+pub struct FaultGate {
+    hold_at: u64,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl FaultGate {
+    /// A gate that holds the producer after entry `hold_at`.
+    pub fn new(hold_at: u64) -> Self {
+        Self {
+            hold_at,
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// After appending entry `i`: wait here if it is the holding point and the gate is shut.
+    pub async fn pass(&self, i: u64) {
+        if i == self.hold_at {
+            let mut open = self.open.subscribe();
+            // The sender lives in `self`: this wait ends only by opening.
+            let _ = open.wait_for(|o| *o).await;
+        }
+    }
+
+    /// The fault is in: let the producer go on.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
 /// Append `event` as entry `i` of `run` exactly once, for fault tests whose producer outlives
 /// backend failures: after a retryable error, the log's length tells whether the lost answer
 /// belonged to a stored append (then it is not sent again). Each retryable error bumps
