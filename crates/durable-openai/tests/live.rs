@@ -17,7 +17,8 @@ use durable_core::ErrorKind;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use support::live::{
-    few_shot, live_builder, live_model, llm_url, server_root, weather_tool, LIVE_DEADLINE, SERVER,
+    few_shot, hold_server, live_builder, live_model, llm_url, server_root, weather_tool,
+    LIVE_DEADLINE,
 };
 use support::text;
 
@@ -106,7 +107,7 @@ async fn raw_events(url: &str, body: &Value) -> Vec<Value> {
 #[tokio::test]
 async fn live_plain_text_streams_deltas_then_finish_with_usage() {
     let Some(model) = live_model() else { return };
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     let request = ModelRequest {
         messages: vec![Message::user("What is the capital of France?")],
         max_tokens: Some(48),
@@ -140,7 +141,7 @@ async fn live_plain_text_streams_deltas_then_finish_with_usage() {
 async fn live_tool_call_streams_argument_fragments_and_arrives_whole() {
     let Some(url) = llm_url() else { return };
     let model = live_builder(&url).build().unwrap();
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     let messages = few_shot("What is the weather in Paris?");
 
     // On the wire: the call comes in several `delta.tool_calls` fragments.
@@ -197,7 +198,7 @@ async fn live_tool_call_streams_argument_fragments_and_arrives_whole() {
 #[tokio::test]
 async fn live_tool_round_trip_uses_the_result() {
     let Some(model) = live_model() else { return };
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     let mut messages = few_shot("What is the weather in Paris?");
     let out = live_chunks(
         &model,
@@ -216,7 +217,7 @@ async fn live_tool_round_trip_uses_the_result() {
 #[tokio::test]
 async fn live_error_event_mid_stream_is_an_err_item() {
     let Some(model) = live_model() else { return };
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     // With this template `auto` has no grammar: asked for JSON, the model writes text that
     // llama.cpp's tool-call parser rejects mid-stream, and the server ends the stream with
     // `data: {"error": {"code": 500, ...}}`.
@@ -253,7 +254,7 @@ async fn live_error_event_mid_stream_is_an_err_item() {
 #[tokio::test]
 async fn live_malformed_request_is_a_400_invalid_input() {
     let Some(url) = llm_url() else { return };
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     // `n: 2`: llama.cpp allows one choice only and answers 400 invalid_request_error.
     let model = live_builder(&url)
         .body_field("n", json!(2))
@@ -308,7 +309,7 @@ async fn slot_state(root: &str) -> Option<Slot> {
 #[tokio::test]
 async fn live_dropping_the_stream_stops_generation_on_the_server() {
     let Some(url) = llm_url() else { return };
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     const LIMIT: u32 = 2000;
     // `ignore_eos` (llama.cpp): without the cancel the server would generate all LIMIT tokens
     // (about 20 s here).

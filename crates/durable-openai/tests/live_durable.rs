@@ -21,7 +21,10 @@ use durable_core::{Event, EventKind, ObserveOptions, RunId, RunStatus};
 use durable_openai::GuidedModel;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use support::live::{example_turn, live_builder, llm_url, weather_tool, LIVE_DEADLINE, SERVER};
+use support::live::{
+    example_turn, hold_server, hold_server_blocking, live_builder, llm_url, weather_tool,
+    LIVE_DEADLINE,
+};
 
 /// `get_weather`, counting its completed executions (shared by every instance of a test).
 struct Weather(Arc<AtomicU32>);
@@ -153,7 +156,7 @@ fn assert_weather_run(events: &[Event]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_durable_disconnect_then_observe_from_offset_is_exact() {
     let Some(url) = llm_url() else { return };
-    let _one = SERVER.lock().await;
+    let _one = hold_server().await;
     let b = SharedBackends::memory();
     let executions = Arc::new(AtomicU32::new(0));
     let a = durable(&b, agent(guided(&url), &executions), "node-1");
@@ -197,7 +200,7 @@ async fn live_durable_disconnect_then_observe_from_offset_is_exact() {
 #[test]
 fn live_durable_crash_mid_step_then_recover_does_not_repeat_the_tool() {
     let Some(url) = llm_url() else { return };
-    let _one = SERVER.blocking_lock();
+    let _one = hold_server_blocking();
     let b = SharedBackends::memory();
     let executions = Arc::new(AtomicU32::new(0));
     let main = tokio::runtime::Runtime::new().expect("runtime");

@@ -18,8 +18,50 @@ use serde_json::json;
 pub const LIVE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The tests share one server with one slot: run them one at a time, so a test that looks at the
-/// server's state (`/slots`) sees only its own request.
-pub static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// server's state (`/slots`) sees only its own request. Take it with [`hold_server`].
+static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The server, held by one test at a time: across test binaries too (`cargo xtask test` runs
+/// two binaries at once, and `live` and `live_durable` share the one server), by a lock on a
+/// file beside the process-wide mutex. Released on drop.
+pub struct ServerHold {
+    _file: std::fs::File,
+    _local: tokio::sync::MutexGuard<'static, ()>,
+}
+
+fn lock_file() -> std::fs::File {
+    let path = std::env::temp_dir().join("durable-test-llm-server.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}
+
+/// Hold the server (see [`ServerHold`]).
+pub async fn hold_server() -> ServerHold {
+    let local = SERVER.lock().await;
+    let file = tokio::task::spawn_blocking(lock_file)
+        .await
+        .expect("the lock task panicked");
+    ServerHold {
+        _file: file,
+        _local: local,
+    }
+}
+
+/// [`hold_server`] outside a runtime.
+pub fn hold_server_blocking() -> ServerHold {
+    let local = SERVER.blocking_lock();
+    ServerHold {
+        _file: lock_file(),
+        _local: local,
+    }
+}
 
 /// `DURABLE_TEST_LLM_URL`, or `None` (after saying so) when it is unset; panics when it is unset
 /// and `DURABLE_TEST_REQUIRE=1`.
