@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use durable_core::agent::{
     Agent, DurableAgent, DurableRun, FnTool, StreamOptions, ToolContext, ToolError, Turn,
 };
-use durable_core::{EventKind, ObserveOptions};
+use durable_core::{EventKind, ObserveOptions, RunId};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -282,6 +282,24 @@ async fn drain(mut run: DurableRun, times: bool) -> Result<Observed, String> {
     Ok(seen)
 }
 
+/// Wait (at most 30 s) until the runs' records are terminal. A run's last writes (its log's
+/// retention, its tombstone, then its status) come after the `finish` its observer ended on;
+/// a workload that returned at once would let the runtime's shutdown cut them off (its
+/// backend connection first: "channel closed" warnings), and the next workload would share
+/// the backend with their leftovers.
+async fn settle(durable: &DurableAgent, ids: &[RunId]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        while Instant::now() < deadline {
+            match durable.status(id).await {
+                Ok(r) if r.status.is_terminal() => break,
+                // Pacing of the poll, not synchronisation: the deadline bounds it.
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -301,10 +319,12 @@ async fn e2e(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), String> {
             .stream("go", StreamOptions::new())
             .await
             .map_err(|e| e.to_string())?;
+        let id = run.run_id().clone();
         let seen = drain(run, false).await?;
         times.push(started.elapsed());
         m.events_observed += seen.events;
         m.exact &= seen.exact && seen.deltas == s.deltas;
+        settle(&durable, &[id]).await;
     }
     let t = median(times);
     m.elapsed_ms = ms(t);
@@ -321,6 +341,7 @@ async fn replay(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), String
         .map_err(|e| e.to_string())?;
     let id = run.run_id().clone();
     let written = drain(run, false).await?;
+    settle(&durable, std::slice::from_ref(&id)).await;
     let mut times = Vec::new();
     m.exact = written.exact;
     for _ in 0..s.reps {
@@ -353,17 +374,21 @@ async fn many(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), String> 
                     .stream("go", StreamOptions::new())
                     .await
                     .map_err(|e| e.to_string())?;
-                drain(run, false).await
+                let id = run.run_id().clone();
+                drain(run, false).await.map(|seen| (id, seen))
             })
         })
         .collect();
     m.exact = true;
+    let mut ids = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let seen = t.await.map_err(|e| format!("run task: {e}"))??;
+        let (id, seen) = t.await.map_err(|e| format!("run task: {e}"))??;
         m.events_observed += seen.events;
         m.exact &= seen.exact && seen.deltas == s.deltas;
+        ids.push(id);
     }
     let t = started.elapsed();
+    settle(&durable, &ids).await;
     m.elapsed_ms = ms(t);
     m.rate = per_second(s.runs * s.deltas, t);
     m.rate_unit = Some("deltas/s".to_owned());
@@ -417,6 +442,7 @@ async fn observers(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), Str
         seen.push(t.await.map_err(|e| format!("observer task: {e}"))??);
     }
     let t = started.elapsed();
+    settle(&durable, std::slice::from_ref(&id)).await;
     let emitted = model.emitted();
     let mut lat = Vec::new();
     m.exact = true;
@@ -448,8 +474,10 @@ async fn latency(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), Strin
         .stream("go", StreamOptions::new())
         .await
         .map_err(|e| e.to_string())?;
+    let id = run.run_id().clone();
     let seen = drain(run, true).await?;
     let t = started.elapsed();
+    settle(&durable, &[id]).await;
     let emitted = model.emitted();
     m.exact = seen.exact && seen.deltas == s.deltas && emitted.len() == seen.delta_times.len();
     m.events_observed = seen.events;
@@ -498,11 +526,15 @@ async fn round_trips(setup: &Setup, s: &Sizes, m: &mut Measured) -> Result<(), S
         .stream("go", StreamOptions::new())
         .await
         .map_err(|e| e.to_string())?;
+    let id = run.run_id().clone();
     let seen = drain(run, false).await?;
     m.elapsed_ms = ms(started.elapsed());
     m.events_observed = seen.events;
     m.exact = seen.exact && seen.deltas == s.deltas;
-    match setup.counter.finish(counting).await? {
+    let counted = setup.counter.finish(counting).await?;
+    // After the count: the settling polls are round trips of their own.
+    settle(&durable, &[id]).await;
+    match counted {
         Ok(count) => {
             m.round_trips = Some(count.total);
             m.round_trip_method = Some(count.method);
