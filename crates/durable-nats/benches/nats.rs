@@ -21,7 +21,8 @@
 //!   same server and stream; append → observer latency at 1 ms pacing (p50, p99,
 //!   max over 2,000 events) beside a bare core round trip and the append alone; and fan-out to
 //!   1,000 observers of one run, with the core wake subject (this crate's design) and with one
-//!   JetStream ordered consumer per observer (the alternative), including setup time. Run them
+//!   JetStream ordered consumer per observer (the alternative), both fed the same appends of
+//!   100 events, including setup time. Run them
 //!   alone with `cargo bench -p durable-nats --bench nats -- latency` (the filter skips the
 //!   criterion benches).
 
@@ -500,12 +501,16 @@ fn fan_out(rt: &tokio::runtime::Runtime, observers: usize, events: u64) {
         }
         let setup = setup.elapsed();
         let t = Instant::now();
-        let w = log.writer(run.clone(), None, 4096);
-        for _ in 0..events {
-            w.send(delta()).await.expect("send");
+        // The same appends as the ordered consumers get below: batches of 100.
+        let batch: Vec<_> = (0..100).map(|_| delta()).collect();
+        for _ in 0..events / 100 {
+            log.append(&run, &batch, None).await.expect("append");
         }
-        w.send(finish()).await.expect("finish");
-        w.flush().await.expect("flush");
+        let rest: Vec<_> = (0..events % 100).map(|_| delta()).collect();
+        if !rest.is_empty() {
+            log.append(&run, &rest, None).await.expect("append");
+        }
+        log.append(&run, &[finish()], None).await.expect("finish");
         let written = t.elapsed();
         let (mut exact, mut failed) = (0, Vec::new());
         for task in tasks {
